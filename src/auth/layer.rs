@@ -1,0 +1,387 @@
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use serde::de::DeserializeOwned;
+use tower_layer::Layer;
+
+use super::claims::Identity;
+use super::error::{AuthError, AuthErrorKind};
+use super::keys::{Key, KeySet};
+use super::responder::DefaultResponder;
+use super::service::JwtAuth;
+use super::token::{self, Source};
+use super::verify::{self, Rules, Verified};
+use crate::clock::{SystemClock, WallClock};
+use crate::error::ConfigError;
+
+/// Default cap on a token's length, checked before any decoding.
+pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Default clock-skew allowance for `exp` and `nbf`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+
+/// What the layer does with requests that carry no valid token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AuthMode {
+    /// Missing or invalid token: refused (401).
+    #[default]
+    Required,
+    /// Missing token: passed on as [`Anonymous`](super::Anonymous); invalid
+    /// token: refused (401).
+    Optional,
+    /// Missing or invalid token: passed on as [`Anonymous`](super::Anonymous).
+    /// An expired session cookie still gets the anonymous experience.
+    Lenient,
+}
+
+type Authorize<T> = Box<dyn Fn(&T) -> bool + Send + Sync>;
+
+/// Everything a layer needs per request, built once and shared.
+pub(crate) struct AuthState<T> {
+    keys: KeySet,
+    sources: Vec<Source>,
+    rules: Rules,
+    max_token_len: usize,
+    clock: Arc<dyn WallClock>,
+    authorize: Option<Authorize<T>>,
+}
+
+pub(crate) struct Authenticated<T> {
+    pub(crate) claims: T,
+    pub(crate) identity: Identity,
+}
+
+impl<T: DeserializeOwned> AuthState<T> {
+    /// `Ok(None)`: no token anywhere.
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Authenticated<T>>, AuthError> {
+        let Some(found) = token::extract(headers, &self.sources, self.max_token_len)? else {
+            return Ok(None);
+        };
+        let Verified {
+            claims,
+            subject,
+            issuer,
+        } = verify::verify::<T>(&found.token, &self.keys, &self.rules, self.clock.unix_now())?;
+        if let Some(authorize) = &self.authorize {
+            if !authorize(&claims) {
+                return Err(AuthError::new(
+                    AuthErrorKind::Forbidden,
+                    "the token does not grant access to this resource",
+                ));
+            }
+        }
+        Ok(Some(Authenticated {
+            claims,
+            identity: Identity::new(subject, issuer, found.source),
+        }))
+    }
+}
+
+/// Verifies a JWT from a cookie or `Authorization: Bearer` and puts
+/// [`Claims<T>`](super::Claims) and [`Identity`] into the request extensions.
+///
+/// Build it with [`JwtAuthLayer::builder`]. The layer is cheap to clone and to
+/// re-mode ([`JwtAuthLayer::mode`]): clones share one verification state, so a
+/// router can mount a lenient copy on some routes and a required copy on
+/// others. See the [module docs](crate::auth) for an example.
+pub struct JwtAuthLayer<T, R = DefaultResponder> {
+    pub(crate) state: Arc<AuthState<T>>,
+    pub(crate) mode: AuthMode,
+    pub(crate) responder: R,
+}
+
+impl<T, R: Clone> Clone for JwtAuthLayer<T, R> {
+    fn clone(&self) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+            mode: self.mode,
+            responder: self.responder.clone(),
+        }
+    }
+}
+
+impl<T, R: fmt::Debug> fmt::Debug for JwtAuthLayer<T, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuthLayer")
+            .field("mode", &self.mode)
+            .field("sources", &self.state.sources)
+            .field("keys", &self.state.keys)
+            .field("responder", &self.responder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> JwtAuthLayer<T> {
+    /// Starts configuring a layer whose claims deserialize into `T`.
+    pub fn builder() -> JwtAuthBuilder<T> {
+        JwtAuthBuilder::new()
+    }
+}
+
+impl<T, R> JwtAuthLayer<T, R> {
+    /// The same layer (same keys and rules) in another mode.
+    #[must_use]
+    pub fn mode(mut self, mode: AuthMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Shorthand for `.mode(AuthMode::Required)`.
+    #[must_use]
+    pub fn required(self) -> Self {
+        self.mode(AuthMode::Required)
+    }
+
+    /// Shorthand for `.mode(AuthMode::Optional)`.
+    #[must_use]
+    pub fn optional(self) -> Self {
+        self.mode(AuthMode::Optional)
+    }
+
+    /// Shorthand for `.mode(AuthMode::Lenient)`.
+    #[must_use]
+    pub fn lenient(self) -> Self {
+        self.mode(AuthMode::Lenient)
+    }
+
+    /// Replaces the responder that renders refusals.
+    pub fn with_responder<R2>(self, responder: R2) -> JwtAuthLayer<T, R2> {
+        JwtAuthLayer {
+            state: self.state,
+            mode: self.mode,
+            responder,
+        }
+    }
+}
+
+impl<S, T, R: Clone> Layer<S> for JwtAuthLayer<T, R> {
+    type Service = JwtAuth<S, T, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        JwtAuth {
+            inner,
+            state: Arc::clone(&self.state),
+            mode: self.mode,
+            responder: self.responder.clone(),
+        }
+    }
+}
+
+/// Configures a [`JwtAuthLayer`]. Every setter takes and returns `self`;
+/// [`build`](Self::build) checks the whole and says what to fix.
+pub struct JwtAuthBuilder<T> {
+    keys: Vec<Key>,
+    sources: Vec<Source>,
+    issuers: Vec<Arc<str>>,
+    audiences: Vec<Box<str>>,
+    leeway: Duration,
+    require_exp: bool,
+    typ: Option<Box<str>>,
+    understood_crit: Vec<Box<str>>,
+    max_lifetime: Option<Duration>,
+    required_claims: Vec<Box<str>>,
+    max_token_len: usize,
+    mode: AuthMode,
+    clock: Arc<dyn WallClock>,
+    authorize: Option<Authorize<T>>,
+    _claims: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for JwtAuthBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuthBuilder")
+            .field("keys", &self.keys)
+            .field("sources", &self.sources)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> JwtAuthBuilder<T> {
+    fn new() -> Self {
+        Self {
+            keys: Vec::new(),
+            sources: Vec::new(),
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway: DEFAULT_LEEWAY,
+            require_exp: true,
+            typ: None,
+            understood_crit: Vec::new(),
+            max_lifetime: None,
+            required_claims: Vec::new(),
+            max_token_len: DEFAULT_MAX_TOKEN_LEN,
+            mode: AuthMode::Required,
+            clock: Arc::new(SystemClock),
+            authorize: None,
+            _claims: PhantomData,
+        }
+    }
+
+    /// Adds a verification key. Several keys are chosen between by `kid`.
+    pub fn key(mut self, key: Key) -> Self {
+        self.keys.push(key);
+        self
+    }
+
+    /// Adds several verification keys.
+    pub fn keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
+        self.keys.extend(keys);
+        self
+    }
+
+    /// Reads the token from the cookie `name` (daily.dev's is `da3`). Sources
+    /// are tried in the order they are added.
+    pub fn cookie(mut self, name: impl Into<String>) -> Self {
+        self.sources.push(Source::Cookie(name.into().into_boxed_str()));
+        self
+    }
+
+    /// Reads the token from `Authorization: Bearer`.
+    pub fn bearer(mut self) -> Self {
+        self.sources.push(Source::Bearer);
+        self
+    }
+
+    /// Accepts tokens whose `iss` equals `issuer` exactly. Call again to trust
+    /// several issuers. Without any, `iss` is not checked.
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuers.push(Arc::from(issuer.into()));
+        self
+    }
+
+    /// Accepts tokens whose `aud` (string or array) names `audience`. Call
+    /// again to accept several. Without any, tokens that carry an `aud` are
+    /// refused (RFC 7519 §4.1.3: a service must identify itself in `aud`).
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audiences.push(audience.into().into_boxed_str());
+        self
+    }
+
+    /// Clock-skew allowance for `exp` and `nbf` (default 60 s).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// Whether tokens without `exp` are refused (default `true`).
+    pub fn require_exp(mut self, require: bool) -> Self {
+        self.require_exp = require;
+        self
+    }
+
+    /// Requires the header `typ` to be this media type (case-insensitive,
+    /// `application/` optional), e.g. `"JWT"` or `"at+jwt"`.
+    pub fn typ(mut self, typ: impl Into<String>) -> Self {
+        self.typ = Some(typ.into().into_boxed_str());
+        self
+    }
+
+    /// Declares a `crit` header extension as understood. Tokens naming any
+    /// other critical extension are refused (RFC 7515 §4.1.11); by default
+    /// none is understood.
+    pub fn understood_crit(mut self, name: impl Into<String>) -> Self {
+        self.understood_crit.push(name.into().into_boxed_str());
+        self
+    }
+
+    /// Refuses tokens whose `exp - iat` exceeds `max`; tokens then need both.
+    pub fn max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = Some(max);
+        self
+    }
+
+    /// Refuses tokens without the claim `name` (any value).
+    pub fn require_claim(mut self, name: impl Into<String>) -> Self {
+        self.required_claims.push(name.into().into_boxed_str());
+        self
+    }
+
+    /// Cap on the token's length in bytes (default 8 KiB), checked before any
+    /// decoding.
+    pub fn max_token_len(mut self, max: usize) -> Self {
+        self.max_token_len = max;
+        self
+    }
+
+    /// The mode of the built layer (default [`AuthMode::Required`]).
+    pub fn mode(mut self, mode: AuthMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The wall clock for `exp` / `nbf` (default: the system clock).
+    pub fn clock(mut self, clock: impl WallClock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// An authorisation check on verified claims (roles, scopes). A token it
+    /// refuses gets 403 `insufficient_scope` in every mode.
+    pub fn authorize(mut self, check: impl Fn(&T) -> bool + Send + Sync + 'static) -> Self {
+        self.authorize = Some(Box::new(check));
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    ///
+    /// Also installs tollgate's crypto provider as jsonwebtoken's process
+    /// default (see [`crate::crypto`]).
+    ///
+    /// # Errors
+    /// No key, no token source, an invalid cookie name, an empty issuer or
+    /// audience, or more than 64 required claims.
+    pub fn build(self) -> Result<JwtAuthLayer<T>, ConfigError> {
+        let keys = KeySet::new(self.keys)?;
+        if self.sources.is_empty() {
+            return Err(ConfigError::new(
+                "sources",
+                "no token source: add .cookie(name) and/or .bearer()",
+            ));
+        }
+        for source in &self.sources {
+            if let Source::Cookie(name) = source {
+                token::validate_cookie_name(name)?;
+            }
+        }
+        if self.issuers.iter().any(|i| i.is_empty()) {
+            return Err(ConfigError::new("issuer", "an issuer cannot be empty"));
+        }
+        if self.audiences.iter().any(|a| a.is_empty()) {
+            return Err(ConfigError::new("audience", "an audience cannot be empty"));
+        }
+        if self.required_claims.len() > 64 {
+            return Err(ConfigError::new("require_claim", "at most 64 required claims"));
+        }
+        if self.max_token_len == 0 {
+            return Err(ConfigError::new("max_token_len", "must be at least 1 byte"));
+        }
+        crate::crypto::install_default_provider();
+        let rules = Rules {
+            issuers: self.issuers,
+            audiences: self.audiences,
+            leeway: self.leeway.as_secs(),
+            require_exp: self.require_exp,
+            typ: self.typ,
+            understood_crit: self.understood_crit,
+            max_lifetime: self.max_lifetime.map(|d| d.as_secs()),
+            required_claims: self.required_claims,
+        };
+        Ok(JwtAuthLayer {
+            state: Arc::new(AuthState {
+                keys,
+                sources: self.sources,
+                rules,
+                max_token_len: self.max_token_len,
+                clock: self.clock,
+                authorize: self.authorize,
+            }),
+            mode: self.mode,
+            responder: DefaultResponder,
+        })
+    }
+}

@@ -1,0 +1,82 @@
+//! JWT verification from a cookie or `Authorization: Bearer`.
+//!
+//! [`JwtAuthLayer`] finds the token (cookie fields first or the header first,
+//! as configured), verifies it against keys bound to their algorithms, checks
+//! the claims, and inserts [`Claims<T>`] and [`Identity`] into the request
+//! extensions. A refusal is a response (401/403/431 with problem+json, or a
+//! gRPC status), never an error, and the inner service is not called.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tollgate::auth::{Claims, JwtAuthLayer, Key};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct User { sub: String }
+//!
+//! # tokio_test_block_on(async {
+//! let secret = b"0123456789abcdef0123456789abcdef";
+//! let auth = JwtAuthLayer::<User>::builder()
+//!     .key(Key::hmac(secret)?)
+//!     .cookie("da3")
+//!     .bearer()
+//!     .issuer("https://auth.example")
+//!     .build()?;
+//!
+//! let svc = ServiceBuilder::new().layer(auth).service(service_fn(|req: Request<()>| async move {
+//!     let user = req.extensions().get::<Claims<User>>().expect("the layer ran");
+//!     Ok::<_, Infallible>(Response::new(Bytes::from(user.sub.clone())))
+//! }));
+//!
+//! // No token: 401 with `WWW-Authenticate: Bearer`, the handler is not called.
+//! let res = svc.oneshot(Request::new(())).await?;
+//! assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+//! assert_eq!(res.headers()["www-authenticate"], "Bearer");
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+//!
+//! # Modes, per route
+//!
+//! Clones of a layer share one verification state, so one configuration can
+//! be mounted leniently on a public route and strictly on a private one (axum
+//! `route_layer`):
+//!
+//! ```ignore
+//! let app = Router::new()
+//!     .route("/graphql", post(graphql).route_layer(auth.clone().lenient()))
+//!     .route("/me", get(me).route_layer(auth.required()));
+//! ```
+//!
+//! # Rejections
+//!
+//! See [`DefaultResponder`] for the exact responses and [`AuthErrorKind`] for
+//! the reasons. Replace the responder with [`JwtAuthLayer::with_responder`].
+
+mod claims;
+mod error;
+#[cfg(feature = "axum")]
+mod extract;
+mod future;
+mod keys;
+mod layer;
+mod responder;
+mod service;
+mod token;
+mod verify;
+
+pub use claims::{Anonymous, Claims, Identity};
+pub use error::{AuthError, AuthErrorKind};
+#[cfg(feature = "axum")]
+pub use extract::AuthRejection;
+pub use future::ResponseFuture;
+pub use keys::{Key, MIN_HMAC_SECRET_LEN};
+pub use layer::{AuthMode, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder, JwtAuthLayer};
+pub use responder::{AuthResponder, DefaultResponder};
+pub use service::JwtAuth;
+pub use token::CredentialSource;

@@ -1,0 +1,526 @@
+//! Verifying one compact JWS: structure, header, key, signature, claims.
+//!
+//! jsonwebtoken's `decode` is not used as a whole: it ignores `crit`, rebuilds
+//! nothing we need, and parses the payload twice into generic values. Here the
+//! header is read into a borrowed struct, the signature is checked with the
+//! configured crypto provider, and the registered claims are read in one pass
+//! that never echoes token content into an error.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::error::{AuthError, AuthErrorKind};
+use super::keys::{Key, KeySet};
+
+/// Latest accepted NumericDate: 9999-12-31T23:59:59Z. Anything later is a
+/// forged "never expires" (`1e300`), not a date.
+const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
+
+/// Claim rules, built once per layer.
+#[derive(Debug, Clone)]
+pub(crate) struct Rules {
+    pub(crate) issuers: Vec<Arc<str>>,
+    pub(crate) audiences: Vec<Box<str>>,
+    pub(crate) leeway: u64,
+    pub(crate) require_exp: bool,
+    pub(crate) typ: Option<Box<str>>,
+    pub(crate) understood_crit: Vec<Box<str>>,
+    pub(crate) max_lifetime: Option<u64>,
+    pub(crate) required_claims: Vec<Box<str>>,
+}
+
+/// What a successful verification yields.
+pub(crate) struct Verified<T> {
+    pub(crate) claims: T,
+    pub(crate) subject: Option<Arc<str>>,
+    pub(crate) issuer: Option<Arc<str>>,
+}
+
+fn err(kind: AuthErrorKind, detail: &'static str) -> AuthError {
+    AuthError::new(kind, detail)
+}
+
+fn malformed(detail: &'static str) -> AuthError {
+    err(AuthErrorKind::Malformed, detail)
+}
+
+fn b64(segment: &str, what: &'static str) -> Result<Vec<u8>, AuthError> {
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| malformed(what))
+}
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(default, borrow)]
+    kid: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    typ: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    crit: Option<Vec<Cow<'a, str>>>,
+}
+
+/// Verifies `token` and returns its claims.
+pub(crate) fn verify<T: DeserializeOwned>(
+    token: &str,
+    keys: &KeySet,
+    rules: &Rules,
+    now: u64,
+) -> Result<Verified<T>, AuthError> {
+    // Structure: exactly three segments. `find` keeps this linear in the
+    // token's length, however many dots it holds.
+    let (header_b64, rest) = token
+        .split_once('.')
+        .ok_or_else(|| malformed("a JWT has three dot-separated segments"))?;
+    let (payload_b64, signature_b64) = rest
+        .split_once('.')
+        .ok_or_else(|| malformed("a JWT has three dot-separated segments"))?;
+    if signature_b64.contains('.') {
+        return Err(malformed("a JWT has three dot-separated segments"));
+    }
+    if header_b64.is_empty() || signature_b64.is_empty() {
+        return Err(malformed("empty JWT segment"));
+    }
+
+    let header_json = b64(header_b64, "the header is not base64url")?;
+    let header: Header<'_> = serde_json::from_slice(&header_json)
+        .map_err(|_| malformed("the header is not a JSON object with an alg"))?;
+    let alg = Algorithm::from_str(&header.alg).map_err(|_| {
+        err(
+            AuthErrorKind::UnsupportedAlgorithm,
+            "the token's alg is not a supported signature algorithm",
+        )
+    })?;
+    if let Some(crit) = &header.crit {
+        if crit.is_empty()
+            || crit
+                .iter()
+                .any(|c| !rules.understood_crit.iter().any(|u| **u == **c))
+        {
+            return Err(err(
+                AuthErrorKind::InvalidHeader,
+                "the token names a critical header extension this service does not understand",
+            ));
+        }
+    }
+    if let Some(expected) = &rules.typ {
+        let ok = header
+            .typ
+            .as_deref()
+            .is_some_and(|typ| media_type_eq(typ, expected));
+        if !ok {
+            return Err(err(AuthErrorKind::InvalidHeader, "the token's typ is not accepted here"));
+        }
+    }
+
+    let signature = b64(signature_b64, "the signature is not base64url")?;
+    let message = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+    match header.kid.as_deref() {
+        Some(kid) => {
+            let key = keys.by_kid(kid).ok_or_else(|| {
+                err(AuthErrorKind::UnknownKey, "no key matches the token's kid")
+            })?;
+            if !key.algorithms.contains(&alg) {
+                return Err(err(
+                    AuthErrorKind::UnsupportedAlgorithm,
+                    "the token's alg is not allowed for its key",
+                ));
+            }
+            check_signature(key, alg, message, &signature)?;
+        }
+        None => {
+            let mut candidates = keys.allowing(alg).peekable();
+            if candidates.peek().is_none() {
+                return Err(err(
+                    AuthErrorKind::UnsupportedAlgorithm,
+                    "no key allows the token's alg",
+                ));
+            }
+            if !candidates.any(|key| check_signature(key, alg, message, &signature).is_ok()) {
+                return Err(bad_signature());
+            }
+        }
+    }
+
+    // Only now, with the signature good, look at the claims.
+    let payload = b64(payload_b64, "the payload is not base64url")?;
+    let registered = read_registered(&payload, rules)?;
+    let issuer = check_claims(&registered, rules, now)?;
+    let claims = serde_json::from_slice::<T>(&payload).map_err(|_| {
+        err(
+            AuthErrorKind::InvalidClaim,
+            "the claims do not match the service's claims type",
+        )
+    })?;
+    Ok(Verified {
+        claims,
+        subject: registered.sub,
+        issuer,
+    })
+}
+
+fn bad_signature() -> AuthError {
+    err(AuthErrorKind::BadSignature, "the signature does not verify")
+}
+
+fn check_signature(key: &Key, alg: Algorithm, message: &[u8], signature: &[u8]) -> Result<(), AuthError> {
+    let verifier = (crate::crypto::provider().verifier_factory)(&alg, &key.key)
+        .map_err(|_| bad_signature())?;
+    verifier
+        .verify(message, &signature.to_vec())
+        .map_err(|_| bad_signature())
+}
+
+/// `typ` is a media type: compared case-insensitively, with the optional
+/// `application/` prefix (RFC 7515 §4.1.9).
+fn media_type_eq(actual: &str, expected: &str) -> bool {
+    fn strip(s: &str) -> &str {
+        match s.get(..12) {
+            Some(p) if p.eq_ignore_ascii_case("application/") => &s[12..],
+            _ => s,
+        }
+    }
+    strip(actual).eq_ignore_ascii_case(strip(expected))
+}
+
+fn check_claims(r: &Registered, rules: &Rules, now: u64) -> Result<Option<Arc<str>>, AuthError> {
+    let claim = |detail| err(AuthErrorKind::InvalidClaim, detail);
+    match r.exp {
+        Some(exp) if now >= exp.saturating_add(rules.leeway) => {
+            return Err(err(AuthErrorKind::Expired, "the token has expired"));
+        }
+        None if rules.require_exp => return Err(claim("the token has no exp claim")),
+        _ => {}
+    }
+    if let Some(nbf) = r.nbf {
+        if now.saturating_add(rules.leeway) < nbf {
+            return Err(err(AuthErrorKind::NotYetValid, "the token is not valid yet (nbf)"));
+        }
+    }
+    if let Some(max) = rules.max_lifetime {
+        match (r.iat, r.exp) {
+            (Some(iat), Some(exp)) if exp.saturating_sub(iat) <= max => {}
+            (Some(_), Some(_)) => return Err(claim("the token's lifetime (exp - iat) is too long")),
+            _ => return Err(claim("a maximum lifetime is set: the token needs iat and exp")),
+        }
+    }
+    let issuer = if rules.issuers.is_empty() {
+        None
+    } else {
+        match r.iss {
+            Some(i) => Some(rules.issuers[i].clone()),
+            None => return Err(claim("the token's iss is missing or not trusted")),
+        }
+    };
+    if r.aud_present {
+        if !r.aud_matched {
+            return Err(claim("the token's aud does not name this service"));
+        }
+    } else if !rules.audiences.is_empty() {
+        return Err(claim("the token has no aud claim"));
+    }
+    if r.required_seen.count_ones() as usize != rules.required_claims.len().min(64) {
+        return Err(claim("a required claim is missing"));
+    }
+    Ok(issuer)
+}
+
+/// The registered claims, read in one pass without copying the payload.
+#[derive(Default)]
+struct Registered {
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iat: Option<u64>,
+    /// Index of the matching configured issuer.
+    iss: Option<usize>,
+    aud_present: bool,
+    aud_matched: bool,
+    sub: Option<Arc<str>>,
+    /// Bit i set: required claim i is present.
+    required_seen: u64,
+}
+
+fn read_registered(payload: &[u8], rules: &Rules) -> Result<Registered, AuthError> {
+    let current = Cell::new("");
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let result = ClaimsSeed {
+        rules,
+        current: &current,
+    }
+    .deserialize(&mut de)
+    .and_then(|r| de.end().map(|()| r));
+    result.map_err(|e| {
+        if e.is_data() {
+            let detail = match current.get() {
+                "exp" => "the exp claim is not a valid NumericDate",
+                "nbf" => "the nbf claim is not a valid NumericDate",
+                "iat" => "the iat claim is not a valid NumericDate",
+                "iss" => "the iss claim is not a string",
+                "aud" => "the aud claim is not a string or an array of strings",
+                "sub" => "the sub claim is not a string",
+                "duplicate" => "a registered claim appears twice",
+                _ => "the claims are not a JSON object",
+            };
+            err(AuthErrorKind::InvalidClaim, detail)
+        } else {
+            err(AuthErrorKind::Malformed, "the payload is not valid JSON")
+        }
+    })
+}
+
+struct ClaimsSeed<'r> {
+    rules: &'r Rules,
+    current: &'r Cell<&'static str>,
+}
+
+impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_> {
+    type Value = Registered;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Registered, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ClaimsSeed<'_> {
+    type Value = Registered;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object of claims")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Registered, A::Error> {
+        let mut r = Registered::default();
+        let mut iss_seen = false;
+        let mut sub_seen = false;
+        while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+            if let Some(i) = self.rules.required_claims.iter().position(|c| **c == *name) {
+                if i < 64 {
+                    r.required_seen |= 1 << i;
+                }
+            }
+            let duplicate = |seen: bool| {
+                if seen {
+                    self.current.set("duplicate");
+                    Err(de::Error::custom("duplicate claim"))
+                } else {
+                    Ok(())
+                }
+            };
+            match &*name {
+                "exp" => {
+                    duplicate(r.exp.is_some())?;
+                    self.current.set("exp");
+                    r.exp = Some(map.next_value::<NumericDate>()?.0);
+                }
+                "nbf" => {
+                    duplicate(r.nbf.is_some())?;
+                    self.current.set("nbf");
+                    r.nbf = Some(map.next_value::<NumericDate>()?.0);
+                }
+                "iat" => {
+                    duplicate(r.iat.is_some())?;
+                    self.current.set("iat");
+                    r.iat = Some(map.next_value::<NumericDate>()?.0);
+                }
+                "iss" => {
+                    duplicate(iss_seen)?;
+                    iss_seen = true;
+                    self.current.set("iss");
+                    let Name(iss) = map.next_value::<Name<'de>>()?;
+                    r.iss = self.rules.issuers.iter().position(|i| **i == *iss);
+                }
+                "sub" => {
+                    duplicate(sub_seen)?;
+                    sub_seen = true;
+                    self.current.set("sub");
+                    let Name(sub) = map.next_value::<Name<'de>>()?;
+                    r.sub = Some(Arc::from(&*sub));
+                }
+                "aud" => {
+                    duplicate(r.aud_present)?;
+                    r.aud_present = true;
+                    self.current.set("aud");
+                    r.aud_matched = map.next_value_seed(AudSeed(&self.rules.audiences))?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            self.current.set("");
+        }
+        Ok(r)
+    }
+}
+
+/// A JSON string, borrowed when it has no escapes.
+struct Name<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// RFC 7519 NumericDate: seconds since the epoch, possibly fractional.
+struct NumericDate(u64);
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = NumericDate;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a NumericDate")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<NumericDate, E> {
+                if v <= MAX_NUMERIC_DATE {
+                    Ok(NumericDate(v))
+                } else {
+                    Err(E::custom("date out of range"))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<NumericDate, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("negative date"))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<NumericDate, E> {
+                if v.is_finite() && (0.0..=MAX_NUMERIC_DATE as f64).contains(&v) {
+                    Ok(NumericDate(v.floor() as u64))
+                } else {
+                    Err(E::custom("date out of range"))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads `aud` (a string or an array of strings) and says whether any entry
+/// names a configured audience.
+struct AudSeed<'r>(&'r [Box<str>]);
+
+impl<'de> DeserializeSeed<'de> for AudSeed<'_> {
+    type Value = bool;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AudSeed<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or an array of strings")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(self.0.iter().any(|a| **a == *v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let mut matched = false;
+        while let Some(Name(aud)) = seq.next_element::<Name<'de>>()? {
+            matched |= self.0.iter().any(|a| **a == *aud);
+        }
+        Ok(matched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            issuers: vec![Arc::from("https://issuer")],
+            audiences: vec!["api".into()],
+            leeway: 60,
+            require_exp: true,
+            typ: None,
+            understood_crit: vec![],
+            max_lifetime: None,
+            required_claims: vec!["roles".into()],
+        }
+    }
+
+    fn read(json: &str) -> Result<Registered, AuthError> {
+        read_registered(json.as_bytes(), &rules())
+    }
+
+    #[test]
+    fn reads_registered_claims() {
+        let r = read(r#"{"exp":10,"nbf":5.9,"iat":1,"iss":"https://issuer","aud":["x","api"],"sub":"u1","roles":[],"z":{"a":[1,2]}}"#).unwrap();
+        assert_eq!((r.exp, r.nbf, r.iat, r.iss), (Some(10), Some(5), Some(1), Some(0)));
+        assert!(r.aud_present && r.aud_matched);
+        assert_eq!(r.sub.as_deref(), Some("u1"));
+        assert_eq!(r.required_seen, 1);
+    }
+
+    #[test]
+    fn wrong_types_are_invalid_claims_without_echo() {
+        for (json, needle) in [
+            (r#"{"exp":"99999999999"}"#, "exp"),
+            (r#"{"exp":1e300}"#, "exp"),
+            (r#"{"exp":-1}"#, "exp"),
+            (r#"{"exp":null}"#, "exp"),
+            (r#"{"iss":7}"#, "iss"),
+            (r#"{"aud":[1]}"#, "aud"),
+            (r#"{"sub":{"x":"secretvalue"}}"#, "sub"),
+            (r#"{"exp":1,"exp":2}"#, "twice"),
+            (r#"[1,2]"#, "object"),
+            (r#""str""#, "object"),
+        ] {
+            let e = read(json).err().unwrap_or_else(|| panic!("{json} accepted"));
+            assert_eq!(e.kind(), AuthErrorKind::InvalidClaim, "{json}");
+            assert!(e.detail().contains(needle), "{json}: {e}");
+            assert!(!e.detail().contains("secretvalue"));
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed() {
+        assert_eq!(read("{").err().unwrap().kind(), AuthErrorKind::Malformed);
+        assert_eq!(read("{} x").err().unwrap().kind(), AuthErrorKind::Malformed);
+    }
+
+    #[test]
+    fn deep_nesting_does_not_overflow() {
+        // Ignored values are skipped without recursion; typed claims hit
+        // serde_json's depth limit instead of the stack.
+        let json = format!(r#"{{"x":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
+        assert!(read(&json).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&json).is_err());
+        let json = format!(r#"{{"aud":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
+        assert_eq!(read(&json).err().map(|e| e.kind()), Some(AuthErrorKind::InvalidClaim));
+    }
+
+    #[test]
+    fn media_types_compare_loosely() {
+        assert!(media_type_eq("JWT", "jwt"));
+        assert!(media_type_eq("application/at+jwt", "at+JWT"));
+        assert!(!media_type_eq("at+jwt", "jwt"));
+        assert!(!media_type_eq("é", "jwt"));
+    }
+}
