@@ -9,7 +9,9 @@
 use jsonwebtoken::crypto::CryptoProvider;
 
 #[cfg(not(any(feature = "aws-lc-rs", feature = "rust-crypto")))]
-compile_error!("tollgate needs a crypto backend: enable the `aws-lc-rs` (default) or `rust-crypto` feature");
+compile_error!(
+    "tollgate needs a crypto backend: enable the `aws-lc-rs` (default) or `rust-crypto` feature"
+);
 
 /// The provider tollgate verifies with: aws-lc-rs when its feature is on,
 /// otherwise RustCrypto.

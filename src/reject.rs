@@ -87,7 +87,10 @@ fn render_grpc(problem: &Problem<'_>, mut headers: HeaderMap) -> Response<Bytes>
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert("grpc-status", HeaderValue::from(u16::from(problem.grpc.as_u8())));
+    headers.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(problem.grpc.as_u8())),
+    );
     if let Ok(message) = HeaderValue::try_from(grpc_percent_encode(problem.detail)) {
         headers.insert("grpc-message", message);
     }
@@ -156,7 +159,10 @@ mod tests {
     fn http_problem_json() {
         let res = render(&PROBLEM, &parts(Method::GET, None), HeaderMap::new());
         assert_eq!(res.status(), 401);
-        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
         let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
         assert_eq!(v["status"], 401);
         assert_eq!(v["reason"], "expired");

@@ -1,5 +1,6 @@
 //! The JWT layer against hostile and well-formed tokens, via `oneshot`.
 
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use std::time::Duration;
@@ -132,13 +133,28 @@ async fn der_and_jwk_keys_and_p384() {
         .audience(AUDIENCE)
         .build()
         .unwrap();
-    for (alg, kid) in [(Algorithm::RS256, "rsa"), (Algorithm::ES256, "ec256"), (Algorithm::ES384, "ec384")] {
-        let token = mint_with(json!({"alg": format!("{alg:?}"), "kid": kid}), alg, &good_claims());
+    for (alg, kid) in [
+        (Algorithm::RS256, "rsa"),
+        (Algorithm::ES256, "ec256"),
+        (Algorithm::ES384, "ec384"),
+    ] {
+        let token = mint_with(
+            json!({"alg": format!("{alg:?}"), "kid": kid}),
+            alg,
+            &good_claims(),
+        );
         send(&layer, bearer(&token)).await.assert_ok("user-1");
     }
     // A P-256 key never verifies ES384, even with its own kid.
-    let token = mint_with(json!({"alg": "ES384", "kid": "ec256"}), Algorithm::ES384, &good_claims());
-    send(&layer, bearer(&token)).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::UnsupportedAlgorithm);
+    let token = mint_with(
+        json!({"alg": "ES384", "kid": "ec256"}),
+        Algorithm::ES384,
+        &good_claims(),
+    );
+    send(&layer, bearer(&token)).await.assert_refused(
+        StatusCode::UNAUTHORIZED,
+        AuthErrorKind::UnsupportedAlgorithm,
+    );
 
     let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(json!({
         "kty": "oct", "kid": "jwk-hs", "alg": "HS256",
@@ -148,8 +164,18 @@ async fn der_and_jwk_keys_and_p384() {
     let key = Key::from_jwk(&jwk).unwrap();
     assert_eq!(key.key_id(), Some("jwk-hs"));
     assert_eq!(key.allowed_algorithms(), [Algorithm::HS256]);
-    let layer = JwtAuthLayer::<Value>::builder().key(key).bearer().audience(AUDIENCE).clock(|| NOW).build().unwrap();
-    let token = mint_with(json!({"alg": "HS256", "kid": "jwk-hs"}), Algorithm::HS256, &good_claims());
+    let layer = JwtAuthLayer::<Value>::builder()
+        .key(key)
+        .bearer()
+        .audience(AUDIENCE)
+        .clock(|| NOW)
+        .build()
+        .unwrap();
+    let token = mint_with(
+        json!({"alg": "HS256", "kid": "jwk-hs"}),
+        Algorithm::HS256,
+        &good_claims(),
+    );
     send(&layer, bearer(&token)).await.assert_ok("user-1");
 
     let enc: jsonwebtoken::jwk::Jwk = serde_json::from_value(json!({
@@ -167,7 +193,10 @@ async fn alg_none_in_any_casing_is_refused() {
             let out = check(&token).await;
             assert_eq!(out.status, StatusCode::UNAUTHORIZED);
             assert_eq!(out.calls, 0);
-            assert!(matches!(out.reason().as_str(), "unsupported_algorithm" | "malformed"), "{alg}");
+            assert!(
+                matches!(out.reason().as_str(), "unsupported_algorithm" | "malformed"),
+                "{alg}"
+            );
         }
     }
 }
@@ -177,12 +206,18 @@ async fn rsa_public_key_as_hmac_secret_is_refused() {
     // The classic confusion attack: HS256 signed with the RSA public key PEM.
     let key = jsonwebtoken::EncodingKey::from_secret(RSA_PUBLIC);
     let claims = serde_json::to_vec(&good_claims()).unwrap();
-    for header in [json!({"alg": "HS256", "kid": "rsa"}), json!({"alg": "HS256"})] {
+    for header in [
+        json!({"alg": "HS256", "kid": "rsa"}),
+        json!({"alg": "HS256"}),
+    ] {
         let token = sign_raw(&header, &claims, Algorithm::HS256, &key);
         let out = check(&token).await;
         assert_eq!(out.status, StatusCode::UNAUTHORIZED);
         assert_eq!(out.calls, 0);
-        assert!(matches!(out.reason().as_str(), "unsupported_algorithm" | "bad_signature"));
+        assert!(matches!(
+            out.reason().as_str(),
+            "unsupported_algorithm" | "bad_signature"
+        ));
     }
     // With only the RSA key configured, HS256 has no key at all.
     let layer = JwtAuthLayer::<Value>::builder()
@@ -192,45 +227,75 @@ async fn rsa_public_key_as_hmac_secret_is_refused() {
         .build()
         .unwrap();
     let token = sign_raw(&json!({"alg": "HS256"}), &claims, Algorithm::HS256, &key);
-    send(&layer, bearer(&token)).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::UnsupportedAlgorithm);
+    send(&layer, bearer(&token)).await.assert_refused(
+        StatusCode::UNAUTHORIZED,
+        AuthErrorKind::UnsupportedAlgorithm,
+    );
 }
 
 #[tokio::test]
 async fn wrong_key_and_flipped_signature() {
     let other = jsonwebtoken::EncodingKey::from_secret(b"another-secret-that-is-32-bytes-long!!");
-    let token = sign_raw(&json!({"alg": "HS256"}), &serde_json::to_vec(&good_claims()).unwrap(), Algorithm::HS256, &other);
-    check(&token).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::BadSignature);
+    let token = sign_raw(
+        &json!({"alg": "HS256"}),
+        &serde_json::to_vec(&good_claims()).unwrap(),
+        Algorithm::HS256,
+        &other,
+    );
+    check(&token)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::BadSignature);
 
     for alg in [Algorithm::HS256, Algorithm::ES256] {
-        let kid = if alg == Algorithm::ES256 { json!("ec256") } else { Value::Null };
+        let kid = if alg == Algorithm::ES256 {
+            json!("ec256")
+        } else {
+            Value::Null
+        };
         let mut header = json!({"alg": format!("{alg:?}")});
         if !kid.is_null() {
             header["kid"] = kid;
         }
         let token = mint_with(header, alg, &good_claims());
         let (msg, sig) = token.rsplit_once('.').unwrap();
-        let mut bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();
+        let mut bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();
         bytes[3] ^= 0x01;
-        let flipped = format!("{msg}.{}", base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &bytes));
-        check(&flipped).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::BadSignature);
+        let flipped = format!(
+            "{msg}.{}",
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &bytes)
+        );
+        check(&flipped)
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::BadSignature);
     }
 }
 
 #[tokio::test]
 async fn expired_and_badly_signed_reports_the_signature() {
     let token = mint(Algorithm::HS256, &with(&[("exp", json!(NOW - 10_000))]));
-    check(&token).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Expired);
+    check(&token)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Expired);
     let (msg, _) = token.rsplit_once('.').unwrap();
     let forged = format!("{msg}.AAAA");
-    check(&forged).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::BadSignature);
+    check(&forged)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::BadSignature);
 }
 
 #[tokio::test]
 async fn exp_is_checked_against_the_leeway() {
     let leeway = 60;
-    let token = mint(Algorithm::HS256, &with(&[("exp", json!(NOW - (leeway - 1)))]));
+    let token = mint(
+        Algorithm::HS256,
+        &with(&[("exp", json!(NOW - (leeway - 1)))]),
+    );
     check(&token).await.assert_ok("user-1");
-    let token = mint(Algorithm::HS256, &with(&[("exp", json!(NOW - (leeway + 1)))]));
+    let token = mint(
+        Algorithm::HS256,
+        &with(&[("exp", json!(NOW - (leeway + 1)))]),
+    );
     let out = check(&token).await;
     out.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Expired);
     assert_eq!(
@@ -240,7 +305,9 @@ async fn exp_is_checked_against_the_leeway() {
     // A zero leeway refuses the second exp itself.
     let strict = builder().leeway(Duration::ZERO).build().unwrap();
     let token = mint(Algorithm::HS256, &with(&[("exp", json!(NOW))]));
-    send(&strict, bearer(&token)).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Expired);
+    send(&strict, bearer(&token))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Expired);
     let token = mint(Algorithm::HS256, &with(&[("exp", json!(NOW + 1))]));
     send(&strict, bearer(&token)).await.assert_ok("user-1");
 }
@@ -248,30 +315,50 @@ async fn exp_is_checked_against_the_leeway() {
 #[tokio::test]
 async fn nbf_in_the_future_is_refused() {
     let token = mint(Algorithm::HS256, &with(&[("nbf", json!(NOW + 61))]));
-    check(&token).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::NotYetValid);
+    check(&token)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::NotYetValid);
     let token = mint(Algorithm::HS256, &with(&[("nbf", json!(NOW + 59))]));
     check(&token).await.assert_ok("user-1");
 }
 
 #[tokio::test]
 async fn exp_of_the_wrong_type_or_range_or_missing() {
-    for exp in [json!("1800000000"), json!(1e300), json!(-5), json!(true), Value::Null] {
+    for exp in [
+        json!("1800000000"),
+        json!(1e300),
+        json!(-5),
+        json!(true),
+        Value::Null,
+    ] {
         let token = mint(Algorithm::HS256, &with(&[("exp", exp.clone())]));
-        check(&token).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
+        check(&token)
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
     }
     // Not required: a token without exp passes, a wrongly typed one still fails.
     let relaxed = builder().require_exp(false).build().unwrap();
     let token = mint(Algorithm::HS256, &with(&[("exp", Value::Null)]));
     send(&relaxed, bearer(&token)).await.assert_ok("user-1");
     let token = mint(Algorithm::HS256, &with(&[("exp", json!("soon"))]));
-    send(&relaxed, bearer(&token)).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
+    send(&relaxed, bearer(&token))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
 }
 
 #[tokio::test]
 async fn issuer_must_match_exactly() {
-    for iss in [json!("https://auth.exampl"), json!("https://auth.example.evil"), json!("HTTPS://AUTH.EXAMPLE"), json!(1), Value::Null] {
+    for iss in [
+        json!("https://auth.exampl"),
+        json!("https://auth.example.evil"),
+        json!("HTTPS://AUTH.EXAMPLE"),
+        json!(1),
+        Value::Null,
+    ] {
         let token = mint(Algorithm::HS256, &with(&[("iss", iss.clone())]));
-        check(&token).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
+        check(&token)
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
     }
     // Several trusted issuers.
     let layer = builder().issuer("https://other").build().unwrap();
@@ -283,25 +370,60 @@ async fn issuer_must_match_exactly() {
 async fn audience_array_needs_a_match() {
     let token = mint(Algorithm::HS256, &with(&[("aud", json!(["web", "api"]))]));
     check(&token).await.assert_ok("user-1");
-    for aud in [json!(["web", "apis"]), json!([]), json!("API"), json!([1]), Value::Null] {
+    for aud in [
+        json!(["web", "apis"]),
+        json!([]),
+        json!("API"),
+        json!([1]),
+        Value::Null,
+    ] {
         let token = mint(Algorithm::HS256, &with(&[("aud", aud.clone())]));
-        check(&token).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
+        check(&token)
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
     }
     // No audience configured: a token that names one is not for us.
-    let layer = JwtAuthLayer::<Value>::builder().key(Key::hmac(SECRET).unwrap()).bearer().clock(|| NOW).build().unwrap();
-    send(&layer, bearer(&mint(Algorithm::HS256, &good_claims()))).await
+    let layer = JwtAuthLayer::<Value>::builder()
+        .key(Key::hmac(SECRET).unwrap())
+        .bearer()
+        .clock(|| NOW)
+        .build()
+        .unwrap();
+    send(&layer, bearer(&mint(Algorithm::HS256, &good_claims())))
+        .await
         .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
-    send(&layer, bearer(&mint(Algorithm::HS256, &with(&[("aud", Value::Null)])))).await.assert_ok("user-1");
+    send(
+        &layer,
+        bearer(&mint(Algorithm::HS256, &with(&[("aud", Value::Null)]))),
+    )
+    .await
+    .assert_ok("user-1");
 }
 
 #[tokio::test]
 async fn unknown_crit_is_refused_and_understood_crit_passes() {
-    let token = mint_with(json!({"alg": "HS256", "crit": ["exp-ext"], "exp-ext": 1}), Algorithm::HS256, &good_claims());
-    check(&token).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidHeader);
-    let token = mint_with(json!({"alg": "HS256", "crit": []}), Algorithm::HS256, &good_claims());
-    check(&token).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidHeader);
+    let token = mint_with(
+        json!({"alg": "HS256", "crit": ["exp-ext"], "exp-ext": 1}),
+        Algorithm::HS256,
+        &good_claims(),
+    );
+    check(&token)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidHeader);
+    let token = mint_with(
+        json!({"alg": "HS256", "crit": []}),
+        Algorithm::HS256,
+        &good_claims(),
+    );
+    check(&token)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidHeader);
     let layer = builder().understood_crit("exp-ext").build().unwrap();
-    let token = mint_with(json!({"alg": "HS256", "crit": ["exp-ext"], "exp-ext": 1}), Algorithm::HS256, &good_claims());
+    let token = mint_with(
+        json!({"alg": "HS256", "crit": ["exp-ext"], "exp-ext": 1}),
+        Algorithm::HS256,
+        &good_claims(),
+    );
     send(&layer, bearer(&token)).await.assert_ok("user-1");
 }
 
@@ -310,21 +432,41 @@ async fn jku_and_x5u_are_never_fetched() {
     // A listener the token points at: nothing may connect to it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-    let token = mint_with(json!({"alg": "HS256", "jku": url, "x5u": url}), Algorithm::HS256, &good_claims());
+    let token = mint_with(
+        json!({"alg": "HS256", "jku": url, "x5u": url}),
+        Algorithm::HS256,
+        &good_claims(),
+    );
     check(&token).await.assert_ok("user-1");
     // A token signed by the attacker's key and pointing at the attacker's
     // JWKS is still judged by the configured keys only.
     let other = jsonwebtoken::EncodingKey::from_secret(b"attacker-secret-attacker-secret-!!");
-    let forged = sign_raw(&json!({"alg": "HS256", "jku": url}), &serde_json::to_vec(&good_claims()).unwrap(), Algorithm::HS256, &other);
-    check(&forged).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::BadSignature);
+    let forged = sign_raw(
+        &json!({"alg": "HS256", "jku": url}),
+        &serde_json::to_vec(&good_claims()).unwrap(),
+        Algorithm::HS256,
+        &other,
+    );
+    check(&forged)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::BadSignature);
     let accepted = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
-    assert!(accepted.is_err(), "the layer connected to a URL named by the token");
+    assert!(
+        accepted.is_err(),
+        "the layer connected to a URL named by the token"
+    );
 }
 
 #[tokio::test]
 async fn unknown_kid_is_refused() {
-    let token = mint_with(json!({"alg": "RS256", "kid": "nope"}), Algorithm::RS256, &good_claims());
-    check(&token).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::UnknownKey);
+    let token = mint_with(
+        json!({"alg": "RS256", "kid": "nope"}),
+        Algorithm::RS256,
+        &good_claims(),
+    );
+    check(&token)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::UnknownKey);
 }
 
 #[tokio::test]
@@ -335,37 +477,79 @@ async fn wrong_segment_counts_are_malformed() {
     let six_thousand = vec!["a"; 6000].join(".");
     let layer = builder().max_token_len(64 * 1024).build().unwrap();
     for token in [two, four, six_thousand, "..".into(), "a..b".into()] {
-        send(&layer, bearer(&token)).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Malformed);
+        send(&layer, bearer(&token))
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Malformed);
     }
 }
 
 #[tokio::test]
 async fn payload_must_be_a_json_object() {
     for payload in [&b"[1,2,3]"[..], b"\"sub\"", b"42", b"null"] {
-        let token = sign_raw(&json!({"alg": "HS256"}), payload, Algorithm::HS256, &common::encoding_key(Algorithm::HS256));
-        check(&token).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
+        let token = sign_raw(
+            &json!({"alg": "HS256"}),
+            payload,
+            Algorithm::HS256,
+            &common::encoding_key(Algorithm::HS256),
+        );
+        check(&token)
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
     }
-    let token = sign_raw(&json!({"alg": "HS256"}), b"{not json", Algorithm::HS256, &common::encoding_key(Algorithm::HS256));
-    check(&token).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Malformed);
+    let token = sign_raw(
+        &json!({"alg": "HS256"}),
+        b"{not json",
+        Algorithm::HS256,
+        &common::encoding_key(Algorithm::HS256),
+    );
+    check(&token)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Malformed);
 }
 
 #[tokio::test]
 async fn deeply_nested_claims_are_refused_without_overflow() {
     let mut payload = serde_json::to_string(&good_claims()).unwrap();
     payload.pop();
-    payload.push_str(&format!(r#","deep":{}{}}}"#, "[".repeat(5000), "]".repeat(5000)));
+    payload.push_str(&format!(
+        r#","deep":{}{}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    ));
     let layer = builder().max_token_len(64 * 1024).build().unwrap();
-    let token = sign_raw(&json!({"alg": "HS256"}), payload.as_bytes(), Algorithm::HS256, &common::encoding_key(Algorithm::HS256));
-    send(&layer, bearer(&token)).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
+    let token = sign_raw(
+        &json!({"alg": "HS256"}),
+        payload.as_bytes(),
+        Algorithm::HS256,
+        &common::encoding_key(Algorithm::HS256),
+    );
+    send(&layer, bearer(&token))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
 }
 
 #[tokio::test]
 async fn oversized_tokens_get_431_before_decoding() {
-    let token = format!("{}.{}.{}", "e".repeat(4000), "e".repeat(4000), "e".repeat(4000));
+    let token = format!(
+        "{}.{}.{}",
+        "e".repeat(4000),
+        "e".repeat(4000),
+        "e".repeat(4000)
+    );
     let out = check(&token).await;
-    out.assert_refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, AuthErrorKind::TooLarge);
-    let out = send(&builder().build().unwrap(), cookie(&[format!("da3={token}").as_bytes()])).await;
-    out.assert_refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, AuthErrorKind::TooLarge);
+    out.assert_refused(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        AuthErrorKind::TooLarge,
+    );
+    let out = send(
+        &builder().build().unwrap(),
+        cookie(&[format!("da3={token}").as_bytes()]),
+    )
+    .await;
+    out.assert_refused(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        AuthErrorKind::TooLarge,
+    );
 }
 
 #[tokio::test]
@@ -373,15 +557,34 @@ async fn cookie_cases() {
     let layer = builder().build().unwrap();
     let token = mint(Algorithm::HS256, &good_claims());
     // plain, among others, in a second field (HTTP/2 style)
-    send(&layer, cookie(&[b"a=1", format!("b=2; da3={token}").as_bytes()])).await.assert_ok("user-1");
+    send(
+        &layer,
+        cookie(&[b"a=1", format!("b=2; da3={token}").as_bytes()]),
+    )
+    .await
+    .assert_ok("user-1");
     // quoted
-    send(&layer, cookie(&[format!("da3=\"{token}\"").as_bytes()])).await.assert_ok("user-1");
+    send(&layer, cookie(&[format!("da3=\"{token}\"").as_bytes()]))
+        .await
+        .assert_ok("user-1");
     // the same value twice
-    send(&layer, cookie(&[format!("da3={token}").as_bytes(), format!("da3={token}").as_bytes()])).await.assert_ok("user-1");
+    send(
+        &layer,
+        cookie(&[
+            format!("da3={token}").as_bytes(),
+            format!("da3={token}").as_bytes(),
+        ]),
+    )
+    .await
+    .assert_ok("user-1");
     // tossing: two different values
     let other = mint(Algorithm::HS256, &with(&[("sub", json!("victim"))]));
-    send(&layer, cookie(&[format!("da3={token}; da3={other}").as_bytes()])).await
-        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::AmbiguousCookie);
+    send(
+        &layer,
+        cookie(&[format!("da3={token}; da3={other}").as_bytes()]),
+    )
+    .await
+    .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::AmbiguousCookie);
     // empty: absent
     let out = send(&layer, cookie(&[b"da3="])).await;
     out.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Missing);
@@ -389,14 +592,24 @@ async fn cookie_cases() {
     // non-UTF-8 bytes in the token cookie
     let mut bad = format!("da3={token}").into_bytes();
     bad[10] = 0xff;
-    send(&layer, cookie(&[&bad])).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Malformed);
+    send(&layer, cookie(&[&bad]))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Malformed);
     // non-UTF-8 bytes in another cookie do not matter
-    send(&layer, cookie(&[b"x=\xfe\xff", format!("da3={token}").as_bytes()])).await.assert_ok("user-1");
+    send(
+        &layer,
+        cookie(&[b"x=\xfe\xff", format!("da3={token}").as_bytes()]),
+    )
+    .await
+    .assert_ok("user-1");
 }
 
 #[tokio::test]
 async fn refusals_never_echo_the_token() {
-    let token = mint(Algorithm::HS256, &with(&[("exp", json!(NOW - 1000)), ("sub", json!("s3cr3t-subject"))]));
+    let token = mint(
+        Algorithm::HS256,
+        &with(&[("exp", json!(NOW - 1000)), ("sub", json!("s3cr3t-subject"))]),
+    );
     let out = check(&token).await;
     assert_eq!(out.status, StatusCode::UNAUTHORIZED);
     let all = format!("{:?}{:?}", out.headers, out.body);
@@ -409,7 +622,10 @@ async fn refusals_never_echo_the_token() {
 #[tokio::test]
 async fn problem_json_and_head() {
     let out = check("garbage").await;
-    assert_eq!(out.headers[header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(
+        out.headers[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
     let body = out.json();
     assert_eq!(body["status"], 401);
     assert_eq!(body["reason"], "malformed");
@@ -422,15 +638,34 @@ async fn problem_json_and_head() {
 
 #[tokio::test]
 async fn grpc_requests_get_grpc_status() {
-    let mut req = Request::builder().method(Method::POST).header(header::CONTENT_TYPE, "application/grpc").body(()).unwrap();
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .body(())
+        .unwrap();
     let out = send(&builder().build().unwrap(), req).await;
     assert_eq!(out.status, StatusCode::OK);
     assert_eq!(out.headers["grpc-status"], "16");
     assert!(out.body.is_empty());
     assert_eq!(out.calls, 0);
-    req = Request::builder().method(Method::POST).header(header::CONTENT_TYPE, "application/grpc").body(()).unwrap();
-    req.headers_mut().insert(header::AUTHORIZATION, HeaderValue::try_from(format!("Bearer {}", mint(Algorithm::HS256, &good_claims()))).unwrap());
-    let layer = builder().authorize(|c: &Value| c["roles"].as_array().is_some_and(|r| r.contains(&json!("admin")))).build().unwrap();
+    req = Request::builder()
+        .method(Method::POST)
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .body(())
+        .unwrap();
+    req.headers_mut().insert(
+        header::AUTHORIZATION,
+        HeaderValue::try_from(format!("Bearer {}", mint(Algorithm::HS256, &good_claims())))
+            .unwrap(),
+    );
+    let layer = builder()
+        .authorize(|c: &Value| {
+            c["roles"]
+                .as_array()
+                .is_some_and(|r| r.contains(&json!("admin")))
+        })
+        .build()
+        .unwrap();
     let out = send(&layer, req).await;
     assert_eq!(out.headers["grpc-status"], "7");
 }
@@ -443,18 +678,26 @@ async fn modes() {
     let none = || Request::new(());
 
     let required = layer.clone().mode(AuthMode::Required);
-    send(&required, none()).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Missing);
-    send(&required, bearer(&expired)).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Expired);
+    send(&required, none())
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Missing);
+    send(&required, bearer(&expired))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Expired);
     send(&required, bearer(&good)).await.assert_ok("user-1");
 
     let optional = layer.clone().optional();
     send(&optional, none()).await.assert_ok("anonymous");
-    send(&optional, bearer(&expired)).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Expired);
+    send(&optional, bearer(&expired))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Expired);
     send(&optional, bearer(&good)).await.assert_ok("user-1");
 
     let lenient = layer.lenient();
     send(&lenient, none()).await.assert_ok("anonymous");
-    send(&lenient, bearer(&expired)).await.assert_ok("anonymous");
+    send(&lenient, bearer(&expired))
+        .await
+        .assert_ok("anonymous");
     send(&lenient, bearer("junk")).await.assert_ok("anonymous");
     send(&lenient, bearer(&good)).await.assert_ok("user-1");
 }
@@ -465,24 +708,42 @@ async fn lenient_marks_why_a_token_was_dropped() {
     let expired = mint(Algorithm::HS256, &with(&[("exp", json!(NOW - 1000))]));
     let svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
         let marker = req.extensions().get::<tollgate::auth::Anonymous>().copied();
-        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from(format!("{:?}", marker.and_then(|m| m.rejected()))))))
+        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+            format!("{:?}", marker.and_then(|m| m.rejected())),
+        ))))
     }));
     let res = svc.oneshot(bearer(&expired)).await.unwrap();
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "Some(Expired)");
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "Some(Expired)"
+    );
 }
 
 #[tokio::test]
 async fn authorization_hook_gives_403() {
     let layer = builder()
-        .authorize(|c: &Value| c["roles"].as_array().is_some_and(|r| r.contains(&json!("admin"))))
+        .authorize(|c: &Value| {
+            c["roles"]
+                .as_array()
+                .is_some_and(|r| r.contains(&json!("admin")))
+        })
         .build()
         .unwrap();
     let out = send(&layer, bearer(&mint(Algorithm::HS256, &good_claims()))).await;
     out.assert_refused(StatusCode::FORBIDDEN, AuthErrorKind::Forbidden);
-    assert!(out.headers[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer error=\"insufficient_scope\""));
+    assert!(
+        out.headers[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer error=\"insufficient_scope\"")
+    );
     // Lenient mode does not turn a refusal by the hook into anonymity.
-    send(&layer.clone().lenient(), bearer(&mint(Algorithm::HS256, &good_claims()))).await
-        .assert_refused(StatusCode::FORBIDDEN, AuthErrorKind::Forbidden);
+    send(
+        &layer.clone().lenient(),
+        bearer(&mint(Algorithm::HS256, &good_claims())),
+    )
+    .await
+    .assert_refused(StatusCode::FORBIDDEN, AuthErrorKind::Forbidden);
     let admin = mint(Algorithm::HS256, &with(&[("roles", json!(["admin"]))]));
     send(&layer, bearer(&admin)).await.assert_ok("user-1");
 }
@@ -495,17 +756,41 @@ async fn typ_lifetime_and_required_claims() {
         .require_claim("roles")
         .build()
         .unwrap();
-    let at = |claims: &Value, typ: &str| mint_with(json!({"alg": "HS256", "typ": typ}), Algorithm::HS256, claims);
-    send(&layer, bearer(&at(&good_claims(), "application/AT+JWT"))).await.assert_ok("user-1");
-    send(&layer, bearer(&at(&good_claims(), "JWT"))).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidHeader);
-    send(&layer, bearer(&mint_with(json!({"alg": "HS256"}), Algorithm::HS256, &good_claims()))).await
+    let at = |claims: &Value, typ: &str| {
+        mint_with(
+            json!({"alg": "HS256", "typ": typ}),
+            Algorithm::HS256,
+            claims,
+        )
+    };
+    send(&layer, bearer(&at(&good_claims(), "application/AT+JWT")))
+        .await
+        .assert_ok("user-1");
+    send(&layer, bearer(&at(&good_claims(), "JWT")))
+        .await
         .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidHeader);
+    send(
+        &layer,
+        bearer(&mint_with(
+            json!({"alg": "HS256"}),
+            Algorithm::HS256,
+            &good_claims(),
+        )),
+    )
+    .await
+    .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidHeader);
     let long = with(&[("iat", json!(NOW - 10)), ("exp", json!(NOW + 4000))]);
-    send(&layer, bearer(&at(&long, "at+jwt"))).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
+    send(&layer, bearer(&at(&long, "at+jwt")))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
     let no_iat = with(&[("iat", Value::Null)]);
-    send(&layer, bearer(&at(&no_iat, "at+jwt"))).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
+    send(&layer, bearer(&at(&no_iat, "at+jwt")))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
     let no_roles = with(&[("roles", Value::Null)]);
-    send(&layer, bearer(&at(&no_roles, "at+jwt"))).await.assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
+    send(&layer, bearer(&at(&no_roles, "at+jwt")))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
 }
 
 #[tokio::test]
@@ -515,38 +800,78 @@ async fn typed_claims_and_type_mismatch() {
         sub: String,
         roles: Vec<String>,
     }
-    let layer = JwtAuthLayer::<User>::builder().key(Key::hmac(SECRET).unwrap()).bearer().audience(AUDIENCE).clock(|| NOW).build().unwrap();
+    let layer = JwtAuthLayer::<User>::builder()
+        .key(Key::hmac(SECRET).unwrap())
+        .bearer()
+        .audience(AUDIENCE)
+        .clock(|| NOW)
+        .build()
+        .unwrap();
     let svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
         let user = req.extensions().get::<tollgate::Claims<User>>().unwrap();
-        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from(format!("{}:{}", user.sub, user.roles.join(","))))))
+        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+            format!("{}:{}", user.sub, user.roles.join(",")),
+        ))))
     }));
-    let res = svc.clone().oneshot(bearer(&mint(Algorithm::HS256, &good_claims()))).await.unwrap();
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "user-1:reader");
-    let res = svc.oneshot(bearer(&mint(Algorithm::HS256, &with(&[("roles", json!("reader"))])))).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(bearer(&mint(Algorithm::HS256, &good_claims())))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "user-1:reader"
+    );
+    let res = svc
+        .oneshot(bearer(&mint(
+            Algorithm::HS256,
+            &with(&[("roles", json!("reader"))]),
+        )))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
 async fn custom_responder() {
-    let layer = builder().build().unwrap().with_responder(|e: &tollgate::auth::AuthError, _req: &http::request::Parts| {
-        let mut res = Response::new(Bytes::from(format!("nope: {}", e.kind().reason())));
-        *res.status_mut() = StatusCode::IM_A_TEAPOT;
-        res
-    });
+    let layer = builder().build().unwrap().with_responder(
+        |e: &tollgate::auth::AuthError, _req: &http::request::Parts| {
+            let mut res = Response::new(Bytes::from(format!("nope: {}", e.kind().reason())));
+            *res.status_mut() = StatusCode::IM_A_TEAPOT;
+            res
+        },
+    );
     let counter = Counter::default();
-    let res = layer.layer(counter.service()).oneshot(Request::new(())).await.unwrap();
+    let res = layer
+        .layer(counter.service())
+        .oneshot(Request::new(()))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::IM_A_TEAPOT);
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "nope: missing");
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "nope: missing"
+    );
     assert_eq!(counter.calls(), 0);
 }
 
 #[test]
 fn configuration_errors_say_what_to_fix() {
-    let e = JwtAuthLayer::<Value>::builder().bearer().build().unwrap_err();
+    let e = JwtAuthLayer::<Value>::builder()
+        .bearer()
+        .build()
+        .unwrap_err();
     assert_eq!(e.setting(), "key");
-    let e = JwtAuthLayer::<Value>::builder().key(Key::hmac(SECRET).unwrap()).build().unwrap_err();
+    let e = JwtAuthLayer::<Value>::builder()
+        .key(Key::hmac(SECRET).unwrap())
+        .build()
+        .unwrap_err();
     assert_eq!(e.setting(), "sources");
-    let e = JwtAuthLayer::<Value>::builder().key(Key::hmac(SECRET).unwrap()).cookie("bad name").build().unwrap_err();
+    let e = JwtAuthLayer::<Value>::builder()
+        .key(Key::hmac(SECRET).unwrap())
+        .cookie("bad name")
+        .build()
+        .unwrap_err();
     assert_eq!(e.setting(), "cookie");
     assert!(Key::hmac(b"short").is_err());
     assert!(Key::rsa_pem(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").is_err());

@@ -36,7 +36,11 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub(crate) fn new(subject: Option<Arc<str>>, issuer: Option<Arc<str>>, source: CredentialSource) -> Self {
+    pub(crate) fn new(
+        subject: Option<Arc<str>>,
+        issuer: Option<Arc<str>>,
+        source: CredentialSource,
+    ) -> Self {
         Self {
             subject,
             issuer,

@@ -21,7 +21,11 @@ impl IntoResponse for AuthRejection {
     fn into_response(self) -> Response {
         match self {
             Self::Unauthenticated => {
-                let mut res = (StatusCode::UNAUTHORIZED, "this resource needs a valid token").into_response();
+                let mut res = (
+                    StatusCode::UNAUTHORIZED,
+                    "this resource needs a valid token",
+                )
+                    .into_response();
                 res.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 res
@@ -40,7 +44,9 @@ impl std::fmt::Display for AuthRejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Unauthenticated => "the caller is anonymous",
-            Self::MissingLayer => "JwtAuthLayer is not mounted on this route (or its claims type differs)",
+            Self::MissingLayer => {
+                "JwtAuthLayer is not mounted on this route (or its claims type differs)"
+            }
         })
     }
 }
@@ -68,7 +74,10 @@ impl<S: Send + Sync, T: Send + Sync + 'static> FromRequestParts<S> for Claims<T>
 impl<S: Send + Sync, T: Send + Sync + 'static> OptionalFromRequestParts<S> for Claims<T> {
     type Rejection = AuthRejection;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
         lookup::<Self>(parts)
     }
 }
@@ -84,7 +93,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Identity {
 impl<S: Send + Sync> OptionalFromRequestParts<S> for Identity {
     type Rejection = AuthRejection;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
         lookup::<Self>(parts)
     }
 }

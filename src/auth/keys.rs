@@ -70,8 +70,9 @@ impl Key {
     /// # Errors
     /// The PEM is not an RSA public key.
     pub fn rsa_pem(pem: impl AsRef<[u8]>) -> Result<Self, ConfigError> {
-        let key = DecodingKey::from_rsa_pem(pem.as_ref())
-            .map_err(|_| key_error("not an RSA public key in PEM (BEGIN PUBLIC KEY / BEGIN RSA PUBLIC KEY)"))?;
+        let key = DecodingKey::from_rsa_pem(pem.as_ref()).map_err(|_| {
+            key_error("not an RSA public key in PEM (BEGIN PUBLIC KEY / BEGIN RSA PUBLIC KEY)")
+        })?;
         Ok(Self::with_family(key, AlgorithmFamily::Rsa))
     }
 
@@ -211,7 +212,10 @@ impl Key {
     /// # Errors
     /// An empty list, or an algorithm this key cannot verify (e.g. `RS256` for
     /// an HMAC secret).
-    pub fn algorithms(mut self, algorithms: impl IntoIterator<Item = Algorithm>) -> Result<Self, ConfigError> {
+    pub fn algorithms(
+        mut self,
+        algorithms: impl IntoIterator<Item = Algorithm>,
+    ) -> Result<Self, ConfigError> {
         let wanted: Vec<Algorithm> = algorithms.into_iter().collect();
         if wanted.is_empty() {
             return Err(key_error("a key needs at least one algorithm"));
@@ -269,13 +273,15 @@ pub(crate) struct KeySet {
 impl KeySet {
     pub(crate) fn new(keys: Vec<Key>) -> Result<Self, ConfigError> {
         if keys.is_empty() {
-            return Err(key_error("no verification key: add one with .key(Key::hmac(..)) or a public key"));
+            return Err(key_error(
+                "no verification key: add one with .key(Key::hmac(..)) or a public key",
+            ));
         }
         for (i, key) in keys.iter().enumerate() {
-            if let Some(kid) = &key.kid {
-                if keys[..i].iter().any(|k| k.kid.as_ref() == Some(kid)) {
-                    return Err(key_error("two keys share one kid"));
-                }
+            if let Some(kid) = &key.kid
+                && keys[..i].iter().any(|k| k.kid.as_ref() == Some(kid))
+            {
+                return Err(key_error("two keys share one kid"));
             }
         }
         Ok(Self { keys })
@@ -287,7 +293,9 @@ impl KeySet {
 
     /// Keys that may verify `alg`, for tokens without a `kid`.
     pub(crate) fn allowing(&self, alg: Algorithm) -> impl Iterator<Item = &Key> {
-        self.keys.iter().filter(move |k| k.algorithms.contains(&alg))
+        self.keys
+            .iter()
+            .filter(move |k| k.algorithms.contains(&alg))
     }
 }
 
@@ -304,7 +312,10 @@ mod tests {
 
     #[test]
     fn hmac_algorithms_follow_secret_length() {
-        assert_eq!(Key::hmac([1u8; 32]).unwrap().allowed_algorithms(), [Algorithm::HS256]);
+        assert_eq!(
+            Key::hmac([1u8; 32]).unwrap().allowed_algorithms(),
+            [Algorithm::HS256]
+        );
         assert_eq!(
             Key::hmac([1u8; 64]).unwrap().allowed_algorithms(),
             [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]
@@ -313,7 +324,10 @@ mod tests {
 
     #[test]
     fn cross_family_algorithms_are_refused() {
-        let err = Key::hmac([1u8; 32]).unwrap().algorithms([Algorithm::RS256]).unwrap_err();
+        let err = Key::hmac([1u8; 32])
+            .unwrap()
+            .algorithms([Algorithm::RS256])
+            .unwrap_err();
         assert!(err.reason().contains("RS256"), "{err}");
     }
 

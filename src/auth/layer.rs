@@ -57,7 +57,10 @@ pub(crate) struct Authenticated<T> {
 
 impl<T: DeserializeOwned> AuthState<T> {
     /// `Ok(None)`: no token anywhere.
-    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Authenticated<T>>, AuthError> {
+    pub(crate) fn authenticate(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<Authenticated<T>>, AuthError> {
         let Some(found) = token::extract(headers, &self.sources, self.max_token_len)? else {
             return Ok(None);
         };
@@ -66,13 +69,13 @@ impl<T: DeserializeOwned> AuthState<T> {
             subject,
             issuer,
         } = verify::verify::<T>(&found.token, &self.keys, &self.rules, self.clock.unix_now())?;
-        if let Some(authorize) = &self.authorize {
-            if !authorize(&claims) {
-                return Err(AuthError::new(
-                    AuthErrorKind::Forbidden,
-                    "the token does not grant access to this resource",
-                ));
-            }
+        if let Some(authorize) = &self.authorize
+            && !authorize(&claims)
+        {
+            return Err(AuthError::new(
+                AuthErrorKind::Forbidden,
+                "the token does not grant access to this resource",
+            ));
         }
         Ok(Some(Authenticated {
             claims,
@@ -237,7 +240,8 @@ impl<T> JwtAuthBuilder<T> {
     /// Reads the token from the cookie `name` (daily.dev's is `da3`). Sources
     /// are tried in the order they are added.
     pub fn cookie(mut self, name: impl Into<String>) -> Self {
-        self.sources.push(Source::Cookie(name.into().into_boxed_str()));
+        self.sources
+            .push(Source::Cookie(name.into().into_boxed_str()));
         self
     }
 
@@ -355,7 +359,10 @@ impl<T> JwtAuthBuilder<T> {
             return Err(ConfigError::new("audience", "an audience cannot be empty"));
         }
         if self.required_claims.len() > 64 {
-            return Err(ConfigError::new("require_claim", "at most 64 required claims"));
+            return Err(ConfigError::new(
+                "require_claim",
+                "at most 64 required claims",
+            ));
         }
         if self.max_token_len == 0 {
             return Err(ConfigError::new("max_token_len", "must be at least 1 byte"));

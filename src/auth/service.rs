@@ -89,7 +89,10 @@ where
             )),
             Ok(None) => Ok(Anonymous::new(None)),
             Err(e) if self.mode == AuthMode::Lenient && e.kind() != AuthErrorKind::Forbidden => {
-                tracing::debug!(reason = e.kind().reason(), "tollgate: token ignored (lenient)");
+                tracing::debug!(
+                    reason = e.kind().reason(),
+                    "tollgate: token ignored (lenient)"
+                );
                 Ok(Anonymous::new(Some(e.kind())))
             }
             Err(e) => Err(e),

@@ -102,17 +102,20 @@ fn from_cookies<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<Cow<'a,
         match text {
             Cow::Borrowed(text) => {
                 for cookie in Cookie::split_parse(text).flatten() {
-                    if cookie.name_raw() == Some(name) {
-                        if let Some(raw) = cookie.value_raw() {
-                            merge(&mut field_value, Cow::Borrowed(unquote(raw)))?;
-                        }
+                    if cookie.name_raw() == Some(name)
+                        && let Some(raw) = cookie.value_raw()
+                    {
+                        merge(&mut field_value, Cow::Borrowed(unquote(raw)))?;
                     }
                 }
             }
             Cow::Owned(text) => {
                 for cookie in Cookie::split_parse(text.as_str()).flatten() {
                     if cookie.name() == name {
-                        merge(&mut field_value, Cow::Owned(cookie.value_trimmed().to_owned()))?;
+                        merge(
+                            &mut field_value,
+                            Cow::Owned(cookie.value_trimmed().to_owned()),
+                        )?;
                     }
                 }
             }
@@ -174,7 +177,10 @@ fn from_bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     }
     let token = rest.trim_ascii();
     if token.is_empty() {
-        return Err(AuthError::new(AuthErrorKind::Malformed, "empty Bearer token"));
+        return Err(AuthError::new(
+            AuthErrorKind::Malformed,
+            "empty Bearer token",
+        ));
     }
     std::str::from_utf8(token)
         .map(Some)
@@ -244,7 +250,10 @@ mod tests {
     #[test]
     fn empty_value_is_absent() {
         assert_eq!(cookie_token(&cookies(&[b"da3="])), Ok(None));
-        assert_eq!(cookie_token(&cookies(&[b"da3=; da3=tok"])), Ok(Some("tok".into())));
+        assert_eq!(
+            cookie_token(&cookies(&[b"da3=; da3=tok"])),
+            Ok(Some("tok".into()))
+        );
     }
 
     #[test]
@@ -271,14 +280,20 @@ mod tests {
     #[test]
     fn bearer_scheme_is_case_insensitive() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bEaReR  abc "));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bEaReR  abc "),
+        );
         assert_eq!(bearer(&h), Ok(Some("abc".into())));
     }
 
     #[test]
     fn other_schemes_are_absent_and_duplicates_refused() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjpwdw=="));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic dXNlcjpwdw=="),
+        );
         assert_eq!(bearer(&h), Ok(None));
         h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
         assert_eq!(bearer(&h), Err(AuthErrorKind::Malformed));
@@ -290,7 +305,10 @@ mod tests {
     #[test]
     fn sources_are_tried_in_order() {
         let mut h = cookies(&[b"da3=from-cookie"]);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer from-header"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer from-header"),
+        );
         let order = [Source::Bearer, Source::Cookie("da3".into())];
         let found = extract(&h, &order, 8192).unwrap().unwrap();
         assert_eq!(found.token, "from-header");

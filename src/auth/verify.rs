@@ -15,8 +15,10 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
-use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 
 use super::error::{AuthError, AuthErrorKind};
 use super::keys::{Key, KeySet};
@@ -54,9 +56,7 @@ fn malformed(detail: &'static str) -> AuthError {
 }
 
 fn b64(segment: &str, what: &'static str) -> Result<Vec<u8>, AuthError> {
-    URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| malformed(what))
+    URL_SAFE_NO_PAD.decode(segment).map_err(|_| malformed(what))
 }
 
 #[derive(Deserialize)]
@@ -102,17 +102,14 @@ pub(crate) fn verify<T: DeserializeOwned>(
             "the token's alg is not a supported signature algorithm",
         )
     })?;
-    if let Some(crit) = &header.crit {
-        if crit.is_empty()
-            || crit
-                .iter()
-                .any(|c| !rules.understood_crit.iter().any(|u| **u == **c))
-        {
-            return Err(err(
-                AuthErrorKind::InvalidHeader,
-                "the token names a critical header extension this service does not understand",
-            ));
-        }
+    let understood = |c: &Cow<'_, str>| rules.understood_crit.iter().any(|u| **u == **c);
+    if let Some(crit) = &header.crit
+        && (crit.is_empty() || !crit.iter().all(understood))
+    {
+        return Err(err(
+            AuthErrorKind::InvalidHeader,
+            "the token names a critical header extension this service does not understand",
+        ));
     }
     if let Some(expected) = &rules.typ {
         let ok = header
@@ -120,7 +117,10 @@ pub(crate) fn verify<T: DeserializeOwned>(
             .as_deref()
             .is_some_and(|typ| media_type_eq(typ, expected));
         if !ok {
-            return Err(err(AuthErrorKind::InvalidHeader, "the token's typ is not accepted here"));
+            return Err(err(
+                AuthErrorKind::InvalidHeader,
+                "the token's typ is not accepted here",
+            ));
         }
     }
 
@@ -128,9 +128,9 @@ pub(crate) fn verify<T: DeserializeOwned>(
     let message = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
     match header.kid.as_deref() {
         Some(kid) => {
-            let key = keys.by_kid(kid).ok_or_else(|| {
-                err(AuthErrorKind::UnknownKey, "no key matches the token's kid")
-            })?;
+            let key = keys
+                .by_kid(kid)
+                .ok_or_else(|| err(AuthErrorKind::UnknownKey, "no key matches the token's kid"))?;
             if !key.algorithms.contains(&alg) {
                 return Err(err(
                     AuthErrorKind::UnsupportedAlgorithm,
@@ -174,7 +174,12 @@ fn bad_signature() -> AuthError {
     err(AuthErrorKind::BadSignature, "the signature does not verify")
 }
 
-fn check_signature(key: &Key, alg: Algorithm, message: &[u8], signature: &[u8]) -> Result<(), AuthError> {
+fn check_signature(
+    key: &Key,
+    alg: Algorithm,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), AuthError> {
     let verifier = (crate::crypto::provider().verifier_factory)(&alg, &key.key)
         .map_err(|_| bad_signature())?;
     verifier
@@ -203,16 +208,25 @@ fn check_claims(r: &Registered, rules: &Rules, now: u64) -> Result<Option<Arc<st
         None if rules.require_exp => return Err(claim("the token has no exp claim")),
         _ => {}
     }
-    if let Some(nbf) = r.nbf {
-        if now.saturating_add(rules.leeway) < nbf {
-            return Err(err(AuthErrorKind::NotYetValid, "the token is not valid yet (nbf)"));
-        }
+    if let Some(nbf) = r.nbf
+        && now.saturating_add(rules.leeway) < nbf
+    {
+        return Err(err(
+            AuthErrorKind::NotYetValid,
+            "the token is not valid yet (nbf)",
+        ));
     }
     if let Some(max) = rules.max_lifetime {
         match (r.iat, r.exp) {
             (Some(iat), Some(exp)) if exp.saturating_sub(iat) <= max => {}
-            (Some(_), Some(_)) => return Err(claim("the token's lifetime (exp - iat) is too long")),
-            _ => return Err(claim("a maximum lifetime is set: the token needs iat and exp")),
+            (Some(_), Some(_)) => {
+                return Err(claim("the token's lifetime (exp - iat) is too long"));
+            }
+            _ => {
+                return Err(claim(
+                    "a maximum lifetime is set: the token needs iat and exp",
+                ));
+            }
         }
     }
     let issuer = if rules.issuers.is_empty() {
@@ -303,10 +317,10 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
         let mut iss_seen = false;
         let mut sub_seen = false;
         while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
-            if let Some(i) = self.rules.required_claims.iter().position(|c| **c == *name) {
-                if i < 64 {
-                    r.required_seen |= 1 << i;
-                }
+            if let Some(i) = self.rules.required_claims.iter().position(|c| **c == *name)
+                && i < 64
+            {
+                r.required_seen |= 1 << i;
             }
             let duplicate = |seen: bool| {
                 if seen {
@@ -472,7 +486,10 @@ mod tests {
     #[test]
     fn reads_registered_claims() {
         let r = read(r#"{"exp":10,"nbf":5.9,"iat":1,"iss":"https://issuer","aud":["x","api"],"sub":"u1","roles":[],"z":{"a":[1,2]}}"#).unwrap();
-        assert_eq!((r.exp, r.nbf, r.iat, r.iss), (Some(10), Some(5), Some(1), Some(0)));
+        assert_eq!(
+            (r.exp, r.nbf, r.iat, r.iss),
+            (Some(10), Some(5), Some(1), Some(0))
+        );
         assert!(r.aud_present && r.aud_matched);
         assert_eq!(r.sub.as_deref(), Some("u1"));
         assert_eq!(r.required_seen, 1);
@@ -492,7 +509,9 @@ mod tests {
             (r#"[1,2]"#, "object"),
             (r#""str""#, "object"),
         ] {
-            let e = read(json).err().unwrap_or_else(|| panic!("{json} accepted"));
+            let e = read(json)
+                .err()
+                .unwrap_or_else(|| panic!("{json} accepted"));
             assert_eq!(e.kind(), AuthErrorKind::InvalidClaim, "{json}");
             assert!(e.detail().contains(needle), "{json}: {e}");
             assert!(!e.detail().contains("secretvalue"));
@@ -513,7 +532,10 @@ mod tests {
         assert!(read(&json).is_ok());
         assert!(serde_json::from_str::<serde_json::Value>(&json).is_err());
         let json = format!(r#"{{"aud":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
-        assert_eq!(read(&json).err().map(|e| e.kind()), Some(AuthErrorKind::InvalidClaim));
+        assert_eq!(
+            read(&json).err().map(|e| e.kind()),
+            Some(AuthErrorKind::InvalidClaim)
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Test helpers: key fixtures, token minting, a counting inner service.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -69,11 +69,20 @@ pub fn sign_raw(header: &Value, claims: &[u8], alg: Algorithm, key: &EncodingKey
 
 /// A token for `claims`, signed with the fixture key of `alg`.
 pub fn mint(alg: Algorithm, claims: &Value) -> String {
-    mint_with(json!({"alg": format!("{alg:?}"), "typ": "JWT"}), alg, claims)
+    mint_with(
+        json!({"alg": format!("{alg:?}"), "typ": "JWT"}),
+        alg,
+        claims,
+    )
 }
 
 pub fn mint_with(header: Value, alg: Algorithm, claims: &Value) -> String {
-    sign_raw(&header, &serde_json::to_vec(claims).unwrap(), alg, &encoding_key(alg))
+    sign_raw(
+        &header,
+        &serde_json::to_vec(claims).unwrap(),
+        alg,
+        &encoding_key(alg),
+    )
 }
 
 /// Builds `header.payload.signature` from raw segments (no signing).
@@ -98,8 +107,12 @@ impl Counter {
 
     pub fn service<B>(
         &self,
-    ) -> impl tower::Service<Request<B>, Response = Response<http_body_util::Full<Bytes>>, Error = Infallible, Future = impl Send>
-    + Clone
+    ) -> impl tower::Service<
+        Request<B>,
+        Response = Response<http_body_util::Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
     + Send
     where
         B: Send + 'static,
@@ -112,7 +125,9 @@ impl Counter {
                 .get::<tollgate::Identity>()
                 .and_then(|i| i.subject().map(str::to_owned))
                 .unwrap_or_else(|| "anonymous".to_owned());
-            async move { Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(who)))) }
+            async move {
+                Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(who))))
+            }
         })
     }
 }

@@ -1,0 +1,9 @@
+//! tollgate benches. `cargo bench --bench tollgate` runs them all;
+//! `cargo bench --bench tollgate -- auth` runs one group.
+
+use criterion::{criterion_group, criterion_main};
+
+mod auth;
+
+criterion_group!(benches, auth::bench);
+criterion_main!(benches);
