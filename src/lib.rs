@@ -28,8 +28,10 @@ pub mod body;
 mod clock;
 pub mod crypto;
 mod error;
+pub mod rate_limit;
 pub mod reject;
 
 pub use auth::{Claims, Identity, JwtAuthLayer, Key};
 pub use clock::{SystemClock, WallClock};
 pub use error::ConfigError;
+pub use rate_limit::{KeyBy, Quota, RateLimitLayer, TrustedProxies};

@@ -1,0 +1,277 @@
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::HeaderName;
+use http::request::Parts;
+
+use super::client_ip::{TrustedProxies, canonical, peer_ip};
+use crate::auth::Identity;
+use crate::error::ConfigError;
+
+/// The bucket a request is counted in.
+///
+/// Compact (24 bytes) so that a million keys stay small: addresses are stored
+/// as integers, IPv6 addresses already masked to their prefix.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RateKey(Repr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    Global,
+    /// Requests whose key could not be found share this bucket.
+    Unkeyed,
+    /// New keys beyond the store's cap share this bucket.
+    Overflow,
+    V4(u32),
+    V6(u64, u64),
+    Text(Arc<str>),
+}
+
+impl RateKey {
+    /// The one bucket of a global limit.
+    pub fn global() -> Self {
+        Self(Repr::Global)
+    }
+
+    /// A key from text (a subject, an API key, a header value).
+    pub fn text(text: impl Into<Arc<str>>) -> Self {
+        Self(Repr::Text(text.into()))
+    }
+
+    /// A key from an address: IPv4-mapped IPv6 is IPv4, IPv6 is masked to
+    /// `v6_prefix` bits (64 groups a typical end-user allocation).
+    pub fn ip(ip: IpAddr, v6_prefix: u8) -> Self {
+        match canonical(ip) {
+            IpAddr::V4(v4) => Self(Repr::V4(u32::from(v4))),
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let prefix = u32::from(v6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                let masked = bits & mask;
+                #[allow(clippy::cast_possible_truncation)]
+                Self(Repr::V6((masked >> 64) as u64, masked as u64))
+            }
+        }
+    }
+
+    pub(crate) fn unkeyed() -> Self {
+        Self(Repr::Unkeyed)
+    }
+
+    pub(crate) fn overflow() -> Self {
+        Self(Repr::Overflow)
+    }
+
+    /// A stable text form, used by remote stores to build their keys. IP
+    /// keys are printed as the masked address.
+    pub fn to_store_key(&self) -> String {
+        match &self.0 {
+            Repr::Global => "global".into(),
+            Repr::Unkeyed => "unkeyed".into(),
+            Repr::Overflow => "overflow".into(),
+            Repr::V4(v) => format!("ip:{}", std::net::Ipv4Addr::from(*v)),
+            Repr::V6(hi, lo) => format!(
+                "ip:{}",
+                std::net::Ipv6Addr::from((u128::from(*hi) << 64) | u128::from(*lo))
+            ),
+            Repr::Text(t) => format!("k:{t}"),
+        }
+    }
+}
+
+impl fmt::Debug for RateKey {
+    // Keys can be subjects or addresses: print only their kind.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.0 {
+            Repr::Global => "global",
+            Repr::Unkeyed => "unkeyed",
+            Repr::Overflow => "overflow",
+            Repr::V4(_) => "ipv4",
+            Repr::V6(..) => "ipv6",
+            Repr::Text(_) => "text",
+        };
+        write!(f, "RateKey({kind})")
+    }
+}
+
+type KeyFn = Arc<dyn Fn(&Parts) -> Option<RateKey> + Send + Sync>;
+
+/// What a rate limit counts requests by.
+#[derive(Clone)]
+pub struct KeyBy(KeyKind);
+
+#[derive(Clone)]
+enum KeyKind {
+    Global,
+    ClientIp {
+        proxies: TrustedProxies,
+        v6_prefix: u8,
+    },
+    Subject {
+        proxies: TrustedProxies,
+        v6_prefix: u8,
+    },
+    Header(HeaderName),
+    Custom(KeyFn),
+}
+
+impl fmt::Debug for KeyBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            KeyKind::Global => f.write_str("KeyBy::global"),
+            KeyKind::ClientIp { proxies, v6_prefix } => f
+                .debug_struct("KeyBy::client_ip")
+                .field("proxies", proxies)
+                .field("v6_prefix", v6_prefix)
+                .finish(),
+            KeyKind::Subject { proxies, v6_prefix } => f
+                .debug_struct("KeyBy::subject")
+                .field("fallback_proxies", proxies)
+                .field("v6_prefix", v6_prefix)
+                .finish(),
+            KeyKind::Header(h) => write!(f, "KeyBy::header({h})"),
+            KeyKind::Custom(_) => f.write_str("KeyBy::custom(..)"),
+        }
+    }
+}
+
+/// Default IPv6 prefix length that shares one bucket.
+pub const DEFAULT_V6_PREFIX: u8 = 64;
+
+impl KeyBy {
+    /// One bucket for all requests.
+    pub fn global() -> Self {
+        Self(KeyKind::Global)
+    }
+
+    /// The direct peer's address (see [`PeerAddr`](super::PeerAddr) for
+    /// where it is read from).
+    pub fn peer_ip() -> Self {
+        Self::client_ip(TrustedProxies::none())
+    }
+
+    /// The client's address, read from forwarding headers only when the peer
+    /// is a trusted proxy.
+    pub fn client_ip(proxies: TrustedProxies) -> Self {
+        Self(KeyKind::ClientIp {
+            proxies,
+            v6_prefix: DEFAULT_V6_PREFIX,
+        })
+    }
+
+    /// The verified subject ([`Identity`], set by
+    /// [`JwtAuthLayer`](crate::auth::JwtAuthLayer) in front of this layer);
+    /// anonymous callers are counted by client address.
+    pub fn subject_or_client_ip(proxies: TrustedProxies) -> Self {
+        Self(KeyKind::Subject {
+            proxies,
+            v6_prefix: DEFAULT_V6_PREFIX,
+        })
+    }
+
+    /// The value of a request header (e.g. an API key). Requests without it
+    /// have no key.
+    pub fn header(name: HeaderName) -> Self {
+        Self(KeyKind::Header(name))
+    }
+
+    /// Any function of the request head.
+    pub fn custom(f: impl Fn(&Parts) -> Option<RateKey> + Send + Sync + 'static) -> Self {
+        Self(KeyKind::Custom(Arc::new(f)))
+    }
+
+    /// The IPv6 prefix length whose addresses share a bucket (default 64).
+    ///
+    /// # Errors
+    /// A prefix over 128, or a key kind that has no address.
+    pub fn v6_prefix(mut self, prefix: u8) -> Result<Self, ConfigError> {
+        if prefix > 128 {
+            return Err(ConfigError::new(
+                "v6_prefix",
+                "an IPv6 prefix is at most 128 bits",
+            ));
+        }
+        match &mut self.0 {
+            KeyKind::ClientIp { v6_prefix, .. } | KeyKind::Subject { v6_prefix, .. } => {
+                *v6_prefix = prefix;
+                Ok(self)
+            }
+            _ => Err(ConfigError::new(
+                "v6_prefix",
+                "only address keys have an IPv6 prefix",
+            )),
+        }
+    }
+
+    /// The key of a request, or `None` when it has none.
+    pub fn key(&self, parts: &Parts) -> Option<RateKey> {
+        match &self.0 {
+            KeyKind::Global => Some(RateKey::global()),
+            KeyKind::ClientIp { proxies, v6_prefix } => client_key(parts, proxies, *v6_prefix),
+            KeyKind::Subject { proxies, v6_prefix } => {
+                match parts
+                    .extensions
+                    .get::<Identity>()
+                    .and_then(Identity::subject_arc)
+                {
+                    Some(subject) => Some(RateKey(Repr::Text(subject))),
+                    None => client_key(parts, proxies, *v6_prefix),
+                }
+            }
+            KeyKind::Header(name) => parts
+                .headers
+                .get(name)
+                .map(|v| RateKey::text(String::from_utf8_lossy(v.as_bytes()))),
+            KeyKind::Custom(f) => f(parts),
+        }
+    }
+}
+
+fn client_key(parts: &Parts, proxies: &TrustedProxies, v6_prefix: u8) -> Option<RateKey> {
+    let peer = peer_ip(parts)?;
+    Some(RateKey::ip(
+        proxies.client_ip(peer, &parts.headers),
+        v6_prefix,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_compact() {
+        assert!(std::mem::size_of::<RateKey>() <= 24);
+    }
+
+    #[test]
+    fn v6_prefix_groups_and_mapped_v4_is_v4() {
+        let a = RateKey::ip("2001:db8:1:2:aaaa::1".parse().unwrap(), 64);
+        let b = RateKey::ip("2001:db8:1:2:ffff::9".parse().unwrap(), 64);
+        let c = RateKey::ip("2001:db8:1:3::1".parse().unwrap(), 64);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            RateKey::ip("::ffff:1.2.3.4".parse().unwrap(), 64),
+            RateKey::ip("1.2.3.4".parse().unwrap(), 64)
+        );
+        assert_ne!(
+            RateKey::ip("2001:db8::1".parse().unwrap(), 128),
+            RateKey::ip("2001:db8::2".parse().unwrap(), 128)
+        );
+        assert_eq!(
+            RateKey::ip("2001:db8::1".parse().unwrap(), 0),
+            RateKey::ip("ffff::2".parse().unwrap(), 0)
+        );
+        assert_eq!(
+            RateKey::ip("2001:db8::1".parse().unwrap(), 64).to_store_key(),
+            "ip:2001:db8::"
+        );
+    }
+
+    #[test]
+    fn debug_does_not_print_the_key() {
+        assert_eq!(format!("{:?}", RateKey::text("alice")), "RateKey(text)");
+    }
+}

@@ -1,0 +1,290 @@
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use http::request::Parts;
+use tower_layer::Layer;
+
+use super::client_ip::TrustedProxies;
+use super::headers::{self, HeaderStyle};
+use super::key::{KeyBy, RateKey};
+use super::quota::{Policy, Quota};
+use super::service::RateLimit;
+use super::store::{LocalStore, RateLimitStore};
+use crate::auth::Identity;
+use crate::error::ConfigError;
+
+type Predicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
+
+/// What to do with a request whose key cannot be found (e.g. no peer
+/// address was recorded, or the keying header is absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Count all such requests in one shared bucket of the policy (default):
+    /// still limited, never a 500.
+    #[default]
+    SharedBucket,
+    /// Let them through unlimited, without rate-limit headers.
+    Allow,
+}
+
+/// What to do when the store cannot decide (a remote store is slow or down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnStoreError {
+    /// Let the request through, without rate-limit headers (default).
+    #[default]
+    FailOpen,
+    /// Refuse it with 503 (gRPC 14, UNAVAILABLE).
+    FailClosed,
+}
+
+pub(crate) struct Shared<St> {
+    pub(crate) store: St,
+    pub(crate) key: KeyBy,
+    pub(crate) policies: Vec<Policy>,
+    pub(crate) policy_values: Vec<HeaderValue>,
+    tiers: Vec<(usize, Predicate)>,
+    authenticated: Option<usize>,
+    exempt: Vec<Predicate>,
+    pub(crate) style: HeaderStyle,
+    missing_key: MissingKey,
+    pub(crate) on_store_error: OnStoreError,
+}
+
+impl<St> Shared<St> {
+    /// The policy and key of a request; `None`: not limited.
+    pub(crate) fn classify(&self, parts: &Parts) -> Option<(usize, RateKey)> {
+        if self.exempt.iter().any(|exempt| exempt(parts)) {
+            return None;
+        }
+        let policy = self
+            .tiers
+            .iter()
+            .find(|(_, applies)| applies(parts))
+            .map(|(i, _)| *i)
+            .or_else(|| {
+                self.authenticated
+                    .filter(|_| parts.extensions.get::<Identity>().is_some())
+            })
+            .unwrap_or(0);
+        let key = match self.key.key(parts) {
+            Some(key) => key,
+            None => match self.missing_key {
+                MissingKey::SharedBucket => {
+                    tracing::debug!(policy = %self.policies[policy].name, "tollgate: request without a rate-limit key, using the shared bucket");
+                    RateKey::unkeyed()
+                }
+                MissingKey::Allow => return None,
+            },
+        };
+        Some((policy, key))
+    }
+}
+
+/// Limits requests per key (client IP, verified subject, header, ...) with
+/// GCRA quotas, adds rate-limit headers, and answers 429 (or gRPC
+/// RESOURCE_EXHAUSTED) past the quota.
+///
+/// Build it with [`RateLimitLayer::builder`]. State is shared by all clones
+/// (an axum router clones its layers per route), and the decision is made in
+/// `call`, never in `poll_ready`. See the [module docs](crate::rate_limit).
+pub struct RateLimitLayer<St = LocalStore> {
+    pub(crate) shared: Arc<Shared<St>>,
+}
+
+impl<St> Clone for RateLimitLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<St: fmt::Debug> fmt::Debug for RateLimitLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("key", &self.shared.key)
+            .field("policies", &self.shared.policies)
+            .field("store", &self.shared.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer {
+    /// Starts a layer whose default policy is `name` with `quota`.
+    pub fn builder(name: impl Into<String>, quota: Quota) -> RateLimitBuilder<LocalStore> {
+        RateLimitBuilder {
+            store: LocalStore::new(),
+            key: KeyBy::subject_or_client_ip(TrustedProxies::none()),
+            policies: vec![(name.into(), quota)],
+            tiers: Vec::new(),
+            authenticated: None,
+            exempt: Vec::new(),
+            style: HeaderStyle::default(),
+            missing_key: MissingKey::default(),
+            on_store_error: OnStoreError::default(),
+        }
+    }
+}
+
+impl<St: RateLimitStore> RateLimitLayer<St> {
+    /// The store (e.g. to read its key count or clean it).
+    pub fn store(&self) -> &St {
+        &self.shared.store
+    }
+
+    /// How many keys the store holds now.
+    pub fn key_count(&self) -> usize {
+        self.shared.store.key_count()
+    }
+
+    /// The layer's policies; index 0 is the default one.
+    pub fn policies(&self) -> &[Policy] {
+        &self.shared.policies
+    }
+}
+
+impl<S, St> Layer<S> for RateLimitLayer<St> {
+    type Service = RateLimit<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Configures a [`RateLimitLayer`].
+pub struct RateLimitBuilder<St> {
+    store: St,
+    key: KeyBy,
+    policies: Vec<(String, Quota)>,
+    tiers: Vec<(usize, Predicate)>,
+    authenticated: Option<usize>,
+    exempt: Vec<Predicate>,
+    style: HeaderStyle,
+    missing_key: MissingKey,
+    on_store_error: OnStoreError,
+}
+
+impl<St: fmt::Debug> fmt::Debug for RateLimitBuilder<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitBuilder")
+            .field("store", &self.store)
+            .field("key", &self.key)
+            .field("policies", &self.policies)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St> RateLimitBuilder<St> {
+    /// What requests are counted by (default: the verified subject, else the
+    /// peer address).
+    pub fn key(mut self, key: KeyBy) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// The policy for requests that carry an [`Identity`] (set by
+    /// [`JwtAuthLayer`](crate::auth::JwtAuthLayer) in front): a separate
+    /// quota for registered callers.
+    pub fn authenticated(mut self, name: impl Into<String>, quota: Quota) -> Self {
+        self.policies.push((name.into(), quota));
+        self.authenticated = Some(self.policies.len() - 1);
+        self
+    }
+
+    /// A policy for requests `applies` selects, e.g. by claims:
+    /// `|p| p.extensions.get::<Claims<User>>().is_some_and(|c| c.premium)`.
+    /// Tiers are tried in the order added, before the authenticated and
+    /// default policies.
+    pub fn tier(
+        mut self,
+        name: impl Into<String>,
+        quota: Quota,
+        applies: impl Fn(&Parts) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.policies.push((name.into(), quota));
+        self.tiers
+            .push((self.policies.len() - 1, Arc::new(applies)));
+        self
+    }
+
+    /// Requests `exempt` selects are not limited and carry no headers.
+    pub fn exempt(mut self, exempt: impl Fn(&Parts) -> bool + Send + Sync + 'static) -> Self {
+        self.exempt.push(Arc::new(exempt));
+        self
+    }
+
+    /// Which rate-limit headers responses carry (default IETF).
+    pub fn headers(mut self, style: HeaderStyle) -> Self {
+        self.style = style;
+        self
+    }
+
+    /// What to do with requests that have no key (default: a shared bucket).
+    pub fn on_missing_key(mut self, missing: MissingKey) -> Self {
+        self.missing_key = missing;
+        self
+    }
+
+    /// What to do when the store fails (default: fail open).
+    pub fn on_store_error(mut self, on_error: OnStoreError) -> Self {
+        self.on_store_error = on_error;
+        self
+    }
+
+    /// Keeps state in `store` instead of a default [`LocalStore`].
+    pub fn store<St2: RateLimitStore>(self, store: St2) -> RateLimitBuilder<St2> {
+        RateLimitBuilder {
+            store,
+            key: self.key,
+            policies: self.policies,
+            tiers: self.tiers,
+            authenticated: self.authenticated,
+            exempt: self.exempt,
+            style: self.style,
+            missing_key: self.missing_key,
+            on_store_error: self.on_store_error,
+        }
+    }
+}
+
+impl<St: RateLimitStore> RateLimitBuilder<St> {
+    /// Checks the configuration and builds the layer.
+    ///
+    /// # Errors
+    /// A policy name that is not an HTTP token or is used twice, a quota of
+    /// zero, or a store that cannot represent a policy.
+    pub fn build(mut self) -> Result<RateLimitLayer<St>, ConfigError> {
+        let mut policies = Vec::with_capacity(self.policies.len());
+        for (index, (name, quota)) in self.policies.iter().enumerate() {
+            if self.policies[..index].iter().any(|(n, _)| n == name) {
+                return Err(ConfigError::new(
+                    "policy",
+                    format!("two policies are named {name:?}"),
+                ));
+            }
+            policies.push(Policy::new(name, *quota, index)?);
+        }
+        self.store.prepare(&policies)?;
+        let policy_values = policies.iter().map(headers::policy_value).collect();
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared {
+                store: self.store,
+                key: self.key,
+                policies,
+                policy_values,
+                tiers: self.tiers,
+                authenticated: self.authenticated,
+                exempt: self.exempt,
+                style: self.style,
+                missing_key: self.missing_key,
+                on_store_error: self.on_store_error,
+            }),
+        })
+    }
+}
