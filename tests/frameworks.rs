@@ -223,3 +223,122 @@ async fn tonic_unauthenticated_without_token_ok_with_cookie_or_bearer() {
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     assert_eq!(status.message(), "the token has expired");
 }
+
+mod rate_limited {
+    use super::*;
+    use tollgate::rate_limit::{KeyBy, MissingKey, Quota, RateLimitLayer};
+
+    #[tokio::test]
+    async fn axum_per_route_quotas_keyed_by_connect_info() {
+        let search = RateLimitLayer::builder("search", Quota::per_minute(1))
+            .key(KeyBy::peer_ip())
+            .on_missing_key(MissingKey::Allow)
+            .build()
+            .unwrap();
+        let feed_limit = RateLimitLayer::builder("feed", Quota::per_minute(3))
+            .key(KeyBy::peer_ip())
+            .on_missing_key(MissingKey::Allow)
+            .build()
+            .unwrap();
+        let app = Router::new()
+            .route(
+                "/search",
+                get(|| async { "results" }).route_layer(search.clone()),
+            )
+            .route(
+                "/feed",
+                get(|| async { "feed" }).route_layer(feed_limit.clone()),
+            )
+            .route("/healthz", get(|| async { "ok" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+            .unwrap()
+        });
+        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let mut seen = Vec::new();
+        for path in [
+            "/search", "/search", "/feed", "/feed", "/feed", "/feed", "/healthz", "/healthz",
+        ] {
+            let (status, _, headers, _) = get_with(&client, addr, path, None).await;
+            seen.push((
+                path,
+                status.as_u16(),
+                headers
+                    .get("ratelimit")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            ));
+        }
+        assert_eq!(
+            seen[0],
+            ("/search", 200, Some("\"search\";r=0;t=60".into()))
+        );
+        assert_eq!(seen[1].1, 429);
+        assert_eq!(seen[2], ("/feed", 200, Some("\"feed\";r=2;t=20".into())));
+        assert_eq!(seen[5].1, 429);
+        assert_eq!(seen[6], ("/healthz", 200, None));
+        // Keyless requests would pass unlimited (MissingKey::Allow): the
+        // limit held, so the peer address came from ConnectInfo.
+        assert_eq!(search.key_count(), 1);
+        assert_eq!(feed_limit.key_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn tonic_resource_exhausted_past_the_quota() {
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limit = RateLimitLayer::builder("grpc", Quota::per_minute(2))
+            .key(KeyBy::subject_or_client_ip(Default::default()))
+            .on_missing_key(MissingKey::Allow)
+            .build()
+            .unwrap();
+        let keys = limit.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(
+                    tower::ServiceBuilder::new()
+                        .layer(auth().optional())
+                        .layer(limit),
+                )
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let token = mint(Algorithm::HS256, &good_claims());
+        let call = |with_token: bool| {
+            let mut req = tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            });
+            if with_token {
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            }
+            req
+        };
+        // Anonymous: keyed by the peer address (tonic's TcpConnectInfo);
+        // without it, MissingKey::Allow would let every call through.
+        client.check(call(false)).await.unwrap();
+        client.check(call(false)).await.unwrap();
+        let status = client.check(call(false)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        // The verified user has a bucket of their own.
+        client.check(call(true)).await.unwrap();
+        client.check(call(true)).await.unwrap();
+        assert_eq!(
+            client.check(call(true)).await.unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(keys.key_count(), 2);
+    }
+}

@@ -44,7 +44,7 @@ fn read(state: &InMemoryState) -> u64 {
     // `InMemoryState` exposes its value only through `measure_and_replace`:
     // a closure that refuses to write reads it.
     state
-        .measure_and_replace(&NotKeyed::NonKey, |prev| Err::<((), Nanos), _>(prev))
+        .measure_and_replace(&NotKeyed::NonKey, Err::<((), Nanos), _>)
         .map_or_else(|prev| prev.map_or(0, Nanos::as_u64), |()| 0)
 }
 
@@ -215,10 +215,6 @@ impl<C: Clock + Clone> LocalStore<C> {
     }
 }
 
-fn ceil_mul(interval: Duration, n: u32) -> Duration {
-    interval.saturating_mul(n)
-}
-
 impl<C> RateLimitStore for LocalStore<C>
 where
     C: Clock + Clone + Send + Sync + 'static,
@@ -259,7 +255,7 @@ where
                 let remaining = snapshot.remaining_burst_capacity().min(limit);
                 // Exact to within one replenish interval (governor does not
                 // expose the partial progress of the next request).
-                Decision::allowed(limit, remaining, ceil_mul(interval, limit - remaining))
+                Decision::allowed(limit, remaining, interval.saturating_mul(limit - remaining))
             }
             Err(not_until) => Decision::limited(limit, not_until.wait_time_from(self.clock.now())),
         }))
