@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use dashmap::DashMap;
 use governor::RateLimiter;
@@ -271,6 +270,7 @@ mod tests {
     use super::*;
     use crate::rate_limit::Quota;
     use governor::clock::FakeRelativeClock;
+    use std::time::Duration;
 
     fn store(
         quota: Quota,
