@@ -16,19 +16,19 @@ use serde::{Deserialize, Serialize};
 use tollgate::auth::{JwtAuthLayer, Key};
 use tower::{Layer, Service};
 
-const SECRET: &[u8] = b"an-hmac-secret-of-at-least-32-bytes!";
+pub const SECRET: &[u8] = b"an-hmac-secret-of-at-least-32-bytes!";
 
 #[derive(Serialize, Deserialize)]
-struct User {
-    sub: String,
-    iss: String,
-    aud: String,
-    exp: u64,
-    roles: Vec<String>,
+pub struct User {
+    pub sub: String,
+    pub iss: String,
+    pub aud: String,
+    pub exp: u64,
+    pub roles: Vec<String>,
 }
 
 /// Polls a future that is ready at once (every service here is synchronous).
-fn ready<F: Future>(f: F) -> F::Output {
+pub fn ready<F: Future>(f: F) -> F::Output {
     let mut cx = Context::from_waker(Waker::noop());
     match pin!(f).poll(&mut cx) {
         Poll::Ready(out) => out,

@@ -4,6 +4,7 @@
 use criterion::{criterion_group, criterion_main};
 
 mod auth;
+mod rate_limit;
 
-criterion_group!(benches, auth::bench);
+criterion_group!(benches, auth::bench, rate_limit::bench);
 criterion_main!(benches);

@@ -105,6 +105,16 @@ impl Quota {
                 format!("policy {policy:?}: the period is too short for the count"),
             ));
         }
+        let span = self
+            .replenish_interval()
+            .as_nanos()
+            .saturating_mul(u128::from(self.burst_size()));
+        if span > u128::from(u64::MAX) {
+            return Err(ConfigError::new(
+                "quota",
+                format!("policy {policy:?}: burst × interval exceeds 584 years"),
+            ));
+        }
         Ok(())
     }
 
@@ -185,6 +195,7 @@ mod tests {
         assert!(Quota::per_minute(0).validate("p").is_err());
         assert!(Quota::per_minute(5).burst(0).validate("p").is_err());
         assert!(Quota::new(10, Duration::ZERO).validate("p").is_err());
+        assert!(Quota::per_hour(1).burst(u32::MAX).validate("p").is_err());
         assert!(Policy::new("bad name", Quota::per_second(1), 0).is_err());
         assert!(Policy::new("user", Quota::per_second(1), 0).is_ok());
     }

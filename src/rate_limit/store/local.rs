@@ -23,6 +23,10 @@ pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 /// Fewest decisions between two clean-ups.
 const MIN_CLEANUP_INTERVAL: u64 = 4096;
 
+/// A clean-up runs after this many decisions per held key: it scans every
+/// key, so this bounds its amortised cost to 1/4 key visit per decision.
+const CLEANUP_EVERY_KEYS: u64 = 4;
+
 /// Key count shared by the maps of all policies of one store.
 #[derive(Debug)]
 struct Budget {
@@ -33,9 +37,13 @@ struct Budget {
 
 /// One policy's keys: a DashMap of governor states that never holds more
 /// keys (across all policies) than the budget allows.
+/// foldhash: fast, and seeded per map so that keys an attacker chooses
+/// (addresses, subjects) cannot be aimed at one bucket in advance.
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Debug)]
 struct CappedMap {
-    map: DashMap<RateKey, InMemoryState>,
+    map: DashMap<RateKey, InMemoryState, Hasher>,
     budget: Arc<Budget>,
 }
 
@@ -111,10 +119,10 @@ type Limiter<C> = RateLimiter<RateKey, CappedMap, C, StateInformationMiddleware>
 /// - a monotonic clock by default ([`MonotonicClock`], `std::time::Instant`,
 ///   which never goes backwards across cores, unlike a raw TSC); any governor
 ///   clock can be injected, e.g. `FakeRelativeClock` in tests;
-/// - bounded memory without background tasks: every
-///   `max(4096, keys)` decisions, the deciding request removes the keys whose
-///   buckets are full again (they are indistinguishable from new keys) and
-///   shrinks the map, so the cost is at most one key visit per decision;
+/// - bounded memory without background tasks: every `max(4096, 4 × keys)`
+///   decisions, the deciding request removes the keys whose buckets are full
+///   again (they are indistinguishable from new keys) and shrinks the map, so
+///   the amortised cost is a quarter of a key visit per decision;
 /// - a hard cap on keys ([`LocalStore::max_keys`], default 1,000,000): at the
 ///   cap, *new* keys share one overflow bucket per policy, which is limited
 ///   like a single key, while known keys keep their own buckets; a clean-up is
@@ -206,7 +214,9 @@ impl<C: Clock + Clone> LocalStore<C> {
     }
 
     fn interval(&self) -> u64 {
-        (self.budget.len.load(Ordering::Relaxed) as u64).max(MIN_CLEANUP_INTERVAL)
+        (self.budget.len.load(Ordering::Relaxed) as u64)
+            .saturating_mul(CLEANUP_EVERY_KEYS)
+            .max(MIN_CLEANUP_INTERVAL)
     }
 
     fn overflow_interval(&self) -> u64 {
@@ -232,7 +242,7 @@ where
                     )
                 })?;
                 let map = CappedMap {
-                    map: DashMap::new(),
+                    map: DashMap::with_hasher(Hasher::default()),
                     budget: Arc::clone(&self.budget),
                 };
                 Ok(RateLimiter::new(quota, map, self.clock.clone()))
