@@ -82,7 +82,7 @@ impl<St> Shared<St> {
                     status: StatusCode::TOO_MANY_REQUESTS,
                     grpc: GrpcCode::ResourceExhausted,
                     reason: "rate_limited",
-                    detail: "too many requests: retry after the time in Retry-After",
+                    detail: "too many requests for this quota; retry later",
                 };
                 Verdict::Refuse(reject::render(&problem, parts, headers))
             }

@@ -1,0 +1,281 @@
+//! The service that "broke the gateway": an axum + async-graphql API that
+//! verifies the session JWT from the `da3` cookie itself and rate-limits per
+//! user or per client IP, with no gateway in front.
+//!
+//! Run: `cargo run --release --example graphql --features axum,axum-connect-info`
+//! Mint a dev token: `cargo run --example graphql --features axum,axum-connect-info -- mint <subject>`
+//!
+//! Environment (all optional):
+//! - `TOLLGATE_ADDR` (default `127.0.0.1:4000`)
+//! - `TOLLGATE_SECRET`: HS256 secret, at least 32 bytes (a dev secret otherwise)
+//! - `TOLLGATE_ISSUER`, `TOLLGATE_AUDIENCE`: expected `iss` / `aud` (default `tollgate-example`)
+//! - `TOLLGATE_ANON_PER_MIN`, `TOLLGATE_ANON_BURST`: anonymous callers, per client IP (60, 20)
+//! - `TOLLGATE_USER_PER_MIN`, `TOLLGATE_USER_BURST`: registered callers, per subject (600, 100)
+//! - `TOLLGATE_TRUSTED_PROXIES`: comma-separated CIDRs whose `X-Forwarded-For` is trusted (none)
+//! - `TOLLGATE_LAYERS=off`: serve without tollgate (for throughput comparisons only)
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_graphql::{
+    Context, EmptyMutation, EmptySubscription, ErrorExtensions, Object, Schema, SimpleObject,
+};
+use axum::extract::State;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use tollgate::Claims;
+use tollgate::auth::{JwtAuthLayer, Key};
+use tollgate::rate_limit::{KeyBy, Quota, RateLimitLayer, TrustedProxies};
+use tower::ServiceBuilder;
+
+const DEV_SECRET: &str = "tollgate-example-dev-secret-not-for-production";
+
+/// The session claims the auth service puts in the `da3` cookie.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct User {
+    sub: String,
+    iss: String,
+    aud: String,
+    exp: u64,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+#[derive(SimpleObject)]
+struct Post {
+    id: i32,
+    title: String,
+    personalized: bool,
+}
+
+#[derive(SimpleObject)]
+struct Me {
+    id: String,
+    roles: Vec<String>,
+}
+
+struct Query;
+
+fn posts(first: Option<i32>, personalized: bool) -> Vec<Post> {
+    let titles = [
+        "Break the gateway",
+        "JWTs are stateless",
+        "GCRA in one page",
+        "IPv6 and /64",
+        "Cookies over HTTP/2",
+    ];
+    let n = usize::try_from(first.unwrap_or(3).clamp(0, 5)).unwrap_or(0);
+    titles
+        .iter()
+        .zip(1..)
+        .take(n)
+        .map(|(title, id)| Post {
+            id,
+            title: (*title).to_owned(),
+            personalized,
+        })
+        .collect()
+}
+
+#[Object]
+impl Query {
+    /// The public feed, for anyone.
+    async fn anonymous_feed(&self, first: Option<i32>) -> Vec<Post> {
+        posts(first, false)
+    }
+
+    /// The personal feed, for registered users only.
+    async fn feed(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+    ) -> async_graphql::Result<Vec<Post>> {
+        if ctx.data_opt::<Claims<User>>().is_none() {
+            return Err(async_graphql::Error::new("log in to see your feed")
+                .extend_with(|_, e| e.set("code", "UNAUTHENTICATED")));
+        }
+        Ok(posts(first, true))
+    }
+
+    /// The caller, if logged in.
+    async fn me(&self, ctx: &Context<'_>) -> Option<Me> {
+        ctx.data_opt::<Claims<User>>().map(|user| Me {
+            id: user.sub.clone(),
+            roles: user.roles.clone(),
+        })
+    }
+}
+
+type AppSchema = Schema<Query, EmptyMutation, EmptySubscription>;
+
+async fn graphql(
+    State(schema): State<AppSchema>,
+    user: Option<Extension<Claims<User>>>,
+    Json(request): Json<async_graphql::Request>,
+) -> Json<async_graphql::Response> {
+    let mut request = request;
+    if let Some(Extension(user)) = user {
+        request = request.data(user);
+    }
+    Json(schema.execute(request).await)
+}
+
+async fn graphiql() -> Html<String> {
+    Html(
+        async_graphql::http::GraphiQLSource::build()
+            .endpoint("/graphql")
+            .finish(),
+    )
+}
+
+async fn me(Claims(user): Claims<User>) -> impl IntoResponse {
+    Json(user.as_ref().clone())
+}
+
+struct Config {
+    addr: String,
+    secret: String,
+    dev_secret: bool,
+    issuer: String,
+    audience: String,
+    anon: Quota,
+    user: Quota,
+    proxies: TrustedProxies,
+    layers: bool,
+}
+
+fn env_u32(name: &str, default: u32) -> Result<u32, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name} must be a whole number, got {v:?}")),
+        Err(_) => Ok(default),
+    }
+}
+
+impl Config {
+    fn from_env() -> Result<Self, Box<dyn std::error::Error>> {
+        let var =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+        let (secret, dev_secret) = match std::env::var("TOLLGATE_SECRET") {
+            Ok(s) => (s, false),
+            Err(_) => (DEV_SECRET.to_owned(), true),
+        };
+        let proxies = var("TOLLGATE_TRUSTED_PROXIES", "");
+        Ok(Self {
+            addr: var("TOLLGATE_ADDR", "127.0.0.1:4000"),
+            secret,
+            dev_secret,
+            issuer: var("TOLLGATE_ISSUER", "tollgate-example"),
+            audience: var("TOLLGATE_AUDIENCE", "tollgate-example"),
+            anon: Quota::per_minute(env_u32("TOLLGATE_ANON_PER_MIN", 60)?)
+                .burst(env_u32("TOLLGATE_ANON_BURST", 20)?),
+            user: Quota::per_minute(env_u32("TOLLGATE_USER_PER_MIN", 600)?)
+                .burst(env_u32("TOLLGATE_USER_BURST", 100)?),
+            proxies: TrustedProxies::cidrs(proxies.split(','))?,
+            layers: var("TOLLGATE_LAYERS", "on") != "off",
+        })
+    }
+
+    fn mint(&self, subject: &str) -> Result<String, Box<dyn std::error::Error>> {
+        tollgate::crypto::install_default_provider();
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
+        let claims = User {
+            sub: subject.to_owned(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            exp,
+            roles: vec!["reader".to_owned()],
+        };
+        let key = jsonwebtoken::EncodingKey::from_secret(self.secret.as_bytes());
+        Ok(jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &key,
+        )?)
+    }
+}
+
+fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
+    let schema = Schema::build(Query, EmptyMutation, EmptySubscription).finish();
+    let graphql_routes = get(graphiql).post(graphql);
+    if !config.layers {
+        return Ok(Router::new()
+            .route("/graphql", graphql_routes)
+            .route("/healthz", get(|| async { "ok" }))
+            .with_state(schema));
+    }
+    let auth = JwtAuthLayer::<User>::builder()
+        .key(Key::hmac(&config.secret)?)
+        .cookie("da3")
+        .bearer()
+        .issuer(&config.issuer)
+        .audience(&config.audience)
+        .build()?;
+    // Anonymous callers by client IP, registered callers by verified subject.
+    let limit = RateLimitLayer::builder("anonymous", config.anon)
+        .key(KeyBy::subject_or_client_ip(config.proxies.clone()))
+        .authenticated("registered", config.user)
+        .build()?;
+    Ok(Router::new()
+        // lenient: a bad or expired cookie still gets the anonymous feed
+        .route(
+            "/graphql",
+            graphql_routes.route_layer(
+                ServiceBuilder::new()
+                    .layer(auth.clone().lenient())
+                    .layer(limit.clone()),
+            ),
+        )
+        .route(
+            "/me",
+            get(me).route_layer(ServiceBuilder::new().layer(auth.required()).layer(limit)),
+        )
+        // never rate limited
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(schema))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let config = Config::from_env()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [cmd, subject] = args.as_slice()
+        && cmd == "mint"
+    {
+        println!("{}", config.mint(subject)?);
+        return Ok(());
+    }
+    if !args.is_empty() {
+        return Err("usage: graphql [mint <subject>]".into());
+    }
+
+    let app = app(&config)?;
+    let listener = tokio::net::TcpListener::bind(&config.addr).await?;
+    let addr = listener.local_addr()?;
+    let token = config.mint("dev-user")?;
+    println!(
+        "tollgate graphql example on http://{addr} (tollgate layers {}{})",
+        if config.layers { "on" } else { "OFF" },
+        if config.dev_secret {
+            "; TOLLGATE_SECRET unset: using the dev secret"
+        } else {
+            ""
+        }
+    );
+    println!("GraphiQL: http://{addr}/graphql");
+    println!("Try, as a logged-in user:");
+    println!(
+        "  curl -s http://{addr}/graphql --cookie 'da3={token}' -H 'content-type: application/json' \
+         -d '{{\"query\":\"{{ me {{ id }} feed(first: 2) {{ title }} }}\"}}'"
+    );
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
+    Ok(())
+}
