@@ -81,6 +81,9 @@ fn cases() -> Vec<Case> {
 }
 
 pub fn bench(c: &mut Criterion) {
+    if !crate::selected("auth") {
+        return;
+    }
     tollgate::crypto::install_default_provider();
     let now = jsonwebtoken::get_current_timestamp();
     let user = User {

@@ -31,6 +31,9 @@ fn ip_key(i: u32) -> RateKey {
 }
 
 pub fn bench(c: &mut Criterion) {
+    if !crate::selected("rate_limit") {
+        return;
+    }
     let mut group = c.benchmark_group("rate_limit");
     group.warm_up_time(Duration::from_millis(500));
     group.measurement_time(Duration::from_secs(2));
