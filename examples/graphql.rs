@@ -2,8 +2,8 @@
 //! verifies the session JWT from the `da3` cookie itself and rate-limits per
 //! user or per client IP, with no gateway in front.
 //!
-//! Run: `cargo run --release --example graphql --features axum,axum-connect-info`
-//! Mint a dev token: `cargo run --example graphql --features axum,axum-connect-info -- mint <subject>`
+//! Run: `cargo run --release --example graphql`
+//! Mint a dev token: `cargo run --example graphql -- mint <subject>`
 //!
 //! Environment (all optional):
 //! - `TOLLGATE_ADDR` (default `127.0.0.1:4000`)

@@ -1,6 +1,6 @@
 //! The same tollgate layers in front of a tonic gRPC server.
 //!
-//! Run: `cargo run --example grpc --features tonic`
+//! Run: `cargo run --example grpc`
 //!
 //! It starts a gRPC health service on loopback behind JWT auth and a
 //! per-user rate limit (3 calls per minute), then calls it as a client:

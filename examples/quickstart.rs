@@ -1,6 +1,6 @@
 //! A small axum service behind tollgate's JWT layer.
 //!
-//! Run: `cargo run --example quickstart --features axum`
+//! Run: `cargo run --example quickstart`
 //!
 //! It prints curl commands with a freshly minted dev token. Environment:
 //! `TOLLGATE_ADDR` (default `127.0.0.1:4000`), `TOLLGATE_SECRET` (HS256
