@@ -264,10 +264,14 @@ fn spki_der_to_pem(der: &[u8]) -> String {
     format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n")
 }
 
-/// The keys a layer verifies with. Built once, shared behind an `Arc`.
+/// The keys a layer verifies with. Built once, shared behind an `Arc`, and
+/// replaced whole on rotation.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct KeySet {
     keys: Vec<Key>,
+    /// Changes on every rotation; cached verifications of another generation
+    /// are not used.
+    pub(crate) generation: u64,
 }
 
 impl KeySet {
@@ -284,7 +288,10 @@ impl KeySet {
                 return Err(key_error("two keys share one kid"));
             }
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            generation: 0,
+        })
     }
 
     pub(crate) fn by_kid(&self, kid: &str) -> Option<&Key> {

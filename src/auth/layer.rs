@@ -3,22 +3,27 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderMap;
 use serde::de::DeserializeOwned;
 use tower_layer::Layer;
 
+use super::cache::{Lookup, TokenCache, Verified};
 use super::claims::Identity;
 use super::error::{AuthError, AuthErrorKind};
 use super::keys::{Key, KeySet};
 use super::responder::DefaultResponder;
 use super::service::JwtAuth;
 use super::token::{self, Source};
-use super::verify::{self, Rules, Verified};
+use super::verify::{self, Rules};
 use crate::clock::{SystemClock, WallClock};
 use crate::error::ConfigError;
 
 /// Default cap on a token's length, checked before any decoding.
 pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Default longest time a verified token stays cached.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
 
 /// Default clock-skew allowance for `exp` and `nbf`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
@@ -42,16 +47,18 @@ type Authorize<T> = Box<dyn Fn(&T) -> bool + Send + Sync>;
 
 /// Everything a layer needs per request, built once and shared.
 pub(crate) struct AuthState<T> {
-    keys: KeySet,
+    /// Read without locks on every request; swapped whole on rotation.
+    keys: ArcSwap<KeySet>,
     sources: Vec<Source>,
     rules: Rules,
     max_token_len: usize,
     clock: Arc<dyn WallClock>,
     authorize: Option<Authorize<T>>,
+    cache: Option<TokenCache<T>>,
 }
 
 pub(crate) struct Authenticated<T> {
-    pub(crate) claims: T,
+    pub(crate) claims: Arc<T>,
     pub(crate) identity: Identity,
 }
 
@@ -64,13 +71,40 @@ impl<T: DeserializeOwned> AuthState<T> {
         let Some(found) = token::extract(headers, &self.sources, self.max_token_len)? else {
             return Ok(None);
         };
+        let now = self.clock.unix_now();
+        let keys = self.keys.load();
+        let verified = match &self.cache {
+            None => Arc::new(verify::verify::<T>(&found.token, &keys, &self.rules, now)?),
+            Some(cache) => match cache.get(&found.token, now, self.rules.leeway, keys.generation) {
+                Lookup::Hit(verified) => verified,
+                Lookup::Expired => {
+                    return Err(AuthError::new(
+                        AuthErrorKind::Expired,
+                        "the token has expired",
+                    ));
+                }
+                Lookup::Miss => {
+                    let verified =
+                        Arc::new(verify::verify::<T>(&found.token, &keys, &self.rules, now)?);
+                    cache.insert(
+                        &found.token,
+                        Arc::clone(&verified),
+                        now,
+                        self.rules.leeway,
+                        keys.generation,
+                    );
+                    verified
+                }
+            },
+        };
         let Verified {
             claims,
             subject,
             issuer,
-        } = verify::verify::<T>(&found.token, &self.keys, &self.rules, self.clock.unix_now())?;
+            ..
+        } = &*verified;
         if let Some(authorize) = &self.authorize
-            && !authorize(&claims)
+            && !authorize(claims)
         {
             return Err(AuthError::new(
                 AuthErrorKind::Forbidden,
@@ -78,8 +112,8 @@ impl<T: DeserializeOwned> AuthState<T> {
             ));
         }
         Ok(Some(Authenticated {
-            claims,
-            identity: Identity::new(subject, issuer, found.source),
+            claims: Arc::clone(claims),
+            identity: Identity::new(subject.clone(), issuer.clone(), found.source),
         }))
     }
 }
@@ -112,7 +146,7 @@ impl<T, R: fmt::Debug> fmt::Debug for JwtAuthLayer<T, R> {
         f.debug_struct("JwtAuthLayer")
             .field("mode", &self.mode)
             .field("sources", &self.state.sources)
-            .field("keys", &self.state.keys)
+            .field("keys", &self.state.keys.load())
             .field("responder", &self.responder)
             .finish_non_exhaustive()
     }
@@ -149,6 +183,33 @@ impl<T, R> JwtAuthLayer<T, R> {
     #[must_use]
     pub fn lenient(self) -> Self {
         self.mode(AuthMode::Lenient)
+    }
+
+    /// How many verified tokens are cached now (0 without a cache).
+    pub fn cached_tokens(&self) -> usize {
+        self.state.cache.as_ref().map_or(0, TokenCache::len)
+    }
+
+    /// Empties the verified-token cache.
+    pub fn clear_cache(&self) {
+        if let Some(cache) = &self.state.cache {
+            cache.clear();
+        }
+    }
+
+    /// Replaces the verification keys of this layer and all its clones,
+    /// atomically: requests in flight finish with the old set, later ones use
+    /// the new one. Cached verifications by the old keys are not used again.
+    ///
+    /// # Errors
+    /// An empty key set or duplicate `kid`s; the old keys then stay.
+    pub fn rotate_keys(&self, keys: impl IntoIterator<Item = Key>) -> Result<(), ConfigError> {
+        let mut next = KeySet::new(keys.into_iter().collect())?;
+        self.state.keys.rcu(|current| {
+            next.generation = current.generation.wrapping_add(1);
+            next.clone()
+        });
+        Ok(())
     }
 
     /// Replaces the responder that renders refusals.
@@ -191,6 +252,8 @@ pub struct JwtAuthBuilder<T> {
     mode: AuthMode,
     clock: Arc<dyn WallClock>,
     authorize: Option<Authorize<T>>,
+    cache_capacity: usize,
+    cache_ttl: Duration,
     _claims: PhantomData<fn() -> T>,
 }
 
@@ -221,6 +284,8 @@ impl<T> JwtAuthBuilder<T> {
             mode: AuthMode::Required,
             clock: Arc::new(SystemClock),
             authorize: None,
+            cache_capacity: 0,
+            cache_ttl: DEFAULT_CACHE_TTL,
             _claims: PhantomData,
         }
     }
@@ -331,6 +396,22 @@ impl<T> JwtAuthBuilder<T> {
         self
     }
 
+    /// Keeps up to `capacity` verified tokens, so that a repeat of the same
+    /// token (a browser's session cookie) skips signature verification.
+    /// Off (0) by default; see the [`auth`](crate::auth) module docs for what
+    /// is cached and for how long.
+    pub fn cache(mut self, capacity: usize) -> Self {
+        self.cache_capacity = capacity;
+        self
+    }
+
+    /// The longest a verified token stays cached (default 5 minutes); it
+    /// never outlives its `exp`.
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     ///
     /// Also installs tollgate's crypto provider as jsonwebtoken's process
@@ -380,12 +461,14 @@ impl<T> JwtAuthBuilder<T> {
         };
         Ok(JwtAuthLayer {
             state: Arc::new(AuthState {
-                keys,
+                keys: ArcSwap::from_pointee(keys),
                 sources: self.sources,
                 rules,
                 max_token_len: self.max_token_len,
                 clock: self.clock,
                 authorize: self.authorize,
+                cache: (self.cache_capacity > 0)
+                    .then(|| TokenCache::new(self.cache_capacity, self.cache_ttl.as_secs())),
             }),
             mode: self.mode,
             responder: DefaultResponder,

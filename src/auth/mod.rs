@@ -53,11 +53,23 @@
 //!     .route("/me", get(me).route_layer(auth.required()));
 //! ```
 //!
+//! # Verified-token cache
+//!
+//! `.cache(capacity)` keeps verified tokens so that a repeat of the same token
+//! skips signature verification: keyed by the full token text (never a hash
+//! alone), only successful verifications, each entry kept until the earlier of
+//! `exp` + leeway and `.cache_ttl(..)` (default 5 minutes), `exp` checked again
+//! on every hit, claims shared through `Arc`, bounded in entries. It is off by
+//! default: it holds up to `capacity` tokens (each at most the token cap) in
+//! memory, and a service with static keys gains most from it. Call
+//! [`JwtAuthLayer::clear_cache`] after changing keys.
+//!
 //! # Rejections
 //!
 //! See [`DefaultResponder`] for the exact responses and [`AuthErrorKind`] for
 //! the reasons. Replace the responder with [`JwtAuthLayer::with_responder`].
 
+mod cache;
 mod claims;
 mod error;
 #[cfg(feature = "axum")]
@@ -76,7 +88,10 @@ pub use error::{AuthError, AuthErrorKind};
 pub use extract::AuthRejection;
 pub use future::ResponseFuture;
 pub use keys::{Key, MIN_HMAC_SECRET_LEN};
-pub use layer::{AuthMode, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder, JwtAuthLayer};
+pub use layer::{
+    AuthMode, DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder,
+    JwtAuthLayer,
+};
 pub use responder::{AuthResponder, DefaultResponder};
 pub use service::JwtAuth;
 pub use token::CredentialSource;

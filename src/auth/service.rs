@@ -79,7 +79,7 @@ where
         let anonymous = match outcome {
             Ok(Some(Authenticated { claims, identity })) => {
                 let extensions = req.extensions_mut();
-                extensions.insert(Claims(Arc::new(claims)));
+                extensions.insert(Claims(claims));
                 extensions.insert(identity);
                 return ResponseFuture::inner(self.inner.call(req));
             }

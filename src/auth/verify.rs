@@ -20,6 +20,7 @@ use serde::de::{
     self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
 
+use super::cache::Verified;
 use super::error::{AuthError, AuthErrorKind};
 use super::keys::{Key, KeySet};
 
@@ -38,13 +39,6 @@ pub(crate) struct Rules {
     pub(crate) understood_crit: Vec<Box<str>>,
     pub(crate) max_lifetime: Option<u64>,
     pub(crate) required_claims: Vec<Box<str>>,
-}
-
-/// What a successful verification yields.
-pub(crate) struct Verified<T> {
-    pub(crate) claims: T,
-    pub(crate) subject: Option<Arc<str>>,
-    pub(crate) issuer: Option<Arc<str>>,
 }
 
 fn err(kind: AuthErrorKind, detail: &'static str) -> AuthError {
@@ -164,9 +158,10 @@ pub(crate) fn verify<T: DeserializeOwned>(
         )
     })?;
     Ok(Verified {
-        claims,
+        claims: Arc::new(claims),
         subject: registered.sub,
         issuer,
+        exp: registered.exp,
     })
 }
 
