@@ -1,21 +1,52 @@
 //! tollgate benches. `cargo bench --bench tollgate` runs them all;
 //! `cargo bench --bench tollgate -- auth` runs one group (`auth`,
-//! `rate_limit`, `proxy_hop`).
+//! `rate_limit`, `fast_path`, `proxy_hop`).
 
 use criterion::{criterion_group, criterion_main};
 
 mod auth;
+mod fast_path;
 mod proxy_hop;
 mod rate_limit;
 
 /// Whether the command line's filter (if any) can select benches of `group`,
 /// so that expensive set-up (servers, a million keys) runs only when needed.
 pub fn selected(group: &str) -> bool {
-    std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .all(|filter| group.contains(filter.as_str()) || filter.starts_with(group))
+    // criterion options that take a value; anything else positional is the filter
+    const WITH_VALUE: &[&str] = &[
+        "--profile-time",
+        "--measurement-time",
+        "--warm-up-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--color",
+        "--output-format",
+        "--plotting-backend",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--format",
+    ];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if WITH_VALUE.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            return group.contains(arg.as_str()) || arg.starts_with(group);
+        }
+    }
+    true
 }
 
-criterion_group!(benches, auth::bench, rate_limit::bench, proxy_hop::bench);
+criterion_group!(
+    benches,
+    auth::bench,
+    rate_limit::bench,
+    fast_path::bench,
+    proxy_hop::bench
+);
 criterion_main!(benches);

@@ -12,9 +12,49 @@
 //! - bounded in entries (quick_cache, S3-FIFO eviction): a flood of unique
 //!   tokens evicts, it does not grow.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use quick_cache::Equivalent;
 use quick_cache::sync::Cache;
+
+/// How many trailing bytes of a token are hashed: its signature. Entries are
+/// compared on the whole token; hashing the tail keeps a lookup cheap for
+/// long (RSA) tokens. Only verified tokens are stored, and their signatures
+/// cannot be chosen by an attacker, so stored entries cannot be made to
+/// collide.
+const HASHED_TAIL: usize = 32;
+
+fn tail(token: &str) -> &[u8] {
+    let bytes = token.as_bytes();
+    &bytes[bytes.len().saturating_sub(HASHED_TAIL)..]
+}
+
+/// A stored token.
+#[derive(Clone, PartialEq, Eq)]
+struct Stored(Arc<str>);
+
+impl Hash for Stored {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        tail(&self.0).hash(state);
+    }
+}
+
+/// A token being looked up.
+#[derive(PartialEq, Eq)]
+struct Probe<'a>(&'a str);
+
+impl Hash for Probe<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        tail(self.0).hash(state);
+    }
+}
+
+impl Equivalent<Stored> for Probe<'_> {
+    fn equivalent(&self, key: &Stored) -> bool {
+        *key.0 == *self.0
+    }
+}
 
 /// What a verified token yields, shared between requests.
 pub(crate) struct Verified<T> {
@@ -43,7 +83,7 @@ impl<T> Clone for Entry<T> {
 }
 
 pub(crate) struct TokenCache<T> {
-    entries: Cache<Arc<str>, Entry<T>>,
+    entries: Cache<Stored, Entry<T>>,
     ttl: u64,
 }
 
@@ -64,18 +104,19 @@ impl<T> TokenCache<T> {
     }
 
     pub(crate) fn get(&self, token: &str, now: u64, leeway: u64, generation: u64) -> Lookup<T> {
-        let Some(entry) = self.entries.get(token) else {
+        let key = Probe(token);
+        let Some(entry) = self.entries.get(&key) else {
             return Lookup::Miss;
         };
         if entry.generation != generation {
             // The keys changed since: the token must verify against the new ones.
-            self.entries.remove(token);
+            self.entries.remove(&key);
             return Lookup::Miss;
         }
         if now < entry.deadline {
             return Lookup::Hit(entry.verified);
         }
-        self.entries.remove(token);
+        self.entries.remove(&key);
         match entry.verified.exp {
             Some(exp) if now >= exp.saturating_add(leeway) => Lookup::Expired,
             // The TTL ran out first: verify again.
@@ -97,7 +138,7 @@ impl<T> TokenCache<T> {
         }
         if deadline > now {
             self.entries.insert(
-                Arc::from(token),
+                Stored(Arc::from(token)),
                 Entry {
                     verified,
                     deadline,

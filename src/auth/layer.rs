@@ -14,7 +14,7 @@ use super::error::{AuthError, AuthErrorKind};
 use super::keys::{Key, KeySet};
 use super::responder::DefaultResponder;
 use super::service::JwtAuth;
-use super::token::{self, Source};
+use super::token::{CookieName, Source};
 use super::verify::{self, Rules};
 use crate::clock::{SystemClock, WallClock};
 use crate::error::ConfigError;
@@ -68,7 +68,7 @@ impl<T: DeserializeOwned> AuthState<T> {
         &self,
         headers: &HeaderMap,
     ) -> Result<Option<Authenticated<T>>, AuthError> {
-        let Some(found) = token::extract(headers, &self.sources, self.max_token_len)? else {
+        let Some(found) = super::token::extract(headers, &self.sources, self.max_token_len)? else {
             return Ok(None);
         };
         let now = self.clock.unix_now();
@@ -239,7 +239,7 @@ impl<S, T, R: Clone> Layer<S> for JwtAuthLayer<T, R> {
 /// [`build`](Self::build) checks the whole and says what to fix.
 pub struct JwtAuthBuilder<T> {
     keys: Vec<Key>,
-    sources: Vec<Source>,
+    sources: Vec<Result<Source, ConfigError>>,
     issuers: Vec<Arc<str>>,
     audiences: Vec<Box<str>>,
     leeway: Duration,
@@ -306,13 +306,13 @@ impl<T> JwtAuthBuilder<T> {
     /// are tried in the order they are added.
     pub fn cookie(mut self, name: impl Into<String>) -> Self {
         self.sources
-            .push(Source::Cookie(name.into().into_boxed_str()));
+            .push(CookieName::new(&name.into()).map(Source::Cookie));
         self
     }
 
     /// Reads the token from `Authorization: Bearer`.
     pub fn bearer(mut self) -> Self {
-        self.sources.push(Source::Bearer);
+        self.sources.push(Ok(Source::Bearer));
         self
     }
 
@@ -428,11 +428,7 @@ impl<T> JwtAuthBuilder<T> {
                 "no token source: add .cookie(name) and/or .bearer()",
             ));
         }
-        for source in &self.sources {
-            if let Source::Cookie(name) = source {
-                token::validate_cookie_name(name)?;
-            }
-        }
+        let sources = self.sources.into_iter().collect::<Result<Vec<_>, _>>()?;
         if self.issuers.iter().any(|i| i.is_empty()) {
             return Err(ConfigError::new("issuer", "an issuer cannot be empty"));
         }
@@ -462,7 +458,7 @@ impl<T> JwtAuthBuilder<T> {
         Ok(JwtAuthLayer {
             state: Arc::new(AuthState {
                 keys: ArcSwap::from_pointee(keys),
-                sources: self.sources,
+                sources,
                 rules,
                 max_token_len: self.max_token_len,
                 clock: self.clock,

@@ -9,10 +9,27 @@ use super::error::{AuthError, AuthErrorKind};
 use crate::error::ConfigError;
 
 /// Where a token may come from, tried in the configured order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Source {
-    Cookie(Box<str>),
+    Cookie(CookieName),
     Bearer,
+}
+
+/// A cookie name and a prebuilt SIMD searcher for it.
+#[derive(Debug, Clone)]
+pub(crate) struct CookieName {
+    name: Box<str>,
+    finder: memchr::memmem::Finder<'static>,
+}
+
+impl CookieName {
+    pub(crate) fn new(name: &str) -> Result<Self, ConfigError> {
+        validate_cookie_name(name)?;
+        Ok(Self {
+            name: name.into(),
+            finder: memchr::memmem::Finder::new(name.as_bytes()).into_owned(),
+        })
+    }
 }
 
 /// Where the token of an authenticated request came from.
@@ -58,7 +75,7 @@ pub(crate) fn extract<'a>(
 ) -> Result<Option<Found<'a>>, AuthError> {
     for source in sources {
         let found = match source {
-            Source::Cookie(name) => from_cookies(headers, name)?.map(|token| Found {
+            Source::Cookie(cookie) => from_cookies(headers, cookie)?.map(|token| Found {
                 token,
                 source: CredentialSource::Cookie,
             }),
@@ -89,39 +106,70 @@ pub(crate) fn extract<'a>(
 ///   sibling domain can plant a second cookie of the same name);
 /// - a field that is not UTF-8 is read lossily: a token with replaced bytes
 ///   never verifies.
-fn from_cookies<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<Cow<'a, str>>, AuthError> {
+///
+/// Plain values (every real JWT) are found by a SIMD search for the name
+/// that borrows from the header and allocates nothing; a quoted or non-UTF-8
+/// value of the token cookie sends the whole lookup to the `cookie` crate.
+fn from_cookies<'a>(
+    headers: &'a HeaderMap,
+    cookie: &CookieName,
+) -> Result<Option<Cow<'a, str>>, AuthError> {
+    let name_len = cookie.name.len();
     let mut found: Option<Cow<'a, str>> = None;
     for field in headers.get_all(header::COOKIE) {
-        // Cheap pre-check: most fields do not mention the name at all.
         let bytes = field.as_bytes();
-        if !contains(bytes, name.as_bytes()) {
-            continue;
+        let mut from = 0;
+        while let Some(offset) = cookie.finder.find(&bytes[from..]) {
+            let start = from + offset;
+            from = start + name_len;
+            // The name must begin a pair: at the start of the field or after
+            // a `;` (and optional whitespace), not inside another value.
+            let before = bytes[..start].trim_ascii_end();
+            if !(before.is_empty() || before.ends_with(b";")) {
+                continue;
+            }
+            let rest = &bytes[from..];
+            let Some(value) = rest.trim_ascii_start().strip_prefix(b"=") else {
+                continue;
+            };
+            let end = memchr::memchr(b';', value).unwrap_or(value.len());
+            from = bytes.len() - value.len() + end;
+            let value = value[..end].trim_ascii();
+            match std::str::from_utf8(value) {
+                Ok(value) if !value.starts_with('"') => merge(&mut found, Cow::Borrowed(value))?,
+                // Quoted, or not UTF-8: the cookie crate decides.
+                _ => return from_cookies_parsed(headers, &cookie.name),
+            }
         }
-        let text: Cow<'a, str> = String::from_utf8_lossy(bytes);
-        let mut field_value: Option<Cow<'a, str>> = None;
+    }
+    Ok(found)
+}
+
+/// The general path, through the `cookie` crate.
+fn from_cookies_parsed<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<Cow<'a, str>>, AuthError> {
+    let mut found: Option<Cow<'a, str>> = None;
+    for field in headers.get_all(header::COOKIE) {
+        let text: Cow<'a, str> = String::from_utf8_lossy(field.as_bytes());
         match text {
             Cow::Borrowed(text) => {
                 for cookie in Cookie::split_parse(text).flatten() {
                     if cookie.name_raw() == Some(name)
                         && let Some(raw) = cookie.value_raw()
                     {
-                        merge(&mut field_value, Cow::Borrowed(unquote(raw)))?;
+                        merge(&mut found, Cow::Borrowed(unquote(raw)))?;
                     }
                 }
             }
             Cow::Owned(text) => {
                 for cookie in Cookie::split_parse(text.as_str()).flatten() {
                     if cookie.name() == name {
-                        merge(
-                            &mut field_value,
-                            Cow::Owned(cookie.value_trimmed().to_owned()),
-                        )?;
+                        merge(&mut found, Cow::Owned(cookie.value_trimmed().to_owned()))?;
                     }
                 }
             }
-        }
-        if let Some(value) = field_value {
-            merge(&mut found, value)?;
         }
     }
     Ok(found)
@@ -149,10 +197,6 @@ fn unquote(value: &str) -> &str {
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
         .unwrap_or(value)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The token of `Authorization: Bearer <token>`. Other schemes are not ours
@@ -207,7 +251,7 @@ mod tests {
     }
 
     fn cookie_token(h: &HeaderMap) -> Result<Option<String>, AuthErrorKind> {
-        extract(h, &[Source::Cookie("da3".into())], 8192)
+        extract(h, &[Source::Cookie(CookieName::new("da3").unwrap())], 8192)
             .map(|f| f.map(|f| f.token.into_owned()))
             .map_err(|e| e.kind())
     }
@@ -265,6 +309,36 @@ mod tests {
     }
 
     #[test]
+    fn fast_scan_agrees_with_the_cookie_crate() {
+        let cases: &[&[&[u8]]] = &[
+            &[b"da3=a.b.c"],
+            &[b" da3 = a.b.c ; x=1"],
+            &[b"x=1;da3=a.b.c;y=2"],
+            &[b"da3x=1; xda3=2"],
+            &[b"da3"],
+            &[b"da3=; other=1"],
+            &[b"=da3; da3==x"],
+            &[b"a=1", b"da3=t", b"da3=t"],
+            &[b"da3=one", b"da3=two"],
+            &[b"da3=a=b"],
+            &[b";;;da3=v;;"],
+            &[b"x=da3=1; da3=2"],
+            &[b"x=a da3=1"],
+            &[b"da3da3=1; da3=2"],
+            &[b"x=1;  da3 =  v  "],
+            &[b"da3=\xc3\xa9t\xc3\xa9"],
+            &[b"da3=\"quoted\"; x=1"],
+            &[b"da3=a\xffb"],
+        ];
+        for fields in cases {
+            let h = cookies(fields);
+            let fast = from_cookies(&h, &CookieName::new("da3").unwrap()).map_err(|e| e.kind());
+            let parsed = from_cookies_parsed(&h, "da3").map_err(|e| e.kind());
+            assert_eq!(fast, parsed, "{fields:?}");
+        }
+    }
+
+    #[test]
     fn oversized_is_refused_before_decoding() {
         let long = format!("da3={}", "a".repeat(9000));
         let h = cookies(&[long.as_bytes()]);
@@ -309,11 +383,17 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer from-header"),
         );
-        let order = [Source::Bearer, Source::Cookie("da3".into())];
+        let order = [
+            Source::Bearer,
+            Source::Cookie(CookieName::new("da3").unwrap()),
+        ];
         let found = extract(&h, &order, 8192).unwrap().unwrap();
         assert_eq!(found.token, "from-header");
         assert_eq!(found.source, CredentialSource::AuthorizationHeader);
-        let order = [Source::Cookie("da3".into()), Source::Bearer];
+        let order = [
+            Source::Cookie(CookieName::new("da3").unwrap()),
+            Source::Bearer,
+        ];
         let found = extract(&h, &order, 8192).unwrap().unwrap();
         assert_eq!(found.token, "from-cookie");
         assert_eq!(found.source, CredentialSource::Cookie);

@@ -1,0 +1,153 @@
+//! The fast path: verified-token cache hits and misses per algorithm, the
+//! full stack with the cache on and off, and cookie lookup.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion};
+use http::{Request, Response, header};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tollgate::auth::{JwtAuthLayer, Key};
+use tollgate::rate_limit::{PeerAddr, Quota, RateLimitLayer};
+use tower::{Layer, Service, ServiceBuilder};
+
+use crate::auth::{SECRET, User, ready};
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture")
+}
+
+pub fn bench(c: &mut Criterion) {
+    if !crate::selected("fast_path") {
+        return;
+    }
+    tollgate::crypto::install_default_provider();
+    let mut group = c.benchmark_group("fast_path");
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(2));
+    group.sample_size(30);
+
+    let noop = tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Bytes::new()))
+    });
+    let now = jsonwebtoken::get_current_timestamp();
+    let user = User {
+        sub: "user-1".into(),
+        iss: "https://auth.example".into(),
+        aud: "api".into(),
+        exp: now + 3600,
+        roles: vec!["reader".into()],
+    };
+    let cases = [
+        (
+            Algorithm::HS256,
+            EncodingKey::from_secret(SECRET),
+            Key::hmac(SECRET).expect("key"),
+        ),
+        (
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&fixture("rsa_private.pem")).expect("key"),
+            Key::rsa_pem(fixture("rsa_public.pem")).expect("key"),
+        ),
+        (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&fixture("ec256_private.pem")).expect("key"),
+            Key::ec_pem(fixture("ec256_public.pem")).expect("key"),
+        ),
+    ];
+
+    let mut bare = noop;
+    let plain = || {
+        Request::builder()
+            .header(header::COOKIE, "theme=dark; lang=en; consent=yes")
+            .body(())
+            .expect("request")
+    };
+    group.bench_function("bare", |b| {
+        b.iter_batched(plain, |req| ready(bare.call(req)), BatchSize::SmallInput)
+    });
+
+    // Cookie lookup when the token cookie is absent: optional mode, 3 cookies.
+    let optional = JwtAuthLayer::<User>::builder()
+        .key(Key::hmac(SECRET).expect("key"))
+        .cookie("da3")
+        .build()
+        .expect("layer")
+        .optional();
+    let mut absent = optional.layer(noop);
+    group.bench_function("cookie_absent", |b| {
+        b.iter_batched(plain, |req| ready(absent.call(req)), BatchSize::SmallInput)
+    });
+
+    for (alg, encoding, key) in cases {
+        let token = jsonwebtoken::encode(&Header::new(alg), &user, &encoding).expect("token");
+        let cookie = format!("theme=dark; da3={token}; lang=en; consent=yes");
+        let request = || {
+            let mut req = Request::builder()
+                .header(header::COOKIE, cookie.as_str())
+                .body(())
+                .expect("request");
+            req.extensions_mut()
+                .insert(PeerAddr(SocketAddr::from(([192, 0, 2, 1], 40000))));
+            req
+        };
+        for cached in [false, true] {
+            let auth = JwtAuthLayer::<User>::builder()
+                .key(key.clone())
+                .cookie("da3")
+                .issuer("https://auth.example")
+                .audience("api")
+                .cache(if cached { 10_000 } else { 0 })
+                .build()
+                .expect("layer");
+            let label = if cached { "hit" } else { "miss" };
+            let mut svc = auth.clone().layer(noop);
+            group.bench_function(format!("{alg:?}/auth_{label}"), |b| {
+                b.iter_batched(
+                    request,
+                    |req| {
+                        let res = ready(svc.call(req)).expect("infallible");
+                        assert_eq!(res.status(), 200);
+                        res
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+            let limit = || {
+                RateLimitLayer::builder(
+                    "anonymous",
+                    Quota::per_second(1_000_000).burst(1_000_000_000),
+                )
+                .authenticated(
+                    "registered",
+                    Quota::per_second(1_000_000).burst(1_000_000_000),
+                )
+                .build()
+                .expect("layer")
+            };
+            let mut stack = ServiceBuilder::new()
+                .layer(limit())
+                .layer(auth)
+                .layer(limit())
+                .service(noop);
+            group.bench_function(format!("{alg:?}/stack_{label}"), |b| {
+                b.iter_batched(
+                    request,
+                    |req| {
+                        let res = ready(stack.call(req)).expect("infallible");
+                        assert_eq!(res.status(), 200);
+                        res
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
