@@ -214,6 +214,8 @@ fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
         .bearer()
         .issuer(&config.issuer)
         .audience(&config.audience)
+        // a browser sends the same session cookie on every request
+        .cache(10_000)
         .build()?;
     // Anonymous callers by client IP, registered callers by verified subject.
     let limit = RateLimitLayer::builder("anonymous", config.anon)

@@ -306,7 +306,7 @@ impl<T> JwtAuthBuilder<T> {
     /// are tried in the order they are added.
     pub fn cookie(mut self, name: impl Into<String>) -> Self {
         self.sources
-            .push(CookieName::new(&name.into()).map(Source::Cookie));
+            .push(CookieName::new(&name.into()).map(|c| Source::Cookie(Box::new(c))));
         self
     }
 

@@ -11,7 +11,7 @@ use crate::error::ConfigError;
 /// Where a token may come from, tried in the configured order.
 #[derive(Debug, Clone)]
 pub(crate) enum Source {
-    Cookie(CookieName),
+    Cookie(Box<CookieName>),
     Bearer,
 }
 
@@ -251,9 +251,13 @@ mod tests {
     }
 
     fn cookie_token(h: &HeaderMap) -> Result<Option<String>, AuthErrorKind> {
-        extract(h, &[Source::Cookie(CookieName::new("da3").unwrap())], 8192)
-            .map(|f| f.map(|f| f.token.into_owned()))
-            .map_err(|e| e.kind())
+        extract(
+            h,
+            &[Source::Cookie(Box::new(CookieName::new("da3").unwrap()))],
+            8192,
+        )
+        .map(|f| f.map(|f| f.token.into_owned()))
+        .map_err(|e| e.kind())
     }
 
     #[test]
@@ -385,13 +389,13 @@ mod tests {
         );
         let order = [
             Source::Bearer,
-            Source::Cookie(CookieName::new("da3").unwrap()),
+            Source::Cookie(Box::new(CookieName::new("da3").unwrap())),
         ];
         let found = extract(&h, &order, 8192).unwrap().unwrap();
         assert_eq!(found.token, "from-header");
         assert_eq!(found.source, CredentialSource::AuthorizationHeader);
         let order = [
-            Source::Cookie(CookieName::new("da3").unwrap()),
+            Source::Cookie(Box::new(CookieName::new("da3").unwrap())),
             Source::Bearer,
         ];
         let found = extract(&h, &order, 8192).unwrap().unwrap();
