@@ -1,6 +1,6 @@
 //! tollgate benches. `cargo bench --bench tollgate` runs them all;
 //! `cargo bench --bench tollgate -- auth` runs one group (`auth`,
-//! `rate_limit`, `fast_path`, `proxy_hop`).
+//! `rate_limit`, `fast_path`, `redis`, `proxy_hop`).
 
 use criterion::{criterion_group, criterion_main};
 
@@ -8,6 +8,7 @@ mod auth;
 mod fast_path;
 mod proxy_hop;
 mod rate_limit;
+mod redis_store;
 
 /// Whether the command line's filter (if any) can select benches of `group`,
 /// so that expensive set-up (servers, a million keys) runs only when needed.
@@ -47,6 +48,7 @@ criterion_group!(
     auth::bench,
     rate_limit::bench,
     fast_path::bench,
+    redis_store::bench,
     proxy_hop::bench
 );
 criterion_main!(benches);

@@ -1,5 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use http::HeaderValue;
 use http::request::Parts;
@@ -38,6 +40,8 @@ pub enum OnStoreError {
     FailOpen,
     /// Refuse it with 503 (gRPC 14, UNAVAILABLE).
     FailClosed,
+    /// Refuse it with this status (gRPC 14, UNAVAILABLE).
+    FailClosedWith(http::StatusCode),
 }
 
 pub(crate) struct Shared<St> {
@@ -51,9 +55,31 @@ pub(crate) struct Shared<St> {
     pub(crate) style: HeaderStyle,
     missing_key: MissingKey,
     pub(crate) on_store_error: OnStoreError,
+    pub(crate) store_failures: AtomicU64,
+    /// Seconds (since `created`) of the last store warning logged.
+    last_warning: AtomicU64,
+    created: Instant,
 }
 
+/// At most one store-failure warning per this many seconds.
+const WARN_EVERY_SECS: u64 = 10;
+
 impl<St> Shared<St> {
+    /// Counts a store failure; logs a warning at most every 10 s.
+    pub(crate) fn store_failed(&self, error: &super::store::StoreError) {
+        let failures = self.store_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.created.elapsed().as_secs() + WARN_EVERY_SECS;
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if now >= last + WARN_EVERY_SECS
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(%error, failures, on_error = ?self.on_store_error, "tollgate: rate-limit store failed");
+        }
+    }
+
     /// The policy and key of a request; `None`: not limited.
     pub(crate) fn classify(&self, parts: &Parts) -> Option<(usize, RateKey)> {
         if self.exempt.iter().any(|exempt| exempt(parts)) {
@@ -138,6 +164,11 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
     /// How many keys the store holds now.
     pub fn key_count(&self) -> usize {
         self.shared.store.key_count()
+    }
+
+    /// How many decisions the store failed to make (timeouts, errors).
+    pub fn store_failures(&self) -> u64 {
+        self.shared.store_failures.load(Ordering::Relaxed)
     }
 
     /// The layer's policies; index 0 is the default one.
@@ -284,6 +315,9 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
                 style: self.style,
                 missing_key: self.missing_key,
                 on_store_error: self.on_store_error,
+                store_failures: AtomicU64::new(0),
+                last_warning: AtomicU64::new(0),
+                created: Instant::now(),
             }),
         })
     }

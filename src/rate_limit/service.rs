@@ -87,19 +87,19 @@ impl<St> Shared<St> {
                 Verdict::Refuse(reject::render(&problem, parts, headers))
             }
             Err(error) => {
-                tracing::warn!(%error, "tollgate: rate-limit store failed");
-                match self.on_store_error {
-                    OnStoreError::FailOpen => Verdict::Pass(None),
-                    OnStoreError::FailClosed => {
-                        let problem = Problem {
-                            status: StatusCode::SERVICE_UNAVAILABLE,
-                            grpc: GrpcCode::Unavailable,
-                            reason: "rate_limit_unavailable",
-                            detail: "the rate limiter is unavailable",
-                        };
-                        Verdict::Refuse(reject::render(&problem, parts, HeaderMap::new()))
-                    }
-                }
+                self.store_failed(&error);
+                let status = match self.on_store_error {
+                    OnStoreError::FailOpen => return Verdict::Pass(None),
+                    OnStoreError::FailClosed => StatusCode::SERVICE_UNAVAILABLE,
+                    OnStoreError::FailClosedWith(status) => status,
+                };
+                let problem = Problem {
+                    status,
+                    grpc: GrpcCode::Unavailable,
+                    reason: "rate_limit_unavailable",
+                    detail: "the rate limiter is unavailable",
+                };
+                Verdict::Refuse(reject::render(&problem, parts, HeaderMap::new()))
             }
         }
     }

@@ -13,8 +13,12 @@ use super::quota::Policy;
 use crate::error::ConfigError;
 
 mod local;
+#[cfg(feature = "redis")]
+mod redis;
 
-pub use local::LocalStore;
+pub use local::{DEFAULT_MAX_KEYS, LocalStore};
+#[cfg(feature = "redis")]
+pub use redis::{DEFAULT_DENY_CACHE_KEYS, DEFAULT_TIMEOUT, RedisStore};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
