@@ -53,9 +53,20 @@ fn start() -> (Running, String) {
     let mut child = command().stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| {
         panic!("could not start {}: {e} (`cargo test --all-features` builds examples; `--test example_graphql` alone does not)", example_path().display())
     });
+    // Read the first line, then keep draining stdout so that the example's
+    // later output never meets a closed pipe.
     let stdout = child.stdout.take().unwrap();
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        for _ in lines {}
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the example prints its address");
     let addr = first
         .split("http://")
         .nth(1)

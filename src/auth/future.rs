@@ -1,32 +1,56 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::Response;
+use http::{Request, Response};
 use pin_project_lite::pin_project;
+use serde::de::DeserializeOwned;
+use tower_service::Service;
 
+use super::layer::{AuthMode, AuthState};
+use super::provider::Wait;
+use super::responder::AuthResponder;
+use super::service::{Step, step};
 use crate::body::ResponseBody;
+
+/// A request parked while keys are fetched for its unknown `kid`.
+struct Parked<S, B, T, R> {
+    inner: S,
+    request: Request<B>,
+    state: Arc<AuthState<T>>,
+    mode: AuthMode,
+    responder: R,
+}
 
 pin_project! {
     /// Response future of [`JwtAuth`](super::JwtAuth): the inner service's
-    /// future, or a refusal that is ready at once.
-    pub struct ResponseFuture<F> {
+    /// future, a refusal that is ready at once, or a request waiting for a key
+    /// fetch.
+    pub struct ResponseFuture<S, B, T, R>
+    where
+        S: Service<Request<B>>,
+    {
         #[pin]
-        kind: Kind<F>,
+        kind: Kind<S::Future, S, B, T, R>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F> {
+    enum Kind<F, S, B, T, R> {
         Inner { #[pin] future: F },
         Refused { response: Option<Response<Bytes>> },
+        Waiting { wait: Wait, parked: Option<Parked<S, B, T, R>> },
     }
 }
 
-impl<F> ResponseFuture<F> {
-    pub(crate) fn inner(future: F) -> Self {
+impl<S, B, T, R> ResponseFuture<S, B, T, R>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn inner(future: S::Future) -> Self {
         Self {
             kind: Kind::Inner { future },
         }
@@ -39,27 +63,85 @@ impl<F> ResponseFuture<F> {
             },
         }
     }
+
+    pub(crate) fn waiting(
+        wait: Wait,
+        request: Request<B>,
+        inner: S,
+        state: Arc<AuthState<T>>,
+        mode: AuthMode,
+        responder: R,
+    ) -> Self {
+        Self {
+            kind: Kind::Waiting {
+                wait,
+                parked: Some(Parked {
+                    inner,
+                    request,
+                    state,
+                    mode,
+                    responder,
+                }),
+            },
+        }
+    }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<ResponseBody<B>>, E>;
+fn internal_error() -> Response<Bytes> {
+    let mut r = Response::new(Bytes::new());
+    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { future } => future
-                .poll(cx)
-                .map(|r| r.map(|res| res.map(ResponseBody::inner))),
-            KindProj::Refused { response } => {
-                // Polled again after completion: an empty 500 rather than a panic.
-                let response = response.take().unwrap_or_else(|| {
-                    let mut r = Response::new(Bytes::new());
-                    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                    r
-                });
-                Poll::Ready(Ok(response.map(ResponseBody::full)))
+impl<S, B, T, R, ResBody> Future for ResponseFuture<S, B, T, R>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    T: DeserializeOwned + Send + Sync + 'static,
+    R: AuthResponder,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            match this.kind.as_mut().project() {
+                KindProj::Inner { future } => {
+                    return future
+                        .poll(cx)
+                        .map(|r| r.map(|res| res.map(ResponseBody::inner)));
+                }
+                KindProj::Refused { response } => {
+                    // Polled again after completion: an empty 500 rather than a panic.
+                    let response = response.take().unwrap_or_else(internal_error);
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                }
+                KindProj::Waiting { wait, parked } => {
+                    ready!(wait.as_mut().poll(cx));
+                    let Some(Parked {
+                        mut inner,
+                        request,
+                        state,
+                        mode,
+                        responder,
+                    }) = parked.take()
+                    else {
+                        return Poll::Ready(Ok(internal_error().map(ResponseBody::full)));
+                    };
+                    // Second and last try: no further fetch.
+                    let next = match step(&state, mode, &responder, request, false) {
+                        Step::Pass(request) => Kind::Inner {
+                            future: inner.call(request),
+                        },
+                        Step::Refuse(response) => Kind::Refused {
+                            response: Some(response),
+                        },
+                        // `step` does not ask to wait when refresh is not allowed.
+                        Step::Wait(..) => Kind::Refused {
+                            response: Some(internal_error()),
+                        },
+                    };
+                    this.kind.set(next);
+                }
             }
         }
     }

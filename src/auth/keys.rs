@@ -294,6 +294,17 @@ impl KeySet {
         })
     }
 
+    /// No keys yet: every token is refused (remote keys before their first
+    /// successful fetch).
+    #[cfg(feature = "jwks")]
+    pub(crate) fn empty() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
     pub(crate) fn by_kid(&self, kid: &str) -> Option<&Key> {
         self.keys.iter().find(|k| k.kid.as_deref() == Some(kid))
     }

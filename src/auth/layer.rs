@@ -3,7 +3,6 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::HeaderMap;
 use serde::de::DeserializeOwned;
 use tower_layer::Layer;
@@ -12,6 +11,7 @@ use super::cache::{Lookup, TokenCache, Verified};
 use super::claims::Identity;
 use super::error::{AuthError, AuthErrorKind};
 use super::keys::{Key, KeySet};
+use super::provider::{self, KeySource, Provider, ProviderKeys, ProviderState, Wait};
 use super::responder::DefaultResponder;
 use super::service::JwtAuth;
 use super::token::{CookieName, Source};
@@ -47,10 +47,9 @@ type Authorize<T> = Box<dyn Fn(&T) -> bool + Send + Sync>;
 
 /// Everything a layer needs per request, built once and shared.
 pub(crate) struct AuthState<T> {
-    /// Read without locks on every request; swapped whole on rotation.
-    keys: ArcSwap<KeySet>,
+    /// One per trusted issuer; key sets are read without locks.
+    providers: Vec<ProviderState>,
     sources: Vec<Source>,
-    rules: Rules,
     max_token_len: usize,
     clock: Arc<dyn WallClock>,
     authorize: Option<Authorize<T>>,
@@ -62,40 +61,60 @@ pub(crate) struct Authenticated<T> {
     pub(crate) identity: Identity,
 }
 
+/// What [`AuthState::authenticate`] found.
+pub(crate) enum Outcome<T> {
+    Authenticated(Authenticated<T>),
+    NoToken,
+    Failed(AuthError),
+    /// Unknown `kid` with remote keys: wait for this fetch, then try again.
+    Retry(Wait),
+}
+
 impl<T: DeserializeOwned> AuthState<T> {
-    /// `Ok(None)`: no token anywhere.
-    pub(crate) fn authenticate(
-        &self,
-        headers: &HeaderMap,
-    ) -> Result<Option<Authenticated<T>>, AuthError> {
-        let Some(found) = super::token::extract(headers, &self.sources, self.max_token_len)? else {
-            return Ok(None);
+    pub(crate) fn authenticate(&self, headers: &HeaderMap, allow_refresh: bool) -> Outcome<T> {
+        let found = match super::token::extract(headers, &self.sources, self.max_token_len) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Outcome::NoToken,
+            Err(e) => return Outcome::Failed(e),
         };
+        let (index, provider) = match provider::select(&self.providers, &found.token) {
+            Ok(selected) => selected,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let rules = &provider.rules;
         let now = self.clock.unix_now();
-        let keys = self.keys.load();
+        let keys = provider.keys.load();
+        // Cache entries are valid for one provider's one key generation.
+        let generation = keys.generation ^ ((index as u64) << 56);
+        let verify = || verify::verify::<T>(&found.token, &keys, rules, now).map(Arc::new);
         let verified = match &self.cache {
-            None => Arc::new(verify::verify::<T>(&found.token, &keys, &self.rules, now)?),
-            Some(cache) => match cache.get(&found.token, now, self.rules.leeway, keys.generation) {
-                Lookup::Hit(verified) => verified,
-                Lookup::Expired => {
-                    return Err(AuthError::new(
-                        AuthErrorKind::Expired,
-                        "the token has expired",
-                    ));
-                }
-                Lookup::Miss => {
-                    let verified =
-                        Arc::new(verify::verify::<T>(&found.token, &keys, &self.rules, now)?);
+            None => verify(),
+            Some(cache) => match cache.get(&found.token, now, rules.leeway, generation) {
+                Lookup::Hit(verified) => Ok(verified),
+                Lookup::Expired => Err(AuthError::new(
+                    AuthErrorKind::Expired,
+                    "the token has expired",
+                )),
+                Lookup::Miss => verify().inspect(|verified| {
                     cache.insert(
                         &found.token,
-                        Arc::clone(&verified),
+                        Arc::clone(verified),
                         now,
-                        self.rules.leeway,
-                        keys.generation,
+                        rules.leeway,
+                        generation,
                     );
-                    verified
-                }
+                }),
             },
+        };
+        let verified = match verified {
+            Ok(verified) => verified,
+            Err(e) if e.kind() == AuthErrorKind::UnknownKey && allow_refresh => {
+                return match provider.keys.refresh_for_unknown_kid() {
+                    Some(wait) => Outcome::Retry(wait),
+                    None => Outcome::Failed(e),
+                };
+            }
+            Err(e) => return Outcome::Failed(e),
         };
         let Verified {
             claims,
@@ -106,15 +125,15 @@ impl<T: DeserializeOwned> AuthState<T> {
         if let Some(authorize) = &self.authorize
             && !authorize(claims)
         {
-            return Err(AuthError::new(
+            return Outcome::Failed(AuthError::new(
                 AuthErrorKind::Forbidden,
                 "the token does not grant access to this resource",
             ));
         }
-        Ok(Some(Authenticated {
+        Outcome::Authenticated(Authenticated {
             claims: Arc::clone(claims),
             identity: Identity::new(subject.clone(), issuer.clone(), found.source),
-        }))
+        })
     }
 }
 
@@ -146,7 +165,7 @@ impl<T, R: fmt::Debug> fmt::Debug for JwtAuthLayer<T, R> {
         f.debug_struct("JwtAuthLayer")
             .field("mode", &self.mode)
             .field("sources", &self.state.sources)
-            .field("keys", &self.state.keys.load())
+            .field("providers", &self.state.providers)
             .field("responder", &self.responder)
             .finish_non_exhaustive()
     }
@@ -203,9 +222,22 @@ impl<T, R> JwtAuthLayer<T, R> {
     ///
     /// # Errors
     /// An empty key set or duplicate `kid`s; the old keys then stay.
+    /// Keys fetched by [`RemoteKeys`](super::RemoteKeys) rotate by
+    /// themselves, and a layer with several providers cannot be rotated as a
+    /// whole: both are errors.
     pub fn rotate_keys(&self, keys: impl IntoIterator<Item = Key>) -> Result<(), ConfigError> {
+        let [provider] = self.state.providers.as_slice() else {
+            return Err(ConfigError::new(
+                "keys",
+                "a layer with several providers has no single key set to rotate",
+            ));
+        };
+        #[allow(irrefutable_let_patterns)]
+        let KeySource::Static(cell) = &provider.keys else {
+            return Err(ConfigError::new("keys", "remote keys rotate by themselves"));
+        };
         let mut next = KeySet::new(keys.into_iter().collect())?;
-        self.state.keys.rcu(|current| {
+        cell.rcu(|current| {
             next.generation = current.generation.wrapping_add(1);
             next.clone()
         });
@@ -239,6 +271,9 @@ impl<S, T, R: Clone> Layer<S> for JwtAuthLayer<T, R> {
 /// [`build`](Self::build) checks the whole and says what to fix.
 pub struct JwtAuthBuilder<T> {
     keys: Vec<Key>,
+    #[cfg(feature = "jwks")]
+    remote: Option<super::jwks::RemoteKeys>,
+    providers: Vec<Provider>,
     sources: Vec<Result<Source, ConfigError>>,
     issuers: Vec<Arc<str>>,
     audiences: Vec<Box<str>>,
@@ -271,6 +306,9 @@ impl<T> JwtAuthBuilder<T> {
     fn new() -> Self {
         Self {
             keys: Vec::new(),
+            #[cfg(feature = "jwks")]
+            remote: None,
+            providers: Vec::new(),
             sources: Vec::new(),
             issuers: Vec::new(),
             audiences: Vec::new(),
@@ -299,6 +337,23 @@ impl<T> JwtAuthBuilder<T> {
     /// Adds several verification keys.
     pub fn keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
         self.keys.extend(keys);
+        self
+    }
+
+    /// Verifies with keys fetched from a JWKS URL or an OIDC issuer, kept
+    /// fresh in the background (feature `jwks`). Not combinable with
+    /// [`key`](Self::key).
+    #[cfg(feature = "jwks")]
+    pub fn remote_keys(mut self, keys: super::jwks::RemoteKeys) -> Self {
+        self.remote = Some(keys);
+        self
+    }
+
+    /// Trusts one more issuer with its own keys and audiences. With
+    /// providers, a token's `iss` selects the keys; don't combine with
+    /// [`key`](Self::key) or [`issuer`](Self::issuer).
+    pub fn provider(mut self, provider: Provider) -> Self {
+        self.providers.push(provider);
         self
     }
 
@@ -421,7 +476,6 @@ impl<T> JwtAuthBuilder<T> {
     /// No key, no token source, an invalid cookie name, an empty issuer or
     /// audience, or more than 64 required claims.
     pub fn build(self) -> Result<JwtAuthLayer<T>, ConfigError> {
-        let keys = KeySet::new(self.keys)?;
         if self.sources.is_empty() {
             return Err(ConfigError::new(
                 "sources",
@@ -455,11 +509,75 @@ impl<T> JwtAuthBuilder<T> {
             max_lifetime: self.max_lifetime.map(|d| d.as_secs()),
             required_claims: self.required_claims,
         };
+        #[cfg(feature = "jwks")]
+        let remote = self.remote;
+        #[cfg(not(feature = "jwks"))]
+        let remote: Option<std::convert::Infallible> = None;
+        let providers = if self.providers.is_empty() {
+            let keys = match remote {
+                None => ProviderKeys::Static(self.keys),
+                Some(_) if !self.keys.is_empty() => {
+                    return Err(ConfigError::new(
+                        "key",
+                        "use either .key(..) or .remote_keys(..), not both",
+                    ));
+                }
+                #[cfg(feature = "jwks")]
+                Some(remote) => ProviderKeys::Remote(remote),
+                #[cfg(not(feature = "jwks"))]
+                Some(never) => match never {},
+            };
+            vec![ProviderState {
+                issuer: None,
+                keys: keys.into_source()?,
+                rules,
+            }]
+        } else {
+            if !self.keys.is_empty() || remote.is_some() || !rules.issuers.is_empty() {
+                return Err(ConfigError::new(
+                    "provider",
+                    "with providers, give each its keys and issuer: no .key(..), .remote_keys(..) or .issuer(..)",
+                ));
+            }
+            let mut states = Vec::with_capacity(self.providers.len());
+            for provider in self.providers {
+                if provider.issuer.is_empty() {
+                    return Err(ConfigError::new(
+                        "provider",
+                        "a provider's issuer cannot be empty",
+                    ));
+                }
+                if states
+                    .iter()
+                    .any(|s: &ProviderState| s.issuer.as_deref() == Some(provider.issuer.as_str()))
+                {
+                    return Err(ConfigError::new(
+                        "provider",
+                        format!("two providers for issuer {:?}", provider.issuer),
+                    ));
+                }
+                let issuer: Arc<str> = Arc::from(provider.issuer);
+                let mut rules = rules.clone();
+                rules.issuers = vec![Arc::clone(&issuer)];
+                if !provider.audiences.is_empty() {
+                    rules.audiences = provider
+                        .audiences
+                        .into_iter()
+                        .map(String::into_boxed_str)
+                        .collect();
+                }
+                states.push(ProviderState {
+                    issuer: Some(issuer),
+                    keys: provider.keys.into_source()?,
+                    rules,
+                });
+            }
+            states
+        };
         Ok(JwtAuthLayer {
             state: Arc::new(AuthState {
-                keys: ArcSwap::from_pointee(keys),
+                providers,
                 sources,
-                rules,
                 max_token_len: self.max_token_len,
                 clock: self.clock,
                 authorize: self.authorize,

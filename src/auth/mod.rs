@@ -75,8 +75,11 @@ mod error;
 #[cfg(feature = "axum")]
 mod extract;
 mod future;
+#[cfg(feature = "jwks")]
+mod jwks;
 mod keys;
 mod layer;
+mod provider;
 mod responder;
 mod service;
 mod token;
@@ -87,11 +90,17 @@ pub use error::{AuthError, AuthErrorKind};
 #[cfg(feature = "axum")]
 pub use extract::AuthRejection;
 pub use future::ResponseFuture;
+#[cfg(feature = "jwks")]
+pub use jwks::{
+    DEFAULT_MAX_BODY, DEFAULT_MAX_WAIT, DEFAULT_REFRESH, DEFAULT_UNKNOWN_KID_INTERVAL, RemoteKeys,
+    RemoteKeysBuilder,
+};
 pub use keys::{Key, MIN_HMAC_SECRET_LEN};
 pub use layer::{
     AuthMode, DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder,
     JwtAuthLayer,
 };
+pub use provider::Provider;
 pub use responder::{AuthResponder, DefaultResponder};
 pub use service::JwtAuth;
 pub use token::CredentialSource;

@@ -2,6 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{Request, Response};
 use serde::de::DeserializeOwned;
 use tower_service::Service;
@@ -9,7 +10,8 @@ use tower_service::Service;
 use super::claims::{Anonymous, Claims};
 use super::error::{AuthError, AuthErrorKind};
 use super::future::ResponseFuture;
-use super::layer::{AuthMode, AuthState, Authenticated};
+use super::layer::{AuthMode, AuthState, Authenticated, Outcome};
+use super::provider::Wait;
 use super::responder::{AuthResponder, DefaultResponder};
 use crate::body::ResponseBody;
 
@@ -60,56 +62,90 @@ impl<S: fmt::Debug, T, R: fmt::Debug> fmt::Debug for JwtAuth<S, T, R> {
     }
 }
 
+/// What to do with a request once authentication has looked at it.
+pub(crate) enum Step<B> {
+    Pass(Request<B>),
+    Refuse(Response<Bytes>),
+    Wait(Wait, Request<B>),
+}
+
+/// The per-request decision, shared by `call` and the retry after a key fetch.
+pub(crate) fn step<T, R, B>(
+    state: &AuthState<T>,
+    mode: AuthMode,
+    responder: &R,
+    mut req: Request<B>,
+    allow_refresh: bool,
+) -> Step<B>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    R: AuthResponder,
+{
+    let error = match state.authenticate(req.headers(), allow_refresh) {
+        Outcome::Authenticated(Authenticated { claims, identity }) => {
+            let extensions = req.extensions_mut();
+            extensions.insert(Claims(claims));
+            extensions.insert(identity);
+            return Step::Pass(req);
+        }
+        Outcome::Retry(wait) => return Step::Wait(wait, req),
+        Outcome::NoToken if mode == AuthMode::Required => {
+            AuthError::new(AuthErrorKind::Missing, "this resource needs a token")
+        }
+        Outcome::NoToken => {
+            req.extensions_mut().insert(Anonymous::new(None));
+            return Step::Pass(req);
+        }
+        Outcome::Failed(e) if mode == AuthMode::Lenient && e.kind() != AuthErrorKind::Forbidden => {
+            tracing::debug!(
+                reason = e.kind().reason(),
+                "tollgate: token ignored (lenient)"
+            );
+            req.extensions_mut().insert(Anonymous::new(Some(e.kind())));
+            return Step::Pass(req);
+        }
+        Outcome::Failed(e) => e,
+    };
+    tracing::debug!(
+        reason = error.kind().reason(),
+        detail = error.detail(),
+        "tollgate: request refused"
+    );
+    let (parts, _body) = req.into_parts();
+    Step::Refuse(responder.respond(&error, &parts))
+}
+
 impl<S, T, R, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S, T, R>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     T: DeserializeOwned + Send + Sync + 'static,
     R: AuthResponder,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, ReqBody, T, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let outcome = self.state.authenticate(req.headers());
-        let anonymous = match outcome {
-            Ok(Some(Authenticated { claims, identity })) => {
-                let extensions = req.extensions_mut();
-                extensions.insert(Claims(claims));
-                extensions.insert(identity);
-                return ResponseFuture::inner(self.inner.call(req));
-            }
-            Ok(None) if self.mode == AuthMode::Required => Err(AuthError::new(
-                AuthErrorKind::Missing,
-                "this resource needs a token",
-            )),
-            Ok(None) => Ok(Anonymous::new(None)),
-            Err(e) if self.mode == AuthMode::Lenient && e.kind() != AuthErrorKind::Forbidden => {
-                tracing::debug!(
-                    reason = e.kind().reason(),
-                    "tollgate: token ignored (lenient)"
-                );
-                Ok(Anonymous::new(Some(e.kind())))
-            }
-            Err(e) => Err(e),
-        };
-        match anonymous {
-            Ok(marker) => {
-                req.extensions_mut().insert(marker);
-                ResponseFuture::inner(self.inner.call(req))
-            }
-            Err(error) => {
-                tracing::debug!(
-                    reason = error.kind().reason(),
-                    detail = error.detail(),
-                    "tollgate: request refused"
-                );
-                let (parts, _body) = req.into_parts();
-                ResponseFuture::refused(self.responder.respond(&error, &parts))
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        match step(&self.state, self.mode, &self.responder, req, true) {
+            Step::Pass(req) => ResponseFuture::inner(self.inner.call(req)),
+            Step::Refuse(response) => ResponseFuture::refused(response),
+            Step::Wait(wait, req) => {
+                // The request waits for a key fetch: the future takes the
+                // service that was made ready and leaves a clone here.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(
+                    wait,
+                    req,
+                    inner,
+                    Arc::clone(&self.state),
+                    self.mode,
+                    self.responder.clone(),
+                )
             }
         }
     }

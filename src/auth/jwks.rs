@@ -1,0 +1,513 @@
+//! Remote keys: a JWKS URL or an OIDC issuer's discovery document (feature
+//! `jwks`).
+//!
+//! - Keys are fetched only from the configured URL (or the `jwks_uri` of the
+//!   configured issuer's discovery document), never from a URL a token names
+//!   (`jku`, `x5u`).
+//! - The request path reads the current key set without locks (`arc-swap`);
+//!   a refresh swaps in a whole new set.
+//! - A background task refreshes every `refresh_interval` (default 10 min),
+//!   or as the response's `Cache-Control: max-age` says, within bounds.
+//! - A token with an unknown `kid` triggers at most one fetch at a time, no
+//!   more often than `unknown_kid_interval` (default 1 s); the request waits
+//!   for it at most `max_wait` (default 1 s).
+//! - A failed fetch (error status, timeout, garbage, oversized body) keeps the
+//!   old keys serving; failures are counted and logged.
+//! - JWKs with an unsupported `kty`/`alg`/curve or `use: "enc"` are skipped; a
+//!   JWK's `alg` restricts its key to that algorithm.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::JwkSet;
+use tokio::sync::watch;
+
+use super::keys::{Key, KeySet};
+use crate::error::ConfigError;
+
+/// Default interval between background refreshes.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(600);
+/// Default shortest time between two fetches caused by unknown `kid`s.
+pub const DEFAULT_UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(1);
+/// Default longest time a request waits for a fetch its `kid` caused.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(1);
+/// Default cap on a JWKS or discovery response body.
+pub const DEFAULT_MAX_BODY: usize = 512 * 1024;
+
+pub(crate) type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+#[derive(Debug)]
+enum Location {
+    Jwks(String),
+    Discovery {
+        issuer: String,
+        jwks_uri: Mutex<Option<String>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    refresh: Duration,
+    min_max_age: Duration,
+    max_max_age: Duration,
+    unknown_kid_interval: Duration,
+    max_wait: Duration,
+    max_body: usize,
+    timeout: Duration,
+    connect_timeout: Duration,
+    fail_fast: bool,
+}
+
+struct Inner {
+    keys: ArcSwap<KeySet>,
+    location: Location,
+    client: reqwest::Client,
+    settings: Settings,
+    epoch: Instant,
+    fetching: AtomicBool,
+    /// Milliseconds since `epoch` of the last fetch started (+1, 0 = never).
+    last_fetch: AtomicU64,
+    done: watch::Sender<u64>,
+    fetches: AtomicU64,
+    failures: AtomicU64,
+    skipped: AtomicU64,
+}
+
+/// A key set fetched from a JWKS URL or an OIDC issuer, kept fresh in the
+/// background. Give it to [`JwtAuthBuilder::remote_keys`](super::JwtAuthBuilder::remote_keys)
+/// or a [`Provider`](super::Provider).
+///
+/// Cloning shares the set and its refresher; the refresher stops when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct RemoteKeys {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RemoteKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteKeys")
+            .field("location", &self.inner.location)
+            .field("keys", &self.inner.keys.load().len())
+            .field("fetches", &self.fetches())
+            .field("failures", &self.failures())
+            .finish()
+    }
+}
+
+/// Configures [`RemoteKeys`].
+#[derive(Debug)]
+pub struct RemoteKeysBuilder {
+    location: Location,
+    settings: Settings,
+}
+
+impl RemoteKeys {
+    /// Keys from a JWKS document at `url`.
+    pub fn jwks(url: impl Into<String>) -> RemoteKeysBuilder {
+        RemoteKeysBuilder::new(Location::Jwks(url.into()))
+    }
+
+    /// Keys from the `jwks_uri` of `issuer`'s
+    /// `/.well-known/openid-configuration`.
+    pub fn oidc_issuer(issuer: impl Into<String>) -> RemoteKeysBuilder {
+        RemoteKeysBuilder::new(Location::Discovery {
+            issuer: issuer.into(),
+            jwks_uri: Mutex::new(None),
+        })
+    }
+
+    /// Fetches attempted so far.
+    pub fn fetches(&self) -> u64 {
+        self.inner.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Fetches that failed (the previous keys stayed in use).
+    pub fn failures(&self) -> u64 {
+        self.inner.failures.load(Ordering::Relaxed)
+    }
+
+    /// JWKs skipped as unusable (encryption keys, unsupported types).
+    pub fn skipped_keys(&self) -> u64 {
+        self.inner.skipped.load(Ordering::Relaxed)
+    }
+
+    /// How many keys are in use now.
+    pub fn key_count(&self) -> usize {
+        self.inner.keys.load().len()
+    }
+
+    /// Fetches now (waits for a fetch already under way instead).
+    ///
+    /// # Errors
+    /// The fetch failed; the previous keys stay in use.
+    pub async fn refresh(&self) -> Result<(), ConfigError> {
+        if self.inner.begin() {
+            self.inner.fetch().await.map(|_| ())
+        } else {
+            let mut rx = self.inner.done.subscribe();
+            let _ = rx.changed().await;
+            Ok(())
+        }
+    }
+
+    pub(crate) fn load(&self) -> arc_swap::Guard<Arc<KeySet>> {
+        self.inner.keys.load()
+    }
+
+    /// Starts a fetch for an unknown `kid` if one is allowed now, and returns
+    /// a future that resolves when a fetch completes or `max_wait` passes.
+    /// `None`: no fetch is allowed now (too soon), refuse at once.
+    pub(crate) fn refresh_for_unknown_kid(&self) -> Option<Wait> {
+        let inner = &self.inner;
+        let rx = inner.done.subscribe();
+        let max_wait = inner.settings.max_wait;
+        let wait = move || -> Wait {
+            let mut rx = rx;
+            Box::pin(async move {
+                let _ = tokio::time::timeout(max_wait, rx.changed()).await;
+            })
+        };
+        if inner.fetching.load(Ordering::Acquire) {
+            return Some(wait());
+        }
+        let last = inner.last_fetch.load(Ordering::Relaxed);
+        let interval = millis(inner.settings.unknown_kid_interval);
+        if last != 0 && inner.now_ms() + 1 < last.saturating_add(interval) {
+            return None;
+        }
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        if !inner.begin() {
+            return Some(wait());
+        }
+        let fetcher = Arc::clone(inner);
+        handle.spawn(async move {
+            let _ = fetcher.fetch().await;
+        });
+        Some(wait())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RemoteKeysBuilder {
+    fn new(location: Location) -> Self {
+        Self {
+            location,
+            settings: Settings {
+                refresh: DEFAULT_REFRESH,
+                min_max_age: Duration::from_secs(60),
+                max_max_age: Duration::from_secs(24 * 3600),
+                unknown_kid_interval: DEFAULT_UNKNOWN_KID_INTERVAL,
+                max_wait: DEFAULT_MAX_WAIT,
+                max_body: DEFAULT_MAX_BODY,
+                timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(2),
+                fail_fast: true,
+            },
+        }
+    }
+
+    /// Background refresh interval when the response has no usable
+    /// `Cache-Control: max-age` (default 10 min).
+    pub fn refresh_interval(mut self, every: Duration) -> Self {
+        self.settings.refresh = every;
+        self
+    }
+
+    /// Bounds on an honoured `max-age` (default 1 min to 24 h).
+    pub fn max_age_bounds(mut self, min: Duration, max: Duration) -> Self {
+        self.settings.min_max_age = min;
+        self.settings.max_max_age = max.max(min);
+        self
+    }
+
+    /// Shortest time between two fetches caused by unknown `kid`s (default 1 s).
+    pub fn unknown_kid_interval(mut self, interval: Duration) -> Self {
+        self.settings.unknown_kid_interval = interval;
+        self
+    }
+
+    /// Longest a request waits for the fetch its unknown `kid` caused
+    /// (default 1 s).
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.settings.max_wait = wait;
+        self
+    }
+
+    /// Cap on a response body (default 512 KiB).
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.settings.max_body = bytes;
+        self
+    }
+
+    /// Whole-request and connect timeouts (default 5 s and 2 s).
+    pub fn timeouts(mut self, request: Duration, connect: Duration) -> Self {
+        self.settings.timeout = request;
+        self.settings.connect_timeout = connect;
+        self
+    }
+
+    /// `true` (default): [`start`](Self::start) fails when the first fetch
+    /// fails. `false`: start with no keys (every token is refused) and keep
+    /// retrying in the background.
+    pub fn fail_fast(mut self, fail_fast: bool) -> Self {
+        self.settings.fail_fast = fail_fast;
+        self
+    }
+
+    /// Fetches the keys once and starts the background refresh (on the
+    /// current tokio runtime).
+    ///
+    /// # Errors
+    /// With `fail_fast` (the default), a first fetch that fails; a client
+    /// that cannot be built; no tokio runtime.
+    pub async fn start(self) -> Result<RemoteKeys, ConfigError> {
+        let client = reqwest::Client::builder()
+            .timeout(self.settings.timeout)
+            .connect_timeout(self.settings.connect_timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .map_err(|e| ConfigError::new("jwks", format!("cannot build the HTTP client: {e}")))?;
+        let (done, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            keys: ArcSwap::from_pointee(KeySet::empty()),
+            location: self.location,
+            client,
+            settings: self.settings,
+            epoch: Instant::now(),
+            fetching: AtomicBool::new(false),
+            last_fetch: AtomicU64::new(0),
+            done,
+            fetches: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        });
+        inner.begin();
+        let first = inner.fetch().await;
+        let next = match &first {
+            Ok(max_age) => inner.next_refresh(*max_age),
+            Err(e) if inner.settings.fail_fast => return Err(e.clone()),
+            Err(_) => Duration::from_secs(1),
+        };
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| ConfigError::new("jwks", "RemoteKeys::start needs a tokio runtime"))?;
+        handle.spawn(refresh_loop(Arc::downgrade(&inner), next));
+        Ok(RemoteKeys { inner })
+    }
+}
+
+async fn refresh_loop(inner: Weak<Inner>, mut delay: Duration) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(delay).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if !inner.begin() {
+            delay = Duration::from_millis(100);
+            continue;
+        }
+        delay = match inner.fetch().await {
+            Ok(max_age) => {
+                backoff = Duration::from_secs(1);
+                inner.next_refresh(max_age)
+            }
+            Err(_) => {
+                let d = backoff.min(inner.settings.refresh);
+                backoff = (backoff * 2).min(inner.settings.refresh);
+                d
+            }
+        };
+    }
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        millis(self.epoch.elapsed())
+    }
+
+    /// Claims the single fetch slot.
+    fn begin(&self) -> bool {
+        let won = self
+            .fetching
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if won {
+            self.last_fetch.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+        won
+    }
+
+    fn next_refresh(&self, max_age: Option<Duration>) -> Duration {
+        let s = &self.settings;
+        max_age.map_or(s.refresh, |age| age.clamp(s.min_max_age, s.max_max_age))
+    }
+
+    /// One fetch (the caller holds the slot); releases the slot and wakes
+    /// waiters.
+    async fn fetch(&self) -> Result<Option<Duration>, ConfigError> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let result = self.fetch_keys().await;
+        match &result {
+            Ok(_) => {}
+            Err(error) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "tollgate: key fetch failed, keeping the previous keys");
+            }
+        }
+        self.fetching.store(false, Ordering::Release);
+        self.done.send_modify(|n| *n += 1);
+        result
+    }
+
+    async fn fetch_keys(&self) -> Result<Option<Duration>, ConfigError> {
+        let url = match &self.location {
+            Location::Jwks(url) => url.clone(),
+            Location::Discovery { issuer, jwks_uri } => {
+                let known = jwks_uri.lock().ok().and_then(|u| u.clone());
+                match known {
+                    Some(url) => url,
+                    None => {
+                        let url = self.discover(issuer).await?;
+                        if let Ok(mut slot) = jwks_uri.lock() {
+                            *slot = Some(url.clone());
+                        }
+                        url
+                    }
+                }
+            }
+        };
+        let (body, max_age) = self.get(&url).await?;
+        let set: JwkSet = serde_json::from_slice(&body)
+            .map_err(|_| ConfigError::new("jwks", "the JWKS response is not a JWK set"))?;
+        let mut keys: Vec<Key> = Vec::new();
+        for jwk in &set.keys {
+            match Key::from_jwk(jwk) {
+                Ok(key) if key.kid.is_some() && keys.iter().any(|k| k.kid == key.kid) => {
+                    self.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(key) => keys.push(key),
+                Err(_) => {
+                    self.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut next = KeySet::new(keys)
+            .map_err(|_| ConfigError::new("jwks", "the JWK set has no usable signature key"))?;
+        self.keys.rcu(|current| {
+            next.generation = current.generation.wrapping_add(1);
+            next.clone()
+        });
+        Ok(max_age)
+    }
+
+    async fn discover(&self, issuer: &str) -> Result<String, ConfigError> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let (body, _) = self.get(&url).await?;
+        #[derive(serde::Deserialize)]
+        struct Discovery {
+            issuer: Option<String>,
+            jwks_uri: String,
+        }
+        let doc: Discovery = serde_json::from_slice(&body)
+            .map_err(|_| ConfigError::new("jwks", "the discovery document has no jwks_uri"))?;
+        if doc
+            .issuer
+            .as_deref()
+            .is_some_and(|i| i.trim_end_matches('/') != issuer.trim_end_matches('/'))
+        {
+            return Err(ConfigError::new(
+                "jwks",
+                "the discovery document names another issuer",
+            ));
+        }
+        Ok(doc.jwks_uri)
+    }
+
+    /// GET with the size cap; returns the body and `Cache-Control: max-age`.
+    async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), ConfigError> {
+        let fail = |what: &str| ConfigError::new("jwks", format!("GET {url}: {what}"));
+        let mut response = self
+            .client
+            .get(url)
+            .header(http::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| {
+                fail(if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "request failed"
+                })
+            })?;
+        if !response.status().is_success() {
+            return Err(fail(&format!("status {}", response.status().as_u16())));
+        }
+        let cap = self.settings.max_body;
+        if response
+            .content_length()
+            .is_some_and(|len| len > cap as u64)
+        {
+            return Err(fail("response too large"));
+        }
+        let max_age = response
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_max_age);
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            fail(if e.is_timeout() {
+                "timed out"
+            } else {
+                "body failed"
+            })
+        })? {
+            if body.len() + chunk.len() > cap {
+                return Err(fail("response too large"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, max_age))
+    }
+}
+
+fn parse_max_age(cache_control: &str) -> Option<Duration> {
+    cache_control.split(',').find_map(|directive| {
+        let (name, value) = directive.trim().split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("max-age")
+            .then(|| value.trim().trim_matches('"').parse().ok())
+            .flatten()
+            .map(Duration::from_secs)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age() {
+        assert_eq!(
+            parse_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_max_age("Max-Age=\"60\""),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(parse_max_age("no-cache"), None);
+        assert_eq!(parse_max_age("max-age=soon"), None);
+    }
+}

@@ -1,0 +1,451 @@
+//! Remote keys against a real JWKS server on loopback (an axum app).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::*;
+use http::{HeaderValue, Request, StatusCode, header};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use serde_json::{Value, json};
+use tollgate::auth::{JwtAuthLayer, Key, Provider, RemoteKeys};
+use tower::{Layer, ServiceExt};
+
+const HS_SECRET: &[u8] = b"jwks-test-hmac-secret-32-bytes-long!!";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Serve,
+    Error500,
+    Slow,
+    Garbage,
+    Huge,
+}
+
+struct Jwks {
+    mode: Mode,
+    keys: Value,
+    fetches: AtomicUsize,
+    base: String,
+}
+
+type Shared = Arc<Mutex<Jwks>>;
+
+fn ec_jwk(kid: &str) -> Value {
+    let point = DecodingKey::from_ec_pem(EC256_PUBLIC).unwrap();
+    let point = point.try_get_as_bytes().unwrap();
+    json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+           "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..])})
+}
+
+fn oct_jwk(kid: &str) -> Value {
+    json!({"kty": "oct", "kid": kid, "alg": "HS256", "k": URL_SAFE_NO_PAD.encode(HS_SECRET)})
+}
+
+async fn jwks(State(state): State<Shared>) -> Response {
+    let (mode, keys) = {
+        let s = state.lock().unwrap();
+        s.fetches.fetch_add(1, Ordering::SeqCst);
+        (s.mode, s.keys.clone())
+    };
+    match mode {
+        Mode::Serve => (
+            [(header::CACHE_CONTROL, "max-age=3600")],
+            axum::Json(json!({"keys": keys})),
+        )
+            .into_response(),
+        Mode::Error500 => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Mode::Slow => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            axum::Json(json!({"keys": keys})).into_response()
+        }
+        Mode::Garbage => "<html>not json</html>".into_response(),
+        Mode::Huge => vec![b' '; 10 * 1024 * 1024].into_response(),
+    }
+}
+
+async fn discovery(State(state): State<Shared>) -> Response {
+    let base = state.lock().unwrap().base.clone();
+    axum::Json(json!({"issuer": base, "jwks_uri": format!("{base}/jwks.json")})).into_response()
+}
+
+async fn jwks_server(keys: Value) -> (Shared, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let state = Arc::new(Mutex::new(Jwks {
+        mode: Mode::Serve,
+        keys,
+        fetches: AtomicUsize::new(0),
+        base: base.clone(),
+    }));
+    let app = Router::new()
+        .route("/jwks.json", get(jwks))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .with_state(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (state, base)
+}
+
+fn set(state: &Shared, mode: Mode, keys: Option<Value>) {
+    let mut s = state.lock().unwrap();
+    s.mode = mode;
+    if let Some(keys) = keys {
+        s.keys = keys;
+    }
+}
+
+fn fetches(state: &Shared) -> usize {
+    state.lock().unwrap().fetches.load(Ordering::SeqCst)
+}
+
+fn ec_token(kid: &str, claims: &Value) -> String {
+    sign_raw(
+        &json!({"alg": "ES256", "kid": kid}),
+        &serde_json::to_vec(claims).unwrap(),
+        Algorithm::ES256,
+        &EncodingKey::from_ec_pem(EC256_PRIVATE).unwrap(),
+    )
+}
+
+fn hs_token(kid: &str, claims: &Value) -> String {
+    sign_raw(
+        &json!({"alg": "HS256", "kid": kid}),
+        &serde_json::to_vec(claims).unwrap(),
+        Algorithm::HS256,
+        &EncodingKey::from_secret(HS_SECRET),
+    )
+}
+
+fn layer(remote: RemoteKeys) -> JwtAuthLayer<Value> {
+    JwtAuthLayer::<Value>::builder()
+        .remote_keys(remote)
+        .bearer()
+        .issuer(ISSUER)
+        .audience(AUDIENCE)
+        .clock(|| NOW)
+        .cache(100)
+        .build()
+        .unwrap()
+}
+
+async fn call(layer: &JwtAuthLayer<Value>, token: &str) -> (StatusCode, String) {
+    let mut req = Request::new(());
+    req.headers_mut().insert(
+        header::AUTHORIZATION,
+        HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
+    );
+    let res = layer
+        .layer(Counter::default().service())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = res.status();
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let reason = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["reason"].as_str().map(str::to_owned));
+    (
+        status,
+        reason.unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
+    )
+}
+
+#[tokio::test]
+async fn keys_rotate_without_a_restart() {
+    let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
+    let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
+        .unknown_kid_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let layer = layer(remote.clone());
+    let old = ec_token("ec1", &good_claims());
+    assert_eq!(call(&layer, &old).await, (StatusCode::OK, "user-1".into()));
+
+    // The issuer rotates: ec1 out, hs2 in. A token with the new kid fetches
+    // the new set on the spot (once the minimum interval since the last
+    // fetch has passed; before that it is refused without a fetch).
+    set(&server, Mode::Serve, Some(json!([oct_jwk("hs2")])));
+    let new = hs_token("hs2", &good_claims());
+    assert_eq!(
+        call(&layer, &new).await,
+        (StatusCode::UNAUTHORIZED, "unknown_key".into())
+    );
+    assert_eq!(fetches(&server), 1);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(call(&layer, &new).await, (StatusCode::OK, "user-1".into()));
+    assert_eq!(fetches(&server), 2);
+
+    // The removed kid is refused (its cached verification is not used).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        call(&layer, &old).await,
+        (StatusCode::UNAUTHORIZED, "unknown_key".into())
+    );
+    assert_eq!(remote.key_count(), 1);
+}
+
+#[tokio::test]
+async fn background_refresh_honours_max_age_bounds() {
+    let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
+    // The server says max-age=3600; the upper bound cuts it to 200 ms.
+    let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
+        .max_age_bounds(Duration::from_millis(100), Duration::from_millis(200))
+        .unknown_kid_interval(Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    let layer = layer(remote);
+    let old = ec_token("ec1", &good_claims());
+    assert_eq!(call(&layer, &old).await.0, StatusCode::OK);
+    set(&server, Mode::Serve, Some(json!([oct_jwk("hs2")])));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fetches(&server) < 2 {
+        assert!(Instant::now() < deadline, "no background refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        call(&layer, &hs_token("hs2", &good_claims())).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&layer, &old).await,
+        (StatusCode::UNAUTHORIZED, "unknown_key".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_random_kids_cannot_cause_a_fetch_storm() {
+    let (server, base) = jwks_server(json!([oct_jwk("hs2")])).await;
+    let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
+        .unknown_kid_interval(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let layer = layer(remote);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1000u32 {
+        let layer = layer.clone();
+        let token = hs_token(
+            &format!("random-{i:x}-{}", i.wrapping_mul(2_654_435_761)),
+            &good_claims(),
+        );
+        tasks.spawn(async move { call(&layer, &token).await });
+    }
+    while let Some(result) = tasks.join_next().await {
+        assert_eq!(
+            result.unwrap(),
+            (StatusCode::UNAUTHORIZED, "unknown_key".into())
+        );
+    }
+    let elapsed = started.elapsed();
+    let allowed = 1 + 1 + (elapsed.as_millis() / 200) as usize;
+    assert!(
+        fetches(&server) <= allowed,
+        "{} fetches in {elapsed:?}",
+        fetches(&server)
+    );
+}
+
+#[tokio::test]
+async fn failed_fetches_keep_the_old_keys_and_are_counted() {
+    let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
+    let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
+        .timeouts(Duration::from_millis(300), Duration::from_millis(300))
+        .max_body(64 * 1024)
+        .start()
+        .await
+        .unwrap();
+    let layer = layer(remote.clone());
+    let token = ec_token("ec1", &good_claims());
+    for (i, mode) in [Mode::Error500, Mode::Slow, Mode::Garbage, Mode::Huge]
+        .into_iter()
+        .enumerate()
+    {
+        set(&server, mode, None);
+        let started = Instant::now();
+        assert!(remote.refresh().await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(remote.failures(), i as u64 + 1);
+        assert_eq!(
+            call(&layer, &token).await.0,
+            StatusCode::OK,
+            "old keys still serve"
+        );
+    }
+    // An empty or unusable set is a failure too; usable keys come back.
+    set(
+        &server,
+        Mode::Serve,
+        Some(json!([{"kty": "RSA", "use": "enc", "n": "AQAB", "e": "AQAB", "kid": "enc"}])),
+    );
+    assert!(remote.refresh().await.is_err());
+    assert_eq!(remote.skipped_keys(), 1);
+    set(
+        &server,
+        Mode::Serve,
+        Some(
+            json!([ec_jwk("ec1"), oct_jwk("hs2"), {"kty": "oct", "k": "c2hvcnQ", "kid": "short"}]),
+        ),
+    );
+    remote.refresh().await.unwrap();
+    assert_eq!(remote.key_count(), 2);
+    assert_eq!(
+        call(&layer, &hs_token("hs2", &good_claims())).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn startup_fails_fast_or_keeps_retrying() {
+    let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
+    set(&server, Mode::Error500, None);
+    assert!(
+        RemoteKeys::jwks(format!("{base}/jwks.json"))
+            .start()
+            .await
+            .is_err()
+    );
+    let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
+        .fail_fast(false)
+        .start()
+        .await
+        .unwrap();
+    let layer = layer(remote.clone());
+    let token = ec_token("ec1", &good_claims());
+    assert_eq!(call(&layer, &token).await.0, StatusCode::UNAUTHORIZED);
+    set(&server, Mode::Serve, None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while remote.key_count() == 0 {
+        assert!(Instant::now() < deadline, "no retry after a failed start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(call(&layer, &token).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn oidc_discovery() {
+    let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
+    let remote = RemoteKeys::oidc_issuer(&base).start().await.unwrap();
+    let layer = JwtAuthLayer::<Value>::builder()
+        .remote_keys(remote)
+        .bearer()
+        .issuer(&base)
+        .audience(AUDIENCE)
+        .clock(|| NOW)
+        .build()
+        .unwrap();
+    let mut claims = good_claims();
+    claims["iss"] = json!(base);
+    assert_eq!(
+        call(&layer, &ec_token("ec1", &claims)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(fetches(&server), 1);
+}
+
+#[tokio::test]
+async fn two_issuers_side_by_side() {
+    let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
+    let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
+        .unknown_kid_interval(Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    let layer = JwtAuthLayer::<Value>::builder()
+        .provider(Provider::remote("https://idp-a.example", remote).audience("api-a"))
+        .provider(
+            Provider::new(
+                "https://idp-b.example",
+                [Key::hmac(HS_SECRET).unwrap().kid("hs2")],
+            )
+            .audience("api-b"),
+        )
+        .bearer()
+        .clock(|| NOW)
+        .build()
+        .unwrap();
+    let claims = |iss: &str, aud: &str| {
+        let mut c = good_claims();
+        c["iss"] = json!(iss);
+        c["aud"] = json!(aud);
+        c
+    };
+    assert_eq!(
+        call(
+            &layer,
+            &ec_token("ec1", &claims("https://idp-a.example", "api-a"))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &layer,
+            &hs_token("hs2", &claims("https://idp-b.example", "api-b"))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    // Each issuer's rules: B's audience is not A's.
+    assert_eq!(
+        call(
+            &layer,
+            &hs_token("hs2", &claims("https://idp-b.example", "api-a"))
+        )
+        .await
+        .1,
+        "invalid_claim"
+    );
+    // A's issuer with B's key: A's keys do not have it (and A's fetch finds none).
+    assert_eq!(
+        call(
+            &layer,
+            &hs_token("hs2", &claims("https://idp-a.example", "api-a"))
+        )
+        .await
+        .1,
+        "unknown_key"
+    );
+    // An unknown issuer is refused before any fetch.
+    let before = fetches(&server);
+    for _ in 0..20 {
+        assert_eq!(
+            call(
+                &layer,
+                &ec_token("nope", &claims("https://evil.example", "api-a"))
+            )
+            .await
+            .1,
+            "invalid_claim"
+        );
+    }
+    assert_eq!(fetches(&server), before);
+    // Misconfigurations are refused.
+    assert!(
+        JwtAuthLayer::<Value>::builder()
+            .provider(Provider::new("https://x", [Key::hmac(HS_SECRET).unwrap()]))
+            .key(Key::hmac(HS_SECRET).unwrap())
+            .bearer()
+            .build()
+            .is_err()
+    );
+}
