@@ -12,6 +12,9 @@
 //! - `TOLLGATE_ANON_PER_MIN`, `TOLLGATE_ANON_BURST`: anonymous callers, per client IP (60, 20)
 //! - `TOLLGATE_USER_PER_MIN`, `TOLLGATE_USER_BURST`: registered callers, per subject (600, 100)
 //! - `TOLLGATE_TRUSTED_PROXIES`: comma-separated CIDRs whose `X-Forwarded-For` is trusted (none)
+//! - `TOLLGATE_JWKS_URL` or `TOLLGATE_OIDC_ISSUER`: trust an identity provider's
+//!   keys (fetched and rotated in the background) instead of `TOLLGATE_SECRET`;
+//!   `mint` then needs the secret anyway, as the provider signs real tokens
 //! - `TOLLGATE_LAYERS=off`: serve without tollgate (for throughput comparisons only)
 
 use std::net::SocketAddr;
@@ -26,7 +29,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use tollgate::Claims;
-use tollgate::auth::{JwtAuthLayer, Key};
+use tollgate::auth::{JwtAuthLayer, Key, RemoteKeys};
 use tollgate::rate_limit::{KeyBy, Quota, RateLimitLayer, TrustedProxies};
 use tower::ServiceBuilder;
 
@@ -144,6 +147,8 @@ struct Config {
     user: Quota,
     proxies: TrustedProxies,
     layers: bool,
+    jwks_url: Option<String>,
+    oidc_issuer: Option<String>,
 }
 
 fn env_u32(name: &str, default: u32) -> Result<u32, String> {
@@ -177,6 +182,12 @@ impl Config {
                 .burst(env_u32("TOLLGATE_USER_BURST", 100)?),
             proxies: TrustedProxies::cidrs(proxies.split(','))?,
             layers: var("TOLLGATE_LAYERS", "on") != "off",
+            jwks_url: std::env::var("TOLLGATE_JWKS_URL")
+                .ok()
+                .filter(|v| !v.is_empty()),
+            oidc_issuer: std::env::var("TOLLGATE_OIDC_ISSUER")
+                .ok()
+                .filter(|v| !v.is_empty()),
         })
     }
 
@@ -199,7 +210,7 @@ impl Config {
     }
 }
 
-fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
+async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
     let schema = Schema::build(Query, EmptyMutation, EmptySubscription).finish();
     let graphql_routes = get(graphiql).post(graphql);
     if !config.layers {
@@ -208,8 +219,13 @@ fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
             .route("/healthz", get(|| async { "ok" }))
             .with_state(schema));
     }
-    let auth = JwtAuthLayer::<User>::builder()
-        .key(Key::hmac(&config.secret)?)
+    let builder = JwtAuthLayer::<User>::builder();
+    let builder = match (&config.jwks_url, &config.oidc_issuer) {
+        (Some(url), _) => builder.remote_keys(RemoteKeys::jwks(url).start().await?),
+        (None, Some(issuer)) => builder.remote_keys(RemoteKeys::oidc_issuer(issuer).start().await?),
+        (None, None) => builder.key(Key::hmac(&config.secret)?),
+    };
+    let auth = builder
         .cookie("da3")
         .bearer()
         .issuer(&config.issuer)
@@ -255,18 +271,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: graphql [mint <subject>]".into());
     }
 
-    let app = app(&config)?;
+    let app = app(&config).await?;
     let listener = tokio::net::TcpListener::bind(&config.addr).await?;
     let addr = listener.local_addr()?;
     let token = config.mint("dev-user")?;
-    println!(
-        "tollgate graphql example on http://{addr} (tollgate layers {}{})",
-        if config.layers { "on" } else { "OFF" },
-        if config.dev_secret {
-            "; TOLLGATE_SECRET unset: using the dev secret"
-        } else {
-            ""
+    let keys = match (&config.jwks_url, &config.oidc_issuer) {
+        (Some(url), _) => format!("; keys from {url}"),
+        (None, Some(issuer)) => format!("; keys of issuer {issuer}"),
+        (None, None) if config.dev_secret => {
+            "; TOLLGATE_SECRET unset: using the dev secret".to_owned()
         }
+        (None, None) => String::new(),
+    };
+    println!(
+        "tollgate graphql example on http://{addr} (tollgate layers {}{keys})",
+        if config.layers { "on" } else { "OFF" },
     );
     println!("GraphiQL: http://{addr}/graphql");
     println!("Try, as a logged-in user:");
