@@ -26,8 +26,11 @@
 pub mod auth;
 pub mod body;
 mod clock;
+#[cfg(feature = "config")]
+pub mod config;
 pub mod crypto;
 mod error;
+pub mod observe;
 pub mod rate_limit;
 pub mod reject;
 

@@ -21,6 +21,7 @@ struct Parked<S, B, T, R> {
     request: Request<B>,
     state: Arc<AuthState<T>>,
     mode: AuthMode,
+    shadow: bool,
     responder: R,
 }
 
@@ -70,6 +71,7 @@ where
         inner: S,
         state: Arc<AuthState<T>>,
         mode: AuthMode,
+        shadow: bool,
         responder: R,
     ) -> Self {
         Self {
@@ -80,6 +82,7 @@ where
                     request,
                     state,
                     mode,
+                    shadow,
                     responder,
                 }),
             },
@@ -122,13 +125,14 @@ where
                         request,
                         state,
                         mode,
+                        shadow,
                         responder,
                     }) = parked.take()
                     else {
                         return Poll::Ready(Ok(internal_error().map(ResponseBody::full)));
                     };
                     // Second and last try: no further fetch.
-                    let next = match step(&state, mode, &responder, request, false) {
+                    let next = match step(&state, mode, shadow, &responder, request, false) {
                         Step::Pass(request) => Kind::Inner {
                             future: inner.call(request),
                         },

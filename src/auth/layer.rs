@@ -54,6 +54,7 @@ pub(crate) struct AuthState<T> {
     clock: Arc<dyn WallClock>,
     authorize: Option<Authorize<T>>,
     cache: Option<TokenCache<T>>,
+    pub(crate) trace_subject: bool,
 }
 
 pub(crate) struct Authenticated<T> {
@@ -77,6 +78,10 @@ impl<T: DeserializeOwned> AuthState<T> {
             Ok(None) => return Outcome::NoToken,
             Err(e) => return Outcome::Failed(e),
         };
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        #[cfg(feature = "metrics")]
+        let _timer = crate::observe::OnDrop(move || crate::observe::verify_time(started.elapsed()));
         let (index, provider) = match provider::select(&self.providers, &found.token) {
             Ok(selected) => selected,
             Err(e) => return Outcome::Failed(e),
@@ -147,6 +152,7 @@ impl<T: DeserializeOwned> AuthState<T> {
 pub struct JwtAuthLayer<T, R = DefaultResponder> {
     pub(crate) state: Arc<AuthState<T>>,
     pub(crate) mode: AuthMode,
+    pub(crate) shadow: bool,
     pub(crate) responder: R,
 }
 
@@ -155,6 +161,7 @@ impl<T, R: Clone> Clone for JwtAuthLayer<T, R> {
         Self {
             state: Arc::clone(&self.state),
             mode: self.mode,
+            shadow: self.shadow,
             responder: self.responder.clone(),
         }
     }
@@ -183,6 +190,16 @@ impl<T, R> JwtAuthLayer<T, R> {
     #[must_use]
     pub fn mode(mut self, mode: AuthMode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Shadow mode: every decision is computed, counted and logged, but none
+    /// is enforced — a request that would be refused goes on as
+    /// [`Anonymous`](super::Anonymous). For rolling out auth safely (Envoy's
+    /// `filter_enforced`).
+    #[must_use]
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
         self
     }
 
@@ -249,6 +266,7 @@ impl<T, R> JwtAuthLayer<T, R> {
         JwtAuthLayer {
             state: self.state,
             mode: self.mode,
+            shadow: self.shadow,
             responder,
         }
     }
@@ -262,6 +280,7 @@ impl<S, T, R: Clone> Layer<S> for JwtAuthLayer<T, R> {
             inner,
             state: Arc::clone(&self.state),
             mode: self.mode,
+            shadow: self.shadow,
             responder: self.responder.clone(),
         }
     }
@@ -289,6 +308,8 @@ pub struct JwtAuthBuilder<T> {
     authorize: Option<Authorize<T>>,
     cache_capacity: usize,
     cache_ttl: Duration,
+    trace_subject: bool,
+    shadow: bool,
     _claims: PhantomData<fn() -> T>,
 }
 
@@ -324,6 +345,8 @@ impl<T> JwtAuthBuilder<T> {
             authorize: None,
             cache_capacity: 0,
             cache_ttl: DEFAULT_CACHE_TTL,
+            trace_subject: false,
+            shadow: false,
             _claims: PhantomData,
         }
     }
@@ -467,6 +490,19 @@ impl<T> JwtAuthBuilder<T> {
         self
     }
 
+    /// Whether tracing events record the verified subject (default `false`:
+    /// subjects are personal data).
+    pub fn trace_subject(mut self, record: bool) -> Self {
+        self.trace_subject = record;
+        self
+    }
+
+    /// Builds the layer in shadow mode (see [`JwtAuthLayer::shadow`]).
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     ///
     /// Also installs tollgate's crypto provider as jsonwebtoken's process
@@ -583,8 +619,10 @@ impl<T> JwtAuthBuilder<T> {
                 authorize: self.authorize,
                 cache: (self.cache_capacity > 0)
                     .then(|| TokenCache::new(self.cache_capacity, self.cache_ttl.as_secs())),
+                trace_subject: self.trace_subject,
             }),
             mode: self.mode,
+            shadow: self.shadow,
             responder: DefaultResponder,
         })
     }

@@ -14,6 +14,7 @@ use super::layer::{AuthMode, AuthState, Authenticated, Outcome};
 use super::provider::Wait;
 use super::responder::{AuthResponder, DefaultResponder};
 use crate::body::ResponseBody;
+use crate::observe;
 
 /// The service built by [`JwtAuthLayer`](super::JwtAuthLayer): verifies, then calls `S` or answers
 /// with a refusal.
@@ -21,6 +22,7 @@ pub struct JwtAuth<S, T, R = DefaultResponder> {
     pub(crate) inner: S,
     pub(crate) state: Arc<AuthState<T>>,
     pub(crate) mode: AuthMode,
+    pub(crate) shadow: bool,
     pub(crate) responder: R,
 }
 
@@ -47,6 +49,7 @@ impl<S: Clone, T, R: Clone> Clone for JwtAuth<S, T, R> {
             inner: self.inner.clone(),
             state: Arc::clone(&self.state),
             mode: self.mode,
+            shadow: self.shadow,
             responder: self.responder.clone(),
         }
     }
@@ -70,9 +73,13 @@ pub(crate) enum Step<B> {
 }
 
 /// The per-request decision, shared by `call` and the retry after a key fetch.
+///
+/// In shadow mode a refusal is computed, counted and logged, and the request
+/// goes on as anonymous.
 pub(crate) fn step<T, R, B>(
     state: &AuthState<T>,
     mode: AuthMode,
+    shadow: bool,
     responder: &R,
     mut req: Request<B>,
     allow_refresh: bool,
@@ -83,6 +90,16 @@ where
 {
     let error = match state.authenticate(req.headers(), allow_refresh) {
         Outcome::Authenticated(Authenticated { claims, identity }) => {
+            observe::auth_outcome("authenticated", "none", true);
+            if state.trace_subject {
+                tracing::trace!(
+                    outcome = "authenticated",
+                    subject = identity.subject(),
+                    "tollgate: auth"
+                );
+            } else {
+                tracing::trace!(outcome = "authenticated", "tollgate: auth");
+            }
             let extensions = req.extensions_mut();
             extensions.insert(Claims(claims));
             extensions.insert(identity);
@@ -93,11 +110,15 @@ where
             AuthError::new(AuthErrorKind::Missing, "this resource needs a token")
         }
         Outcome::NoToken => {
+            observe::auth_outcome("anonymous", AuthErrorKind::Missing.reason(), true);
+            tracing::trace!(outcome = "anonymous", reason = "missing", "tollgate: auth");
             req.extensions_mut().insert(Anonymous::new(None));
             return Step::Pass(req);
         }
         Outcome::Failed(e) if mode == AuthMode::Lenient && e.kind() != AuthErrorKind::Forbidden => {
+            observe::auth_outcome("anonymous", e.kind().reason(), true);
             tracing::debug!(
+                outcome = "anonymous",
                 reason = e.kind().reason(),
                 "tollgate: token ignored (lenient)"
             );
@@ -106,8 +127,23 @@ where
         }
         Outcome::Failed(e) => e,
     };
+    let reason = error.kind().reason();
+    observe::auth_outcome("refused", reason, !shadow);
+    if shadow {
+        tracing::debug!(
+            outcome = "refused",
+            reason,
+            detail = error.detail(),
+            enforced = false,
+            "tollgate: would refuse (shadow mode)"
+        );
+        req.extensions_mut()
+            .insert(Anonymous::new(Some(error.kind())));
+        return Step::Pass(req);
+    }
     tracing::debug!(
-        reason = error.kind().reason(),
+        outcome = "refused",
+        reason,
         detail = error.detail(),
         "tollgate: request refused"
     );
@@ -130,7 +166,14 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        match step(&self.state, self.mode, &self.responder, req, true) {
+        match step(
+            &self.state,
+            self.mode,
+            self.shadow,
+            &self.responder,
+            req,
+            true,
+        ) {
             Step::Pass(req) => ResponseFuture::inner(self.inner.call(req)),
             Step::Refuse(response) => ResponseFuture::refused(response),
             Step::Wait(wait, req) => {
@@ -144,6 +187,7 @@ where
                     inner,
                     Arc::clone(&self.state),
                     self.mode,
+                    self.shadow,
                     self.responder.clone(),
                 )
             }

@@ -56,6 +56,8 @@ pub(crate) struct Shared<St> {
     missing_key: MissingKey,
     pub(crate) on_store_error: OnStoreError,
     pub(crate) store_failures: AtomicU64,
+    pub(crate) shadow: bool,
+    pub(crate) decisions: AtomicU64,
     /// Seconds (since `created`) of the last store warning logged.
     last_warning: AtomicU64,
     created: Instant,
@@ -151,6 +153,7 @@ impl RateLimitLayer {
             style: HeaderStyle::default(),
             missing_key: MissingKey::default(),
             on_store_error: OnStoreError::default(),
+            shadow: false,
         }
     }
 }
@@ -199,6 +202,7 @@ pub struct RateLimitBuilder<St> {
     style: HeaderStyle,
     missing_key: MissingKey,
     on_store_error: OnStoreError,
+    shadow: bool,
 }
 
 impl<St: fmt::Debug> fmt::Debug for RateLimitBuilder<St> {
@@ -268,6 +272,14 @@ impl<St> RateLimitBuilder<St> {
         self
     }
 
+    /// Shadow mode: decisions are computed, counted and logged but never
+    /// enforced (no 429, no rate-limit headers) — to roll out a new limit
+    /// and watch what it would do (nginx's `limit_req_dry_run`).
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
     /// Keeps state in `store` instead of a default [`LocalStore`].
     pub fn store<St2: RateLimitStore>(self, store: St2) -> RateLimitBuilder<St2> {
         RateLimitBuilder {
@@ -280,6 +292,7 @@ impl<St> RateLimitBuilder<St> {
             style: self.style,
             missing_key: self.missing_key,
             on_store_error: self.on_store_error,
+            shadow: self.shadow,
         }
     }
 }
@@ -316,6 +329,8 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
                 missing_key: self.missing_key,
                 on_store_error: self.on_store_error,
                 store_failures: AtomicU64::new(0),
+                shadow: self.shadow,
+                decisions: AtomicU64::new(0),
                 last_warning: AtomicU64::new(0),
                 created: Instant::now(),
             }),

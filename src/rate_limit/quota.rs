@@ -86,7 +86,13 @@ impl Quota {
             .max(1)
     }
 
-    pub(crate) fn validate(&self, policy: &str) -> Result<(), ConfigError> {
+    /// Checks that the quota can be enforced: a count and burst of at least
+    /// 1, an interval of at least 1 ns, and burst × interval within 584
+    /// years.
+    ///
+    /// # Errors
+    /// What is wrong, naming `policy`.
+    pub fn validate(&self, policy: &str) -> Result<(), ConfigError> {
         if self.count == 0 {
             return Err(ConfigError::new(
                 "quota",

@@ -105,29 +105,37 @@ impl Counter {
         self.0.load(Ordering::SeqCst)
     }
 
-    pub fn service<B>(
-        &self,
-    ) -> impl tower::Service<
-        Request<B>,
-        Response = Response<http_body_util::Full<Bytes>>,
-        Error = Infallible,
-        Future = impl Send,
-    > + Clone
-    + Send
-    where
-        B: Send + 'static,
-    {
-        let calls = self.0.clone();
-        tower::service_fn(move |req: Request<B>| {
-            calls.fetch_add(1, Ordering::SeqCst);
-            let who = req
-                .extensions()
-                .get::<tollgate::Identity>()
-                .and_then(|i| i.subject().map(str::to_owned))
-                .unwrap_or_else(|| "anonymous".to_owned());
-            async move {
-                Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(who))))
-            }
-        })
+    /// The counting inner service.
+    pub fn service(&self) -> CountingService {
+        CountingService(self.0.clone())
+    }
+}
+
+/// Counts calls; answers 200 with the authenticated subject or `anonymous`.
+#[derive(Clone)]
+pub struct CountingService(Arc<AtomicUsize>);
+
+impl<B> tower::Service<Request<B>> for CountingService {
+    type Response = Response<http_body_util::Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        let who = req
+            .extensions()
+            .get::<tollgate::Identity>()
+            .and_then(|i| i.subject().map(str::to_owned))
+            .unwrap_or_else(|| "anonymous".to_owned());
+        std::future::ready(Ok(Response::new(http_body_util::Full::new(Bytes::from(
+            who,
+        )))))
     }
 }
