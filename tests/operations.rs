@@ -48,7 +48,10 @@ type Entry = (
 
 /// (name, labels, value) of every counter in a snapshot (taking a snapshot
 /// resets the debugging recorder's counters: take one per test).
-fn counters(snapshot: &[Entry]) -> Vec<(String, Vec<(String, String)>, u64)> {
+/// A counter: name, labels, value.
+type Counted = (String, Vec<(String, String)>, u64);
+
+fn counters(snapshot: &[Entry]) -> Vec<Counted> {
     snapshot
         .iter()
         .filter_map(|(key, _, _, value)| match value {
@@ -66,7 +69,7 @@ fn counters(snapshot: &[Entry]) -> Vec<(String, Vec<(String, String)>, u64)> {
         .collect()
 }
 
-fn count(all: &[(String, Vec<(String, String)>, u64)], name: &str, want: &[(&str, &str)]) -> u64 {
+fn count(all: &[Counted], name: &str, want: &[(&str, &str)]) -> u64 {
     all.iter()
         .filter(|(n, labels, _)| {
             n == name
@@ -487,10 +490,10 @@ fn invalid_files_name_the_field_and_the_reason() {
         let error = match TollgateConfig::from_toml(text) {
             Err(e) => e,
             Ok(config) => run(async {
-                if let Some(auth) = &config.auth {
-                    if let Err(e) = auth.layer::<Value>().await {
-                        return e;
-                    }
+                if let Some(auth) = &config.auth
+                    && let Err(e) = auth.layer::<Value>().await
+                {
+                    return e;
                 }
                 config
                     .rate_limit

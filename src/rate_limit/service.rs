@@ -72,7 +72,11 @@ impl<St: RateLimitStore> Shared<St> {
         parts: &Parts,
     ) -> Verdict {
         let name = &self.policies[policy].name;
-        if self.decisions.fetch_add(1, Ordering::Relaxed).is_multiple_of(1024) {
+        if self
+            .decisions
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(1024)
+        {
             #[cfg(feature = "metrics")]
             observe::rate_keys(&self.policies[0].name, self.store.key_count());
         }
