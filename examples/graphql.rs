@@ -15,7 +15,11 @@
 //! - `TOLLGATE_JWKS_URL` or `TOLLGATE_OIDC_ISSUER`: trust an identity provider's
 //!   keys (fetched and rotated in the background) instead of `TOLLGATE_SECRET`;
 //!   `mint` then needs the secret anyway, as the provider signs real tokens
+//! - `TOLLGATE_CONFIG`: a TOML file with `[auth]` and `[rate_limit]` tables (see
+//!   `examples/tollgate.toml`); it replaces the key and quota variables above
 //! - `TOLLGATE_LAYERS=off`: serve without tollgate (for throughput comparisons only)
+//!
+//! `GET /metrics` serves tollgate's statistics in the Prometheus text format.
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,7 +34,8 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use tollgate::Claims;
 use tollgate::auth::{JwtAuthLayer, Key, RemoteKeys};
-use tollgate::rate_limit::{KeyBy, Quota, RateLimitLayer, TrustedProxies};
+use tollgate::config::{ConfiguredStore, TollgateConfig};
+use tollgate::rate_limit::{KeyBy, LocalStore, Quota, RateLimitLayer, TrustedProxies};
 use tower::ServiceBuilder;
 
 const DEV_SECRET: &str = "tollgate-example-dev-secret-not-for-production";
@@ -149,6 +154,7 @@ struct Config {
     layers: bool,
     jwks_url: Option<String>,
     oidc_issuer: Option<String>,
+    file: Option<TollgateConfig>,
 }
 
 fn env_u32(name: &str, default: u32) -> Result<u32, String> {
@@ -188,6 +194,10 @@ impl Config {
             oidc_issuer: std::env::var("TOLLGATE_OIDC_ISSUER")
                 .ok()
                 .filter(|v| !v.is_empty()),
+            file: match std::env::var("TOLLGATE_CONFIG") {
+                Ok(path) if !path.is_empty() => Some(TollgateConfig::from_file(path)?),
+                _ => None,
+            },
         })
     }
 
@@ -213,12 +223,57 @@ impl Config {
 async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
     let schema = Schema::build(Query, EmptyMutation, EmptySubscription).finish();
     let graphql_routes = get(graphiql).post(graphql);
+    // Statistics in the Prometheus text format at /metrics.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let metrics = get(move || std::future::ready(prometheus.render()));
     if !config.layers {
         return Ok(Router::new()
             .route("/graphql", graphql_routes)
             .route("/healthz", get(|| async { "ok" }))
+            .route("/metrics", metrics)
             .with_state(schema));
     }
+    let (auth, limit) = match &config.file {
+        Some(file) => from_file(file).await?,
+        None => from_env(config).await?,
+    };
+    Ok(Router::new()
+        // lenient: a bad or expired cookie still gets the anonymous feed
+        .route(
+            "/graphql",
+            graphql_routes.route_layer(
+                ServiceBuilder::new()
+                    .layer(auth.clone().lenient())
+                    .layer(limit.clone()),
+            ),
+        )
+        .route(
+            "/me",
+            get(me).route_layer(ServiceBuilder::new().layer(auth.required()).layer(limit)),
+        )
+        // never rate limited
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", metrics)
+        .with_state(schema))
+}
+
+type Layers = (JwtAuthLayer<User>, RateLimitLayer<ConfiguredStore>);
+
+/// The policy from `TOLLGATE_CONFIG`.
+async fn from_file(file: &TollgateConfig) -> Result<Layers, Box<dyn std::error::Error>> {
+    let auth = file
+        .auth
+        .as_ref()
+        .ok_or("TOLLGATE_CONFIG has no [auth] table")?;
+    let limit = file
+        .rate_limit
+        .as_ref()
+        .ok_or("TOLLGATE_CONFIG has no [rate_limit] table")?;
+    Ok((auth.layer::<User>().await?, limit.layer().await?))
+}
+
+/// The policy from the environment variables.
+async fn from_env(config: &Config) -> Result<Layers, Box<dyn std::error::Error>> {
     let builder = JwtAuthLayer::<User>::builder();
     let builder = match (&config.jwks_url, &config.oidc_issuer) {
         (Some(url), _) => builder.remote_keys(RemoteKeys::jwks(url).start().await?),
@@ -237,24 +292,9 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
     let limit = RateLimitLayer::builder("anonymous", config.anon)
         .key(KeyBy::subject_or_client_ip(config.proxies.clone()))
         .authenticated("registered", config.user)
+        .store(ConfiguredStore::Local(LocalStore::new()))
         .build()?;
-    Ok(Router::new()
-        // lenient: a bad or expired cookie still gets the anonymous feed
-        .route(
-            "/graphql",
-            graphql_routes.route_layer(
-                ServiceBuilder::new()
-                    .layer(auth.clone().lenient())
-                    .layer(limit.clone()),
-            ),
-        )
-        .route(
-            "/me",
-            get(me).route_layer(ServiceBuilder::new().layer(auth.required()).layer(limit)),
-        )
-        // never rate limited
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(schema))
+    Ok((auth, limit))
 }
 
 #[tokio::main]
