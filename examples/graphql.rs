@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tollgate::Claims;
 use tollgate::auth::{JwtAuthLayer, Key, RemoteKeys};
 use tollgate::config::{ConfiguredStore, TollgateConfig};
+use tollgate::csrf::CsrfGuardLayer;
 use tollgate::rate_limit::{KeyBy, LocalStore, Quota, RateLimitLayer, TrustedProxies};
 use tower::ServiceBuilder;
 
@@ -244,6 +245,8 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
             graphql_routes.route_layer(
                 ServiceBuilder::new()
                     .layer(auth.clone().lenient())
+                    // cookie sessions: refuse cross-site POSTs
+                    .layer(CsrfGuardLayer::new())
                     .layer(limit.clone()),
             ),
         )

@@ -29,6 +29,7 @@ mod clock;
 #[cfg(feature = "config")]
 pub mod config;
 pub mod crypto;
+pub mod csrf;
 mod error;
 pub mod observe;
 pub mod rate_limit;

@@ -1,0 +1,243 @@
+//! Cross-site request forgery guard for cookie-authenticated requests.
+//!
+//! A browser attaches cookies to requests that other sites make it send, so a
+//! session in a cookie is a CSRF risk; a token in the `Authorization` header
+//! is not (a browser never adds it by itself). Mount [`CsrfGuardLayer`]
+//! *behind* [`JwtAuthLayer`](crate::auth::JwtAuthLayer): it reads the
+//! [`Identity`] the auth layer inserted.
+//!
+//! For requests with an unsafe method (anything but `GET`, `HEAD`,
+//! `OPTIONS`) whose token came from a cookie:
+//!
+//! | request | result |
+//! |---|---|
+//! | `Sec-Fetch-Site: same-origin` or `none` (or an allowed value) | allowed |
+//! | another `Sec-Fetch-Site` (`cross-site`, `same-site`) | 403 |
+//! | no `Sec-Fetch-Site`, `Origin` equal to the request's host or allowed | allowed |
+//! | no `Sec-Fetch-Site`, another `Origin` (including `null`) | 403 |
+//! | neither header (not a browser) | allowed |
+//!
+//! Safe methods, anonymous requests and requests authenticated by the
+//! `Authorization` header pass untouched. Refusals are 403 with
+//! `application/problem+json` and `reason: "csrf"` (gRPC: PERMISSION_DENIED).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::auth::{CredentialSource, Identity};
+use crate::body::ResponseBody;
+use crate::reject::{self, GrpcCode, Problem};
+
+#[derive(Debug, Clone)]
+struct Config {
+    fetch_sites: Vec<String>,
+    origins: Vec<String>,
+}
+
+/// Refuses cross-site unsafe requests authenticated by a cookie. See the
+/// [module docs](self).
+#[derive(Debug, Clone)]
+pub struct CsrfGuardLayer {
+    config: Arc<Config>,
+}
+
+impl Default for CsrfGuardLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CsrfGuardLayer {
+    /// Allows `Sec-Fetch-Site: same-origin` and `none`, and an `Origin` equal
+    /// to the request's host.
+    pub fn new() -> Self {
+        Self {
+            config: Arc::new(Config {
+                fetch_sites: vec!["same-origin".into(), "none".into()],
+                origins: Vec::new(),
+            }),
+        }
+    }
+
+    /// Also allows this `Sec-Fetch-Site` value (e.g. `same-site` for a
+    /// front end on a sibling subdomain).
+    #[must_use]
+    pub fn allow_fetch_site(mut self, value: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.config)
+            .fetch_sites
+            .push(value.into().to_ascii_lowercase());
+        self
+    }
+
+    /// Also allows this exact origin (`https://app.example.com`), for
+    /// browsers that send `Origin` but not `Sec-Fetch-Site`.
+    #[must_use]
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.config)
+            .origins
+            .push(origin.into().to_ascii_lowercase());
+        self
+    }
+}
+
+impl<S> Layer<S> for CsrfGuardLayer {
+    type Service = CsrfGuard<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CsrfGuard {
+            inner,
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+/// The service built by [`CsrfGuardLayer`].
+#[derive(Debug, Clone)]
+pub struct CsrfGuard<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> CsrfGuard<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The request's own authority: `Host`, or the URI's (HTTP/2 `:authority`).
+fn own_host<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(http::uri::Authority::as_str))
+}
+
+impl Config {
+    fn allows<B>(&self, req: &Request<B>) -> bool {
+        let headers: &HeaderMap = req.headers();
+        if let Some(site) = headers.get("sec-fetch-site") {
+            return site.to_str().is_ok_and(|site| {
+                self.fetch_sites
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(site.trim()))
+            });
+        }
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            // Neither header: not a browser.
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        let origin = origin.trim();
+        if self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+            return true;
+        }
+        // `null` and anything without a host are foreign.
+        let Some((_, authority)) = origin.split_once("://") else {
+            return false;
+        };
+        own_host(req).is_some_and(|host| host.eq_ignore_ascii_case(authority))
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CsrfGuard<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let by_cookie = req
+            .extensions()
+            .get::<Identity>()
+            .is_some_and(|i| i.source() == CredentialSource::Cookie);
+        if !by_cookie || is_safe(req.method()) || self.config.allows(&req) {
+            return ResponseFuture {
+                kind: Kind::Inner {
+                    future: self.inner.call(req),
+                },
+            };
+        }
+        tracing::debug!(
+            outcome = "refused",
+            reason = "csrf",
+            "tollgate: cross-site request refused"
+        );
+        let (parts, _body) = req.into_parts();
+        let problem = Problem {
+            status: StatusCode::FORBIDDEN,
+            grpc: GrpcCode::PermissionDenied,
+            reason: "csrf",
+            detail: "cross-site request with a session cookie",
+        };
+        ResponseFuture {
+            kind: Kind::Refused {
+                response: Some(reject::render(&problem, &parts, HeaderMap::new())),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`CsrfGuard`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Inner { #[pin] future: F },
+        Refused { response: Option<Response<Bytes>> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future } => future
+                .poll(cx)
+                .map(|r| r.map(|res| res.map(ResponseBody::inner))),
+            KindProj::Refused { response } => {
+                let response = response.take().unwrap_or_else(|| {
+                    let mut r = Response::new(Bytes::new());
+                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    r
+                });
+                Poll::Ready(Ok(response.map(ResponseBody::full)))
+            }
+        }
+    }
+}
