@@ -177,6 +177,13 @@ async fn graphql_example_interface() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["sub"], "smoke-user");
 
+    // A cross-site POST carrying the session cookie is refused (CSRF).
+    let mut cross = cookie.clone();
+    cross.push(("sec-fetch-site", "cross-site".to_owned()));
+    let (status, _, body) = http.graphql("{ me { id } }", &cross).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["reason"], "csrf");
+
     // /me without a token: 401.
     let (status, headers, body) = http.send(Method::GET, "/me", &[], None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
