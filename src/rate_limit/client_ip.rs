@@ -336,6 +336,18 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_entries_in_any_case() {
+        // Fuzz regression (client_ip, crash-eb9fcb17): an upper-case IPv6
+        // entry is the same address as its canonical lower-case form.
+        let t = TrustedProxies::cidrs(["0.0.0.0/0", "::/0"]).unwrap();
+        assert_eq!(t.client_ip(ip("10.0.0.1"), &xff(&["Aa::"])), ip("aa::"));
+        assert_eq!(
+            t.client_ip(ip("10.0.0.1"), &xff(&["2001:DB8:0:0::1"])),
+            ip("2001:db8::1")
+        );
+    }
+
+    #[test]
     fn bad_cidr_is_a_config_error() {
         assert!(TrustedProxies::cidrs(["10.0.0.0/33"]).is_err());
         assert!(TrustedProxies::cidrs(["nope"]).is_err());
