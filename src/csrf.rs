@@ -231,11 +231,9 @@ where
                 .poll(cx)
                 .map(|r| r.map(|res| res.map(ResponseBody::inner))),
             KindProj::Refused { response } => {
-                let response = response.take().unwrap_or_else(|| {
-                    let mut r = Response::new(Bytes::new());
-                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    r
-                });
+                let response = response
+                    .take()
+                    .unwrap_or_else(reject::polled_after_completion);
                 Poll::Ready(Ok(response.map(ResponseBody::full)))
             }
         }

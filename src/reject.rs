@@ -49,6 +49,14 @@ pub struct Problem<'a> {
     pub detail: &'a str,
 }
 
+/// An empty 500, for a response future polled again after it completed
+/// (a caller bug; answering beats panicking).
+pub(crate) fn polled_after_completion() -> Response<Bytes> {
+    let mut response = Response::new(Bytes::new());
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
 /// Whether the request is a gRPC call (`application/grpc`, `application/grpc+proto`,
 /// `application/grpc-web`, ...).
 pub fn is_grpc(headers: &HeaderMap) -> bool {

@@ -36,7 +36,8 @@ pub fn ready<F: Future>(f: F) -> F::Output {
     }
 }
 
-fn fixture(name: &str) -> Vec<u8> {
+/// A key file from `tests/fixtures`.
+pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
         "{}/tests/fixtures/{name}",
         env!("CARGO_MANIFEST_DIR")

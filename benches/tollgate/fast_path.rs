@@ -13,15 +13,7 @@ use tollgate::auth::{JwtAuthLayer, Key};
 use tollgate::rate_limit::{PeerAddr, Quota, RateLimitLayer};
 use tower::{Layer, Service, ServiceBuilder};
 
-use crate::auth::{SECRET, User, ready};
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("fixture")
-}
+use crate::auth::{SECRET, User, fixture, ready};
 
 pub fn bench(c: &mut Criterion) {
     if !crate::selected("fast_path") {

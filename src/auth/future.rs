@@ -90,12 +90,6 @@ where
     }
 }
 
-fn internal_error() -> Response<Bytes> {
-    let mut r = Response::new(Bytes::new());
-    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-    r
-}
-
 impl<S, B, T, R, ResBody> Future for ResponseFuture<S, B, T, R>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
@@ -115,7 +109,9 @@ where
                 }
                 KindProj::Refused { response } => {
                     // Polled again after completion: an empty 500 rather than a panic.
-                    let response = response.take().unwrap_or_else(internal_error);
+                    let response = response
+                        .take()
+                        .unwrap_or_else(crate::reject::polled_after_completion);
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
                 KindProj::Waiting { wait, parked } => {
@@ -129,7 +125,9 @@ where
                         responder,
                     }) = parked.take()
                     else {
-                        return Poll::Ready(Ok(internal_error().map(ResponseBody::full)));
+                        return Poll::Ready(Ok(
+                            crate::reject::polled_after_completion().map(ResponseBody::full)
+                        ));
                     };
                     // Second and last try: no further fetch.
                     let next = match step(&state, mode, shadow, &responder, request, false) {
@@ -141,7 +139,7 @@ where
                         },
                         // `step` does not ask to wait when refresh is not allowed.
                         Step::Wait(..) => Kind::Refused {
-                            response: Some(internal_error()),
+                            response: Some(crate::reject::polled_after_completion()),
                         },
                     };
                     this.kind.set(next);

@@ -87,12 +87,6 @@ where
     }
 }
 
-fn internal_error() -> Response<Bytes> {
-    let mut r = Response::new(Bytes::new());
-    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-    r
-}
-
 impl<S, ReqBody, ResBody, St> Future for ResponseFuture<S, Request<ReqBody>, St>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -113,7 +107,9 @@ where
                 } => {
                     let result = ready!(check.poll(cx));
                     let (Some(mut inner), Some(request)) = (inner.take(), request.take()) else {
-                        return Poll::Ready(Ok(internal_error().map(ResponseBody::full)));
+                        return Poll::Ready(Ok(
+                            crate::reject::polled_after_completion().map(ResponseBody::full)
+                        ));
                     };
                     let (parts, body) = request.into_parts();
                     let next = match shared.verdict(*policy, result, &parts) {
@@ -135,7 +131,9 @@ where
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
                 StateProj::Refused { response } => {
-                    let response = response.take().unwrap_or_else(internal_error);
+                    let response = response
+                        .take()
+                        .unwrap_or_else(crate::reject::polled_after_completion);
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
             }
