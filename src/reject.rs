@@ -2,10 +2,13 @@
 //!
 //! HTTP refusals carry an `application/problem+json` body (RFC 9457) with a
 //! stable machine-readable `reason`; `HEAD` refusals carry the same headers and
-//! no body. Requests whose `content-type` starts with `application/grpc` are
-//! answered the way gRPC servers answer: HTTP 200, `content-type:
-//! application/grpc` and the outcome in `grpc-status` / `grpc-message`
-//! ("trailers-only" response).
+//! no body. gRPC calls — `POST` requests whose `content-type` starts with
+//! `application/grpc` — are answered the way gRPC servers answer: HTTP 200,
+//! `content-type: application/grpc` and the outcome in `grpc-status` /
+//! `grpc-message` ("trailers-only" response). Any other request that merely
+//! claims a gRPC content type (a `GET`, say) gets the HTTP refusal, so a
+//! refusal is never a cacheable `200`. Every refusal carries
+//! `Cache-Control: no-store`.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header, request::Parts};
@@ -57,18 +60,21 @@ pub(crate) fn polled_after_completion() -> Response<Bytes> {
     response
 }
 
-/// Whether the request is a gRPC call (`application/grpc`, `application/grpc+proto`,
-/// `application/grpc-web`, ...).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+/// Whether the request is a gRPC call: `POST` with a content type of
+/// `application/grpc`, `application/grpc+proto`, `application/grpc-web`, ...
+/// (gRPC and gRPC-Web calls are always `POST`).
+pub fn is_grpc(parts: &Parts) -> bool {
+    parts.method == Method::POST
+        && parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Renders `problem` for the request described by `parts`, with `headers`
 /// added (e.g. `WWW-Authenticate`, `Retry-After`).
 pub fn render(problem: &Problem<'_>, parts: &Parts, headers: HeaderMap) -> Response<Bytes> {
-    if is_grpc(&parts.headers) {
+    if is_grpc(parts) {
         return render_grpc(problem, headers);
     }
     let body = if parts.method == Method::HEAD {
@@ -95,6 +101,7 @@ fn render_grpc(problem: &Problem<'_>, mut headers: HeaderMap) -> Response<Bytes>
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         "grpc-status",
         HeaderValue::from(u16::from(problem.grpc.as_u8())),
@@ -198,8 +205,25 @@ mod tests {
         assert_eq!(res.headers()["grpc-status"], "16");
         assert_eq!(res.headers()["grpc-message"], "the token has expired");
         assert_eq!(res.headers()[header::CONTENT_TYPE], "application/grpc");
+        assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
         assert!(res.headers().get(header::WWW_AUTHENTICATE).is_none());
         assert!(res.body().is_empty());
+    }
+
+    #[test]
+    fn grpc_content_type_on_a_get_is_an_http_refusal() {
+        // Regression: rendering was chosen by content type alone, so a GET
+        // claiming gRPC got a cacheable-looking 200.
+        for method in [Method::GET, Method::HEAD, Method::PUT] {
+            let res = render(
+                &PROBLEM,
+                &parts(method.clone(), Some("application/grpc")),
+                HeaderMap::new(),
+            );
+            assert_eq!(res.status(), 401, "{method}");
+            assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+            assert!(res.headers().get("grpc-status").is_none(), "{method}");
+        }
     }
 
     #[test]

@@ -289,7 +289,10 @@ async fn exp_is_checked_against_the_leeway() {
     let leeway = 60;
     let token = mint(
         Algorithm::HS256,
-        &with(&[("exp", json!(NOW - (leeway - 1)))]),
+        &with(&[
+            ("exp", json!(NOW - (leeway - 1))),
+            ("iat", json!(NOW - 3600)),
+        ]),
     );
     check(&token).await.assert_ok("user-1");
     let token = mint(
@@ -876,4 +879,218 @@ fn configuration_errors_say_what_to_fix() {
     assert!(Key::hmac(b"short").is_err());
     assert!(Key::rsa_pem(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").is_err());
     assert!(Key::ec_pem(RSA_PUBLIC).is_err());
+}
+
+// --- Regressions from the outside audit (security round 2) ---
+
+#[tokio::test]
+async fn header_must_be_a_json_object() {
+    // serde reads a struct from an array too: `["HS256"]` was accepted.
+    for header in [
+        json!(["HS256"]),
+        json!(["HS256", null, null, null]),
+        json!("HS256"),
+    ] {
+        let token = mint_with(header.clone(), Algorithm::HS256, &good_claims());
+        check(&token)
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Malformed);
+    }
+}
+
+#[tokio::test]
+async fn nested_jwt_cty_and_null_crit_are_refused() {
+    for header in [
+        json!({"alg": "HS256", "cty": "JWT"}),
+        json!({"alg": "HS256", "cty": "jwt"}),
+        json!({"alg": "HS256", "cty": "application/JWT"}),
+        json!({"alg": "HS256", "crit": null}),
+        json!({"alg": "HS256", "crit": [1]}),
+        json!({"alg": "HS256", "crit": "exp-ext"}),
+    ] {
+        let token = mint_with(header.clone(), Algorithm::HS256, &good_claims());
+        let out = check(&token).await;
+        assert_eq!(out.status, StatusCode::UNAUTHORIZED, "{header}");
+        assert_eq!(out.calls, 0, "{header}");
+    }
+    // Another content type is not a nested JWT.
+    let token = mint_with(
+        json!({"alg": "HS256", "cty": "json"}),
+        Algorithm::HS256,
+        &good_claims(),
+    );
+    check(&token).await.assert_ok("user-1");
+}
+
+#[tokio::test]
+async fn iat_in_the_future_and_iat_after_exp_are_refused() {
+    // Beyond the 60 s leeway: refused; within it: fine.
+    check(&mint(Algorithm::HS256, &with(&[("iat", json!(NOW + 61))])))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::NotYetValid);
+    check(&mint(Algorithm::HS256, &with(&[("iat", json!(NOW + 60))])))
+        .await
+        .assert_ok("user-1");
+    // iat > exp slipped past max_lifetime (exp - iat saturated to 0).
+    let layer = builder()
+        .max_lifetime(Duration::from_secs(600))
+        .leeway(Duration::from_secs(0))
+        .build()
+        .unwrap();
+    let claims = with(&[("iat", json!(NOW + 100_000)), ("exp", json!(NOW + 50))]);
+    let out = send(&layer, bearer(&mint(Algorithm::HS256, &claims))).await;
+    assert_eq!(out.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(out.calls, 0);
+    let claims = with(&[("iat", json!(NOW)), ("exp", json!(NOW + 1))]);
+    let layer = builder().build().unwrap();
+    send(&layer, bearer(&mint(Algorithm::HS256, &claims)))
+        .await
+        .assert_ok("user-1");
+    let claims = with(&[("iat", json!(NOW + 30)), ("exp", json!(NOW + 20))]);
+    send(&layer, bearer(&mint(Algorithm::HS256, &claims)))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidClaim);
+}
+
+#[tokio::test]
+async fn kidless_tokens_are_refused_when_every_key_has_a_kid() {
+    let named = JwtAuthLayer::<Value>::builder()
+        .key(Key::hmac(SECRET).unwrap().kid("h"))
+        .key(Key::rsa_pem(RSA_PUBLIC).unwrap().kid("rsa"))
+        .bearer()
+        .issuer(ISSUER)
+        .audience(AUDIENCE)
+        .clock(|| NOW)
+        .build()
+        .unwrap();
+    let kidless = mint(Algorithm::HS256, &good_claims());
+    send(&named, bearer(&kidless))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::InvalidHeader);
+    let with_kid = mint_with(
+        json!({"alg": "HS256", "kid": "h"}),
+        Algorithm::HS256,
+        &good_claims(),
+    );
+    send(&named, bearer(&with_kid)).await.assert_ok("user-1");
+    // One unnamed key: kid-less tokens are still tried against it.
+    check(&kidless).await.assert_ok("user-1");
+}
+
+#[tokio::test]
+async fn cache_hit_rechecks_nbf_and_iat_after_the_clock_steps_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let now = Arc::new(AtomicU64::new(NOW));
+    let clock = Arc::clone(&now);
+    let layer = builder()
+        .cache(16)
+        .clock(move || clock.load(Ordering::SeqCst))
+        .build()
+        .unwrap();
+    for (claim, other) in [("nbf", "iat"), ("iat", "nbf")] {
+        now.store(NOW, Ordering::SeqCst);
+        let token = mint(
+            Algorithm::HS256,
+            &with(&[(claim, json!(NOW - 5)), (other, Value::Null)]),
+        );
+        send(&layer, bearer(&token)).await.assert_ok("user-1");
+        send(&layer, bearer(&token)).await.assert_ok("user-1");
+        // The wall clock steps back 200 s (NTP correction): beyond the leeway
+        // the token is not valid yet, cached or not.
+        now.store(NOW - 200, Ordering::SeqCst);
+        send(&layer, bearer(&token))
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::NotYetValid);
+        now.store(NOW, Ordering::SeqCst);
+        send(&layer, bearer(&token)).await.assert_ok("user-1");
+    }
+}
+
+#[tokio::test]
+async fn es256_signature_of_zeros_is_refused() {
+    // r = s = 0 (the "psychic signatures" shape): never valid.
+    use base64::Engine as _;
+    let zeros = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 64]);
+    for kid in [Some("ec256"), None] {
+        let mut header = json!({"alg": "ES256"});
+        if let Some(kid) = kid {
+            header["kid"] = json!(kid);
+        }
+        let token = unsigned(&header, &good_claims(), &zeros);
+        check(&token)
+            .await
+            .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::BadSignature);
+    }
+}
+
+#[tokio::test]
+async fn deep_nesting_is_refused_with_a_typed_claims_struct() {
+    // With `serde_json::Value` claims serde_json's own recursion limit
+    // refused this; a typed struct ignores unknown claims, so tollgate must.
+    #[derive(serde::Deserialize)]
+    struct User {
+        sub: String,
+    }
+    let layer = JwtAuthLayer::<User>::builder()
+        .key(Key::hmac(SECRET).unwrap())
+        .bearer()
+        .issuer(ISSUER)
+        .audience(AUDIENCE)
+        .clock(|| NOW)
+        .max_token_len(64 * 1024)
+        .build()
+        .unwrap();
+    let mut payload = serde_json::to_string(&good_claims()).unwrap();
+    payload.pop();
+    payload.push_str(&format!(
+        r#","deep":{}{}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    ));
+    let token = sign_raw(
+        &json!({"alg": "HS256"}),
+        payload.as_bytes(),
+        Algorithm::HS256,
+        &common::encoding_key(Algorithm::HS256),
+    );
+    let counter = Counter::default();
+    let res = layer
+        .layer(counter.service())
+        .oneshot(bearer(&token))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(counter.calls(), 0);
+    // The same token without the deep claim passes, and the type is used.
+    let token = mint(Algorithm::HS256, &good_claims());
+    let res = layer
+        .layer(tower::service_fn(|req: Request<()>| async move {
+            let sub = req
+                .extensions()
+                .get::<tollgate::Claims<User>>()
+                .unwrap()
+                .sub
+                .clone();
+            Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                Bytes::from(sub),
+            )))
+        }))
+        .oneshot(bearer(&token))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn grpc_content_type_on_a_get_gets_an_http_refusal() {
+    let req = Request::builder()
+        .method(Method::GET)
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .body(())
+        .unwrap();
+    let out = send(&builder().build().unwrap(), req).await;
+    assert_eq!(out.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(out.headers[header::CACHE_CONTROL], "no-store");
+    assert!(out.headers.get("grpc-status").is_none());
 }

@@ -6,8 +6,9 @@
 //!
 //! - keyed by the full token text, never by a hash alone;
 //! - only tokens that passed every check are stored;
-//! - an entry lives until the earlier of `exp` (plus leeway) and its TTL, and
-//!   `exp` is checked again on every hit;
+//! - an entry lives until the earlier of `exp` (plus leeway) and its TTL;
+//!   `exp` is checked again on every hit, and so are `nbf` and `iat` (by the
+//!   caller), so a wall clock stepped backwards serves nothing early;
 //! - typed claims are shared (`Arc`), not parsed again;
 //! - bounded in entries (quick_cache, S3-FIFO eviction): a flood of unique
 //!   tokens evicts, it does not grow.
@@ -62,6 +63,10 @@ pub(crate) struct Verified<T> {
     pub(crate) subject: Option<Arc<str>>,
     pub(crate) issuer: Option<Arc<str>>,
     pub(crate) exp: Option<u64>,
+    /// Checked again on every cache hit, with `iat`: the wall clock may
+    /// have stepped back since the token was verified.
+    pub(crate) nbf: Option<u64>,
+    pub(crate) iat: Option<u64>,
 }
 
 struct Entry<T> {
@@ -167,6 +172,8 @@ mod tests {
             subject: None,
             issuer: None,
             exp,
+            nbf: None,
+            iat: None,
         })
     }
 

@@ -309,6 +309,11 @@ impl KeySet {
         self.keys.iter().find(|k| k.kid.as_deref() == Some(kid))
     }
 
+    /// Whether there are keys and every one has a `kid`.
+    pub(crate) fn all_named(&self) -> bool {
+        !self.keys.is_empty() && self.keys.iter().all(|k| k.kid.is_some())
+    }
+
     /// Keys that may verify `alg`, for tokens without a `kid`.
     pub(crate) fn allowing(&self, alg: Algorithm) -> impl Iterator<Item = &Key> {
         self.keys

@@ -95,7 +95,10 @@ impl<T: DeserializeOwned> AuthState<T> {
         let verified = match &self.cache {
             None => verify(),
             Some(cache) => match cache.get(&found.token, now, rules.leeway, generation) {
-                Lookup::Hit(verified) => Ok(verified),
+                Lookup::Hit(verified) => {
+                    verify::check_not_before(verified.nbf, verified.iat, now, rules.leeway)
+                        .map(|()| verified)
+                }
                 Lookup::Expired => Err(AuthError::new(
                     AuthErrorKind::Expired,
                     "the token has expired",

@@ -62,7 +62,29 @@ struct Header<'a> {
     #[serde(default, borrow)]
     typ: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    crit: Option<Vec<Cow<'a, str>>>,
+    cty: Option<Cow<'a, str>>,
+    /// `None`: absent; `Some(None)`: present as `null` (refused).
+    #[serde(default, borrow, deserialize_with = "present")]
+    crit: Option<Option<Vec<Cow<'a, str>>>>,
+}
+
+/// Tells a parameter that is present (even as `null`) from one that is absent.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: de::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// Reads the JOSE header: a JSON object only (serde would also read a struct
+/// from an array such as `["HS256"]`).
+fn parse_header(json: &[u8]) -> Result<Header<'_>, AuthError> {
+    if json.trim_ascii_start().first() != Some(&b'{') {
+        return Err(malformed("the header is not a JSON object with an alg"));
+    }
+    serde_json::from_slice(json)
+        .map_err(|_| malformed("the header is not a JSON object with an alg"))
 }
 
 /// Verifies `token` and returns its claims.
@@ -88,8 +110,7 @@ pub(crate) fn verify<T: DeserializeOwned>(
     }
 
     let header_json = b64(header_b64, "the header is not base64url")?;
-    let header: Header<'_> = serde_json::from_slice(&header_json)
-        .map_err(|_| malformed("the header is not a JSON object with an alg"))?;
+    let header = parse_header(&header_json)?;
     let alg = Algorithm::from_str(&header.alg).map_err(|_| {
         err(
             AuthErrorKind::UnsupportedAlgorithm,
@@ -97,12 +118,26 @@ pub(crate) fn verify<T: DeserializeOwned>(
         )
     })?;
     let understood = |c: &Cow<'_, str>| rules.understood_crit.iter().any(|u| **u == **c);
-    if let Some(crit) = &header.crit
-        && (crit.is_empty() || !crit.iter().all(understood))
+    match &header.crit {
+        None => {}
+        Some(Some(crit)) if !crit.is_empty() && crit.iter().all(understood) => {}
+        // `null`, `[]`, or an extension this service does not know (RFC 7515 §4.1.11).
+        Some(_) => {
+            return Err(err(
+                AuthErrorKind::InvalidHeader,
+                "the token's crit is not a non-empty list of extensions this service understands",
+            ));
+        }
+    }
+    if header
+        .cty
+        .as_deref()
+        .is_some_and(|cty| media_type_eq(cty, "JWT"))
     {
+        // A nested JWT (RFC 7519 §5.2): its inner token would go unverified.
         return Err(err(
             AuthErrorKind::InvalidHeader,
-            "the token names a critical header extension this service does not understand",
+            "nested JWTs (cty: JWT) are not accepted",
         ));
     }
     if let Some(expected) = &rules.typ {
@@ -133,6 +168,14 @@ pub(crate) fn verify<T: DeserializeOwned>(
             }
             check_signature(key, alg, message, &signature)?;
         }
+        None if keys.all_named() => {
+            // Every key has a kid: a token without one names no key, and
+            // trying each key in turn only multiplies the work of a forgery.
+            return Err(err(
+                AuthErrorKind::InvalidHeader,
+                "the token has no kid and every key of this service has one",
+            ));
+        }
         None => {
             let mut candidates = keys.allowing(alg).peekable();
             if candidates.peek().is_none() {
@@ -162,6 +205,8 @@ pub(crate) fn verify<T: DeserializeOwned>(
         subject: registered.sub,
         issuer,
         exp: registered.exp,
+        nbf: registered.nbf,
+        iat: registered.iat,
     })
 }
 
@@ -203,13 +248,11 @@ fn check_claims(r: &Registered, rules: &Rules, now: u64) -> Result<Option<Arc<st
         None if rules.require_exp => return Err(claim("the token has no exp claim")),
         _ => {}
     }
-    if let Some(nbf) = r.nbf
-        && now.saturating_add(rules.leeway) < nbf
+    check_not_before(r.nbf, r.iat, now, rules.leeway)?;
+    if let (Some(iat), Some(exp)) = (r.iat, r.exp)
+        && iat > exp
     {
-        return Err(err(
-            AuthErrorKind::NotYetValid,
-            "the token is not valid yet (nbf)",
-        ));
+        return Err(claim("the token was issued after it expires (iat > exp)"));
     }
     if let Some(max) = rules.max_lifetime {
         match (r.iat, r.exp) {
@@ -243,6 +286,33 @@ fn check_claims(r: &Registered, rules: &Rules, now: u64) -> Result<Option<Arc<st
         return Err(claim("a required claim is missing"));
     }
     Ok(issuer)
+}
+
+/// `nbf` and `iat` against `now`: a token is not accepted before its `nbf`,
+/// nor before the time it says it was issued (a future `iat` comes from a
+/// misbehaving issuer or a forged clock). Both allow `leeway`. Also run on
+/// every verified-token cache hit: a wall clock stepped backwards must not
+/// serve a token that is not valid yet.
+pub(crate) fn check_not_before(
+    nbf: Option<u64>,
+    iat: Option<u64>,
+    now: u64,
+    leeway: u64,
+) -> Result<(), AuthError> {
+    let later = now.saturating_add(leeway);
+    if nbf.is_some_and(|nbf| later < nbf) {
+        return Err(err(
+            AuthErrorKind::NotYetValid,
+            "the token is not valid yet (nbf)",
+        ));
+    }
+    if iat.is_some_and(|iat| later < iat) {
+        return Err(err(
+            AuthErrorKind::NotYetValid,
+            "the token was issued in the future (iat)",
+        ));
+    }
+    Ok(())
 }
 
 /// The registered claims, read in one pass without copying the payload.
@@ -279,6 +349,7 @@ fn read_registered(payload: &[u8], rules: &Rules) -> Result<Registered, AuthErro
                 "aud" => "the aud claim is not a string or an array of strings",
                 "sub" => "the sub claim is not a string",
                 "duplicate" => "a registered claim appears twice",
+                "depth" => "a claim nests deeper than 64 levels",
                 _ => "the claims are not a JSON object",
             };
             err(AuthErrorKind::InvalidClaim, detail)
@@ -362,12 +433,71 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                     r.aud_matched = map.next_value_seed(AudSeed(&self.rules.audiences))?;
                 }
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    self.current.set("depth");
+                    map.next_value_seed(Shallow(MAX_CLAIM_DEPTH))?;
                 }
             }
             self.current.set("");
         }
         Ok(r)
+    }
+}
+
+/// How deep a claim's value may nest. Real claims nest a few levels; a
+/// signed token nesting thousands deep would otherwise reach the claims
+/// type, whose own limits depend on how it is written.
+const MAX_CLAIM_DEPTH: u32 = 64;
+
+/// Skips a value, refusing one that nests deeper than its depth allows.
+struct Shallow(u32);
+
+impl<'de> DeserializeSeed<'de> for Shallow {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Shallow {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self
+            .0
+            .checked_sub(1)
+            .ok_or_else(|| de::Error::custom("too deep"))?;
+        while seq.next_element_seed(Shallow(inner))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self
+            .0
+            .checked_sub(1)
+            .ok_or_else(|| de::Error::custom("too deep"))?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Shallow(inner))?;
+        }
+        Ok(())
     }
 }
 
@@ -524,8 +654,16 @@ mod tests {
         // Ignored values are skipped without recursion; typed claims hit
         // serde_json's depth limit instead of the stack.
         let json = format!(r#"{{"x":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
-        assert!(read(&json).is_ok());
-        assert!(serde_json::from_str::<serde_json::Value>(&json).is_err());
+        let e = read(&json).err().map(|e| (e.kind(), e.detail()));
+        assert_eq!(
+            e,
+            Some((
+                AuthErrorKind::InvalidClaim,
+                "a claim nests deeper than 64 levels"
+            ))
+        );
+        let json = format!(r#"{{"x":{}1{}}}"#, "[{\"a\":".repeat(31), "}]".repeat(31));
+        assert!(read(&json).is_ok(), "62 levels are fine");
         let json = format!(r#"{{"aud":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
         assert_eq!(
             read(&json).err().map(|e| e.kind()),
