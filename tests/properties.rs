@@ -82,10 +82,13 @@ fn reference(fields: &[Vec<u8>]) -> Seen {
             let Some((name, v)) = pair.split_once('=') else {
                 continue;
             };
-            if name.trim() != "da3" {
+            // HTTP's OWS: spaces and tabs only, never Unicode whitespace.
+            let ows = |s: &str| s.trim_matches([' ', '\t']).to_owned();
+            if ows(name) != "da3" {
                 continue;
             }
-            let v = v.trim();
+            let v = ows(v);
+            let v = v.as_str();
             let v = if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
                 &v[1..v.len() - 1]
             } else {
@@ -116,6 +119,8 @@ fn cookie_field() -> impl Strategy<Value = Vec<u8>> {
         Just("x"),
         Just(" da3"),
         Just("da3 "),
+        Just("\u{a0}da3"),
+        Just("da3\u{3000}"),
         Just("xda3")
     ];
     let value = prop_oneof![
@@ -129,10 +134,18 @@ fn cookie_field() -> impl Strategy<Value = Vec<u8>> {
                 Just(b'"'),
                 Just(0xff_u8),
                 Just(0xc3),
-                Just(0xa9)
+                Just(0xa9),
+                // U+00A0, U+0085, U+3000: whitespace to `str::trim`, not to HTTP
+                Just(0xc2),
+                Just(0xa0),
+                Just(0x85),
+                Just(0xe3),
+                Just(0x80)
             ],
             0..8
         ),
+        "[ \u{a0}\u{85}\u{3000}]{0,2}\"?[a-z.]{0,4}\"?[ \u{a0}\u{3000}]{0,2}"
+            .prop_map(|s| s.into_bytes()),
     ];
     let pair = (name, value).prop_map(|(n, v)| {
         let mut p = n.as_bytes().to_vec();

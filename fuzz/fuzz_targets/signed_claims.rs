@@ -100,8 +100,21 @@ fuzz_target!(|input: Input| {
     common::check_status(res.status().as_u16());
     if res.status() == 200 {
         // Accepted: every rule held.
+        let now = common::NOW as f64;
         let exp = claims.get("exp").and_then(Value::as_f64).expect("exp required");
-        assert!(exp + 60.0 > common::NOW as f64);
+        assert!(exp + 60.0 > now);
+        // nbf and iat, when present, are dates no later than now + leeway,
+        // and a token is not issued after it expires.
+        for name in ["nbf", "iat"] {
+            if let Some(v) = claims.get(name) {
+                let v = v.as_f64().expect("a NumericDate");
+                assert!(v >= 0.0 && v.floor() <= now + 60.0, "{name}");
+            }
+        }
+        if let Some(iat) = claims.get("iat").and_then(Value::as_f64) {
+            assert!(iat.floor() <= exp.floor());
+            assert!(exp.floor() - iat.floor() <= 86_400.0, "max lifetime");
+        }
         assert_eq!(claims.get("iss"), Some(&json!("https://issuer")));
         assert!(claims.contains_key("roles"));
         assert!(input.alg_typo.is_none() || input.alg_typo.as_deref() == Some("HS256"));

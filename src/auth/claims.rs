@@ -53,10 +53,6 @@ impl Identity {
         self.subject.as_deref()
     }
 
-    pub(crate) fn subject_arc(&self) -> Option<Arc<str>> {
-        self.subject.clone()
-    }
-
     /// The token's `iss`, when the layer was configured with issuers.
     pub fn issuer(&self) -> Option<&str> {
         self.issuer.as_deref()
