@@ -62,8 +62,9 @@ enum Trust {
     /// Peers within these networks are proxies.
     Cidrs(Vec<IpNet>),
     /// Exactly this many proxies stand in front of the service; the direct
-    /// peer is the last one.
-    Hops(usize),
+    /// peer is the last one. With networks, only a peer within them is
+    /// taken for that proxy.
+    Hops(usize, Vec<IpNet>),
 }
 
 /// Which peers may tell us the client's address.
@@ -101,24 +102,8 @@ impl TrustedProxies {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut nets = Vec::new();
-        for cidr in cidrs {
-            let cidr = cidr.as_ref().trim();
-            if cidr.is_empty() {
-                continue;
-            }
-            let net = IpNet::from_str(cidr)
-                .or_else(|_| IpAddr::from_str(cidr).map(IpNet::from))
-                .map_err(|_| {
-                    ConfigError::new(
-                        "trusted_proxies",
-                        format!("{cidr:?} is not a CIDR (10.0.0.0/8) or an IP address"),
-                    )
-                })?;
-            nets.push(net.trunc());
-        }
         Ok(Self {
-            trust: Trust::Cidrs(nets),
+            trust: Trust::Cidrs(parse_nets(cidrs)?),
             header: ForwardedHeader::default(),
         })
     }
@@ -126,10 +111,46 @@ impl TrustedProxies {
     /// Exactly `hops` proxies stand in front of the service (e.g. 1 for a
     /// single load balancer): the client is the `hops`-th address from the
     /// right of the forwarding header.
+    ///
+    /// On its own this trusts **any** direct peer to be the last proxy: a
+    /// client that can reach the service without passing the proxies (a pod
+    /// IP, a node port) chooses its own address. Add
+    /// [`peer_in`](Self::peer_in) with the proxies' networks so that only
+    /// they are believed; other peers are the client themselves.
     pub fn hops(hops: usize) -> Self {
         Self {
-            trust: Trust::Hops(hops),
+            trust: Trust::Hops(hops, Vec::new()),
             header: ForwardedHeader::default(),
+        }
+    }
+
+    /// With [`hops`](Self::hops): believe the forwarding header only when
+    /// the direct peer is within these networks (`"10.0.0.0/8"`, or a bare
+    /// address), i.e. is the last proxy.
+    ///
+    /// # Errors
+    /// A string that is neither a CIDR nor an address, no network at all, or
+    /// a `TrustedProxies` built from [`cidrs`](Self::cidrs) (which already
+    /// checks every hop).
+    pub fn peer_in<I, S>(mut self, cidrs: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nets = parse_nets(cidrs)?;
+        match &mut self.trust {
+            Trust::Hops(_, peers) if !nets.is_empty() => {
+                peers.extend(nets);
+                Ok(self)
+            }
+            Trust::Hops(..) => Err(ConfigError::new(
+                "trusted_proxies",
+                "peer_in needs at least one network",
+            )),
+            Trust::Cidrs(_) => Err(ConfigError::new(
+                "trusted_proxies",
+                "peer_in applies to TrustedProxies::hops; cidrs already checks every hop",
+            )),
         }
     }
 
@@ -143,7 +164,9 @@ impl TrustedProxies {
     fn trusts(&self, ip: IpAddr) -> bool {
         match &self.trust {
             Trust::Cidrs(nets) => nets.iter().any(|n| n.contains(&ip)),
-            Trust::Hops(n) => *n > 0,
+            Trust::Hops(n, peers) => {
+                *n > 0 && (peers.is_empty() || peers.iter().any(|p| p.contains(&ip)))
+            }
         }
     }
 
@@ -155,7 +178,7 @@ impl TrustedProxies {
         }
         let hops = forwarded_for(headers, self.header);
         match &self.trust {
-            Trust::Hops(n) => {
+            Trust::Hops(n, _) => {
                 // The peer is proxy n; proxies n..2 appended n-1 entries after
                 // the client's. Fewer entries than that: the chain is not what
                 // was configured, so the peer is all we know.
@@ -183,6 +206,30 @@ impl TrustedProxies {
             }
         }
     }
+}
+
+fn parse_nets<I, S>(cidrs: I) -> Result<Vec<IpNet>, ConfigError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut nets = Vec::new();
+    for cidr in cidrs {
+        let cidr = cidr.as_ref().trim();
+        if cidr.is_empty() {
+            continue;
+        }
+        let net = IpNet::from_str(cidr)
+            .or_else(|_| IpAddr::from_str(cidr).map(IpNet::from))
+            .map_err(|_| {
+                ConfigError::new(
+                    "trusted_proxies",
+                    format!("{cidr:?} is not a CIDR (10.0.0.0/8) or an IP address"),
+                )
+            })?;
+        nets.push(net.trunc());
+    }
+    Ok(nets)
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) are the IPv4 address.
@@ -286,6 +333,24 @@ mod tests {
         // all trusted: the leftmost trusted one
         let h = xff(&["10.9.9.9, 192.168.1.1"]);
         assert_eq!(t.client_ip(ip("10.0.0.1"), &h), ip("10.9.9.9"));
+    }
+
+    #[test]
+    fn hop_count_with_peer_networks_believes_only_the_proxy() {
+        // Regression: hops(n) alone trusts any direct peer, so a client that
+        // reaches the service around the load balancer picks its own address.
+        let h = xff(&["6.6.6.6"]);
+        assert_eq!(
+            TrustedProxies::hops(1).client_ip(ip("203.0.113.9"), &h),
+            ip("6.6.6.6")
+        );
+        let t = TrustedProxies::hops(1).peer_in(["10.0.0.0/8"]).unwrap();
+        assert_eq!(t.client_ip(ip("203.0.113.9"), &h), ip("203.0.113.9"));
+        assert_eq!(t.client_ip(ip("10.1.2.3"), &h), ip("6.6.6.6"));
+        assert_eq!(t.client_ip(ip("::ffff:10.1.2.3"), &h), ip("6.6.6.6"));
+        assert!(TrustedProxies::hops(1).peer_in(["nope"]).is_err());
+        assert!(TrustedProxies::hops(1).peer_in([""; 0]).is_err());
+        assert!(TrustedProxies::none().peer_in(["10.0.0.0/8"]).is_err());
     }
 
     #[test]

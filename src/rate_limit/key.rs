@@ -11,8 +11,11 @@ use crate::error::ConfigError;
 
 /// The bucket a request is counted in.
 ///
-/// Compact (24 bytes) so that a million keys stay small: addresses are stored
-/// as integers, IPv6 addresses already masked to their prefix.
+/// Fixed-size (24 bytes, no heap) so that a million keys stay small whatever
+/// clients send: addresses are stored as integers, IPv6 addresses already
+/// masked to their prefix, and text (a subject, a header value) as a 128-bit
+/// SHA-256 digest — a 64 KiB header value costs what a short one does, and
+/// finding two texts that share a bucket takes about 2^64 work.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RateKey(Repr);
 
@@ -25,7 +28,8 @@ enum Repr {
     Overflow,
     V4(u32),
     V6(u64, u64),
-    Text(Arc<str>),
+    /// SHA-256 of the length-prefixed parts, truncated to 128 bits.
+    Digest([u8; 16]),
 }
 
 impl RateKey {
@@ -34,9 +38,36 @@ impl RateKey {
         Self(Repr::Global)
     }
 
-    /// A key from text (a subject, an API key, a header value).
-    pub fn text(text: impl Into<Arc<str>>) -> Self {
-        Self(Repr::Text(text.into()))
+    /// A key from text or bytes (an API key, a header value), stored as a
+    /// fixed-size digest.
+    pub fn text(text: impl AsRef<[u8]>) -> Self {
+        Self::digest(b"text", &[text.as_ref()])
+    }
+
+    /// The key of a verified subject: `(issuer, subject)`, so that the same
+    /// `sub` from two issuers counts in two buckets.
+    pub fn subject(issuer: Option<&str>, subject: &str) -> Self {
+        match issuer {
+            Some(issuer) => Self::digest(b"iss+sub", &[issuer.as_bytes(), subject.as_bytes()]),
+            None => Self::digest(b"sub", &[subject.as_bytes()]),
+        }
+    }
+
+    /// Each part is length-prefixed and the kind is a separate domain, so no
+    /// choice of texts makes two different tuples hash the same input.
+    fn digest(kind: &[u8], parts: &[&[u8]]) -> Self {
+        use sha2::{Digest as _, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update([u8::try_from(kind.len()).unwrap_or(u8::MAX)]);
+        hasher.update(kind);
+        for part in parts {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        let full = hasher.finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        Self(Repr::Digest(out))
     }
 
     /// A key from an address: IPv4-mapped IPv6 is IPv4, IPv6 is masked to
@@ -75,10 +106,20 @@ impl RateKey {
                 "ip:{}",
                 std::net::Ipv6Addr::from((u128::from(*hi) << 64) | u128::from(*lo))
             ),
-            Repr::Text(t) => format!("k:{t}"),
+            Repr::Digest(d) => {
+                let mut out = String::with_capacity(2 + 32);
+                out.push_str("k:");
+                for byte in d {
+                    out.push(char::from(HEX[usize::from(byte >> 4)]));
+                    out.push(char::from(HEX[usize::from(byte & 0xf)]));
+                }
+                out
+            }
         }
     }
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 impl fmt::Debug for RateKey {
     // Keys can be subjects or addresses: print only their kind.
@@ -89,7 +130,7 @@ impl fmt::Debug for RateKey {
             Repr::Overflow => "overflow",
             Repr::V4(_) => "ipv4",
             Repr::V6(..) => "ipv6",
-            Repr::Text(_) => "text",
+            Repr::Digest(_) => "text",
         };
         write!(f, "RateKey({kind})")
     }
@@ -161,8 +202,13 @@ impl KeyBy {
     }
 
     /// The verified subject ([`Identity`], set by
-    /// [`JwtAuthLayer`](crate::auth::JwtAuthLayer) in front of this layer);
-    /// anonymous callers are counted by client address.
+    /// [`JwtAuthLayer`](crate::auth::JwtAuthLayer) in front of this layer),
+    /// together with its issuer: `alice` of one issuer does not spend the
+    /// quota of `alice` of another. Anonymous callers are counted by client
+    /// address.
+    ///
+    /// The auth layer must run first (be the outer layer): a request it never
+    /// saw is counted by address, and the layer warns once.
     pub fn subject_or_client_ip(proxies: TrustedProxies) -> Self {
         Self(KeyKind::Subject {
             proxies,
@@ -172,6 +218,12 @@ impl KeyBy {
 
     /// The value of a request header (e.g. an API key). Requests without it
     /// have no key.
+    ///
+    /// The value is **not authenticated**: a client can send a new value on
+    /// every request and get a fresh bucket each time, so a header key limits
+    /// honest clients only. Put a limit by client IP in front of it, or key on
+    /// a verified identity. Values are stored as fixed-size digests, so a
+    /// long value costs no more memory than a short one.
     pub fn header(name: HeaderName) -> Self {
         Self(KeyKind::Header(name))
     }
@@ -204,25 +256,30 @@ impl KeyBy {
         }
     }
 
+    /// Whether this key reads the peer address (directly, or as the
+    /// fallback for anonymous callers).
+    pub(crate) fn needs_peer_addr(&self) -> bool {
+        matches!(self.0, KeyKind::ClientIp { .. } | KeyKind::Subject { .. })
+    }
+
+    /// Whether this key reads the [`Identity`] set by the auth layer.
+    pub(crate) fn needs_identity(&self) -> bool {
+        matches!(self.0, KeyKind::Subject { .. })
+    }
+
     /// The key of a request, or `None` when it has none.
     pub fn key(&self, parts: &Parts) -> Option<RateKey> {
         match &self.0 {
             KeyKind::Global => Some(RateKey::global()),
             KeyKind::ClientIp { proxies, v6_prefix } => client_key(parts, proxies, *v6_prefix),
             KeyKind::Subject { proxies, v6_prefix } => {
-                match parts
-                    .extensions
-                    .get::<Identity>()
-                    .and_then(Identity::subject_arc)
-                {
-                    Some(subject) => Some(RateKey(Repr::Text(subject))),
+                let identity = parts.extensions.get::<Identity>();
+                match identity.and_then(|i| Some((i.issuer(), i.subject()?))) {
+                    Some((issuer, subject)) => Some(RateKey::subject(issuer, subject)),
                     None => client_key(parts, proxies, *v6_prefix),
                 }
             }
-            KeyKind::Header(name) => parts
-                .headers
-                .get(name)
-                .map(|v| RateKey::text(String::from_utf8_lossy(v.as_bytes()))),
+            KeyKind::Header(name) => parts.headers.get(name).map(|v| RateKey::text(v.as_bytes())),
             KeyKind::Custom(f) => f(parts),
         }
     }
@@ -267,6 +324,39 @@ mod tests {
         assert_eq!(
             RateKey::ip("2001:db8::1".parse().unwrap(), 64).to_store_key(),
             "ip:2001:db8::"
+        );
+    }
+
+    #[test]
+    fn text_keys_are_fixed_size_digests() {
+        let long = "x".repeat(64 * 1024);
+        assert_eq!(RateKey::text(&long).to_store_key().len(), 2 + 32);
+        assert_eq!(RateKey::text(&long), RateKey::text(&long));
+        assert_ne!(RateKey::text(&long), RateKey::text(&long[1..]));
+        assert_eq!(
+            RateKey::text("alice").to_store_key(),
+            RateKey::text(b"alice").to_store_key()
+        );
+    }
+
+    #[test]
+    fn subjects_are_keyed_with_their_issuer_without_ambiguity() {
+        // Regression: `sub` alone was the key, so alice of issuer B spent
+        // alice of issuer A's quota.
+        let a = RateKey::subject(Some("https://a"), "alice");
+        let b = RateKey::subject(Some("https://b"), "alice");
+        assert_ne!(a, b);
+        assert_eq!(a, RateKey::subject(Some("https://a"), "alice"));
+        // No concatenation collides: ("ab", "c") vs ("a", "bc"), and a
+        // subject never shares a bucket with a header value or no issuer.
+        assert_ne!(
+            RateKey::subject(Some("ab"), "c"),
+            RateKey::subject(Some("a"), "bc")
+        );
+        assert_ne!(RateKey::subject(None, "alice"), RateKey::text("alice"));
+        assert_ne!(
+            RateKey::subject(None, "alice"),
+            RateKey::subject(Some(""), "alice")
         );
     }
 
