@@ -1,6 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::HeaderValue;
@@ -13,7 +13,7 @@ use super::key::{KeyBy, RateKey};
 use super::quota::{Policy, Quota};
 use super::service::RateLimit;
 use super::store::{LocalStore, RateLimitStore};
-use crate::auth::Identity;
+use crate::auth::{Anonymous, Identity};
 use crate::error::ConfigError;
 
 type Predicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
@@ -52,6 +52,8 @@ pub(crate) struct Shared<St> {
     tiers: Vec<(usize, Predicate)>,
     authenticated: Option<usize>,
     exempt: Vec<Predicate>,
+    /// The key or a policy reads the auth layer's [`Identity`].
+    needs_auth: bool,
     pub(crate) style: HeaderStyle,
     missing_key: MissingKey,
     pub(crate) on_store_error: OnStoreError,
@@ -61,6 +63,24 @@ pub(crate) struct Shared<St> {
     /// Seconds (since `created`) of the last store warning logged.
     last_warning: AtomicU64,
     created: Instant,
+    /// Each misconfiguration seen at run time is logged once per layer.
+    warned_no_peer: AtomicBool,
+    warned_no_auth: AtomicBool,
+}
+
+/// Where a peer address can come from in this build.
+const PEER_SOURCES: &[&str] = &[
+    #[cfg(feature = "axum-connect-info")]
+    "axum-connect-info",
+    #[cfg(feature = "tonic")]
+    "tonic",
+];
+
+/// Logs `message` at `warn` the first time `flag` is raised.
+fn warn_once(flag: &AtomicBool, policy: &str, message: &str) {
+    if !flag.swap(true, Ordering::Relaxed) {
+        tracing::warn!(policy, "tollgate: {message}");
+    }
 }
 
 /// At most one store-failure warning per this many seconds.
@@ -87,25 +107,42 @@ impl<St> Shared<St> {
         if self.exempt.iter().any(|exempt| exempt(parts)) {
             return None;
         }
+        let identified = parts.extensions.get::<Identity>().is_some();
+        if self.needs_auth && !identified && parts.extensions.get::<Anonymous>().is_none() {
+            warn_once(
+                &self.warned_no_auth,
+                &self.policies[0].name,
+                "this rate limit keys on or tiers by the verified identity, but no JwtAuthLayer \
+                 looked at the request: every caller is counted as anonymous. Put JwtAuthLayer \
+                 outside this layer (ServiceBuilder: add it first; axum Router::layer: add it last)",
+            );
+        }
         let policy = self
             .tiers
             .iter()
             .find(|(_, applies)| applies(parts))
             .map(|(i, _)| *i)
-            .or_else(|| {
-                self.authenticated
-                    .filter(|_| parts.extensions.get::<Identity>().is_some())
-            })
+            .or_else(|| self.authenticated.filter(|_| identified))
             .unwrap_or(0);
         let key = match self.key.key(parts) {
             Some(key) => key,
-            None => match self.missing_key {
-                MissingKey::SharedBucket => {
-                    tracing::debug!(policy = %self.policies[policy].name, "tollgate: request without a rate-limit key, using the shared bucket");
-                    RateKey::unkeyed()
+            None => {
+                if self.key.needs_peer_addr() {
+                    warn_once(
+                        &self.warned_no_peer,
+                        &self.policies[policy].name,
+                        "a request carried no peer address, so this IP-keyed rate limit counts \
+                         every such request in ONE shared bucket. Serve axum with \
+                         `into_make_service_with_connect_info::<SocketAddr>()` (feature \
+                         `axum-connect-info`), use tonic's Server (feature `tonic`), or insert \
+                         `tollgate::rate_limit::PeerAddr` into the request extensions",
+                    );
                 }
-                MissingKey::Allow => return None,
-            },
+                match self.missing_key {
+                    MissingKey::SharedBucket => RateKey::unkeyed(),
+                    MissingKey::Allow => return None,
+                }
+            }
         };
         Some((policy, key))
     }
@@ -154,6 +191,7 @@ impl RateLimitLayer {
             missing_key: MissingKey::default(),
             on_store_error: OnStoreError::default(),
             shadow: false,
+            peer_addr_inserted: false,
         }
     }
 }
@@ -203,6 +241,7 @@ pub struct RateLimitBuilder<St> {
     missing_key: MissingKey,
     on_store_error: OnStoreError,
     shadow: bool,
+    peer_addr_inserted: bool,
 }
 
 impl<St: fmt::Debug> fmt::Debug for RateLimitBuilder<St> {
@@ -280,6 +319,17 @@ impl<St> RateLimitBuilder<St> {
         self
     }
 
+    /// Declares that something in front of this layer inserts
+    /// [`PeerAddr`](super::PeerAddr) into every request (a custom server,
+    /// a test). Without it, [`build`](Self::build) refuses an address-keyed
+    /// limit in a build that has no way to learn the peer address (neither
+    /// feature `axum-connect-info` nor `tonic`): every client would share
+    /// one bucket.
+    pub fn peer_addr_inserted(mut self, inserted: bool) -> Self {
+        self.peer_addr_inserted = inserted;
+        self
+    }
+
     /// Keeps state in `store` instead of a default [`LocalStore`].
     pub fn store<St2: RateLimitStore>(self, store: St2) -> RateLimitBuilder<St2> {
         RateLimitBuilder {
@@ -293,6 +343,7 @@ impl<St> RateLimitBuilder<St> {
             missing_key: self.missing_key,
             on_store_error: self.on_store_error,
             shadow: self.shadow,
+            peer_addr_inserted: self.peer_addr_inserted,
         }
     }
 }
@@ -302,8 +353,11 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
     ///
     /// # Errors
     /// A policy name that is not an HTTP token or is used twice, a quota of
-    /// zero, or a store that cannot represent a policy.
+    /// zero, a store that cannot represent a policy, or an address-keyed
+    /// limit in a build with no source of peer addresses (see
+    /// [`peer_addr_inserted`](Self::peer_addr_inserted)).
     pub fn build(mut self) -> Result<RateLimitLayer<St>, ConfigError> {
+        check_peer_source(&self.key, PEER_SOURCES, self.peer_addr_inserted)?;
         let mut policies = Vec::with_capacity(self.policies.len());
         for (index, (name, quota)) in self.policies.iter().enumerate() {
             if self.policies[..index].iter().any(|(n, _)| n == name) {
@@ -316,6 +370,7 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
         }
         self.store.prepare(&policies)?;
         let policy_values = policies.iter().map(headers::policy_value).collect();
+        let needs_auth = self.key.needs_identity() || self.authenticated.is_some();
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 store: self.store,
@@ -327,13 +382,58 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
                 exempt: self.exempt,
                 style: self.style,
                 missing_key: self.missing_key,
+                needs_auth,
                 on_store_error: self.on_store_error,
                 store_failures: AtomicU64::new(0),
                 shadow: self.shadow,
                 decisions: AtomicU64::new(0),
                 last_warning: AtomicU64::new(0),
                 created: Instant::now(),
+                warned_no_peer: AtomicBool::new(false),
+                warned_no_auth: AtomicBool::new(false),
             }),
         })
+    }
+}
+
+/// An address-keyed limit needs a peer address; a build that cannot learn
+/// one would put every client in one bucket.
+fn check_peer_source(key: &KeyBy, sources: &[&str], inserted: bool) -> Result<(), ConfigError> {
+    if key.needs_peer_addr() && sources.is_empty() && !inserted {
+        return Err(ConfigError::new(
+            "key",
+            "this limit keys on the client address, but this build has no source of peer \
+             addresses: enable feature `axum-connect-info` (and serve with \
+             `into_make_service_with_connect_info::<SocketAddr>()`) or `tonic`, or insert \
+             `PeerAddr` yourself and call `.peer_addr_inserted(true)`",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_keys_need_a_peer_source() {
+        // Regression: with only feature `axum`, every client silently shared
+        // one bucket.
+        let ip = KeyBy::peer_ip();
+        let err = check_peer_source(&ip, &[], false).unwrap_err();
+        assert_eq!(err.setting(), "key");
+        assert!(err.reason().contains("axum-connect-info"), "{err}");
+        assert!(check_peer_source(&ip, &[], true).is_ok());
+        assert!(check_peer_source(&ip, &["tonic"], false).is_ok());
+        assert!(
+            check_peer_source(
+                &KeyBy::subject_or_client_ip(TrustedProxies::none()),
+                &[],
+                false
+            )
+            .is_err()
+        );
+        assert!(check_peer_source(&KeyBy::global(), &[], false).is_ok());
+        assert!(check_peer_source(&KeyBy::header(http::header::HOST), &[], false).is_ok());
     }
 }
