@@ -6,20 +6,35 @@
 //! *behind* [`JwtAuthLayer`](crate::auth::JwtAuthLayer): it reads the
 //! [`Identity`] the auth layer inserted.
 //!
-//! For requests with an unsafe method (anything but `GET`, `HEAD`,
-//! `OPTIONS`) whose token came from a cookie:
+//! For requests whose token came from a cookie and that have an unsafe
+//! method (anything but `GET`, `HEAD`, `OPTIONS`) **or ask for a protocol
+//! upgrade** (a WebSocket handshake: HTTP/1.1 `GET` with `Upgrade`, or
+//! HTTP/2 extended `CONNECT`) — a cross-site WebSocket carries the session
+//! cookie just like a cross-site form does:
 //!
 //! | request | result |
 //! |---|---|
 //! | `Sec-Fetch-Site: same-origin` or `none` (or an allowed value) | allowed |
 //! | another `Sec-Fetch-Site` (`cross-site`, `same-site`) | 403 |
-//! | no `Sec-Fetch-Site`, `Origin` equal to the request's host or allowed | allowed |
-//! | no `Sec-Fetch-Site`, another `Origin` (including `null`) | 403 |
+//! | no `Sec-Fetch-Site`, `Origin` equal to the request's own origin (scheme and host) or allowed | allowed |
+//! | no `Sec-Fetch-Site`, another `Origin` (including `null`, or `http://` for an `https` service) | 403 |
 //! | neither header (not a browser) | allowed |
 //!
-//! Safe methods, anonymous requests and requests authenticated by the
+//! The request's own scheme is the one its URI carries (HTTP/2) or else
+//! [`CsrfGuardLayer::scheme`] (default `https`).
+//!
+//! Safe requests, anonymous requests and requests authenticated by the
 //! `Authorization` header pass untouched. Refusals are 403 with
 //! `application/problem+json` and `reason: "csrf"` (gRPC: PERMISSION_DENIED).
+//!
+//! # Order matters
+//!
+//! The guard reads what the auth layer decided, so the auth layer must be
+//! the *outer* one. A request the auth layer never saw (no [`Identity`], no
+//! [`Anonymous`]) means the stack is misordered: the guard then refuses every
+//! unsafe or upgrade request and logs one `warn`, rather than let a cookie
+//! session through unchecked. With `ServiceBuilder` the first layer added is
+//! the outermost; with axum's `Router::layer`, the *last* call is.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,14 +47,28 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::auth::{CredentialSource, Identity};
+use crate::auth::{Anonymous, CredentialSource, Identity};
 use crate::body::ResponseBody;
 use crate::reject::{self, GrpcCode, Problem};
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Config {
     fetch_sites: Vec<String>,
     origins: Vec<String>,
+    scheme: http::uri::Scheme,
+    /// Set once the misordering warning has been logged.
+    warned_unauthenticated: std::sync::atomic::AtomicBool,
+}
+
+impl Clone for Config {
+    fn clone(&self) -> Self {
+        Self {
+            fetch_sites: self.fetch_sites.clone(),
+            origins: self.origins.clone(),
+            scheme: self.scheme.clone(),
+            warned_unauthenticated: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 /// Refuses cross-site unsafe requests authenticated by a cookie. See the
@@ -63,6 +92,8 @@ impl CsrfGuardLayer {
             config: Arc::new(Config {
                 fetch_sites: vec!["same-origin".into(), "none".into()],
                 origins: Vec::new(),
+                scheme: http::uri::Scheme::HTTPS,
+                warned_unauthenticated: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -84,6 +115,18 @@ impl CsrfGuardLayer {
         Arc::make_mut(&mut self.config)
             .origins
             .push(origin.into().to_ascii_lowercase());
+        self
+    }
+}
+
+impl CsrfGuardLayer {
+    /// The scheme browsers reach this service at, for requests whose URI
+    /// does not say (HTTP/1.1): an `Origin` must have this scheme to count as
+    /// the service's own. Default `https`; set `Scheme::HTTP` only for a
+    /// plain-HTTP deployment such as local development.
+    #[must_use]
+    pub fn scheme(mut self, scheme: http::uri::Scheme) -> Self {
+        Arc::make_mut(&mut self.config).scheme = scheme;
         self
     }
 }
@@ -112,14 +155,23 @@ impl<S> CsrfGuard<S> {
         &self.inner
     }
 
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// Unwraps the inner service.
     pub fn into_inner(self) -> S {
         self.inner
     }
 }
 
-fn is_safe(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+/// Whether the request can change state (or open a channel that can): an
+/// unsafe method, or a protocol upgrade. An HTTP/2 WebSocket is an extended
+/// `CONNECT`, which is not a safe method.
+fn needs_check<B>(req: &Request<B>) -> bool {
+    !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        || req.headers().contains_key(header::UPGRADE)
 }
 
 /// The request's own authority: `Host`, or the URI's (HTTP/2 `:authority`).
@@ -131,6 +183,20 @@ fn own_host<B>(req: &Request<B>) -> Option<&str> {
 }
 
 impl Config {
+    /// The auth layer never saw this request: the stack is misordered.
+    fn warn_unauthenticated(&self) {
+        if !self
+            .warned_unauthenticated
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "tollgate: the CSRF guard saw a request that no JwtAuthLayer looked at; \
+                 refusing unsafe and upgrade requests. Put JwtAuthLayer outside the guard \
+                 (ServiceBuilder: add it first; axum Router::layer: add it last)"
+            );
+        }
+    }
+
     fn allows<B>(&self, req: &Request<B>) -> bool {
         let headers: &HeaderMap = req.headers();
         if let Some(site) = headers.get("sec-fetch-site") {
@@ -152,10 +218,12 @@ impl Config {
             return true;
         }
         // `null` and anything without a host are foreign.
-        let Some((_, authority)) = origin.split_once("://") else {
+        let Some((scheme, authority)) = origin.split_once("://") else {
             return false;
         };
-        own_host(req).is_some_and(|host| host.eq_ignore_ascii_case(authority))
+        let own_scheme = req.uri().scheme().unwrap_or(&self.scheme);
+        scheme.eq_ignore_ascii_case(own_scheme.as_str())
+            && own_host(req).is_some_and(|host| host.eq_ignore_ascii_case(authority))
     }
 }
 
@@ -172,11 +240,18 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let by_cookie = req
-            .extensions()
-            .get::<Identity>()
-            .is_some_and(|i| i.source() == CredentialSource::Cookie);
-        if !by_cookie || is_safe(req.method()) || self.config.allows(&req) {
+        let pass = !needs_check(&req)
+            || match req.extensions().get::<Identity>() {
+                Some(identity) => {
+                    identity.source() != CredentialSource::Cookie || self.config.allows(&req)
+                }
+                None if req.extensions().get::<Anonymous>().is_some() => true,
+                None => {
+                    self.config.warn_unauthenticated();
+                    false
+                }
+            };
+        if pass {
             return ResponseFuture {
                 kind: Kind::Inner {
                     future: self.inner.call(req),

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use common::*;
@@ -105,14 +103,6 @@ fn stack(
         .layer(auth)
         .layer(limit)
         .service(Counter::default().service())
-}
-
-fn run<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 #[test]
@@ -265,28 +255,8 @@ fn shadow_mode_decides_counts_and_never_enforces() {
     );
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn logs(trace_subject: bool, token: &str) -> String {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    capture_logs(|| {
         run(async {
             let auth = JwtAuthLayer::<Value>::builder()
                 .key(Key::hmac(SECRET).unwrap())
@@ -313,8 +283,7 @@ fn logs(trace_subject: bool, token: &str) -> String {
                 svc.clone().oneshot(req).await.unwrap();
             }
         });
-    });
-    String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    })
 }
 
 #[test]

@@ -20,13 +20,6 @@ use tollgate::rate_limit::{
 };
 use tower::{Layer, ServiceExt};
 
-fn run<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
 /// What the layer made of the cookie fields: no token, an ambiguous cookie,
 /// or some token (which then failed or passed verification).
 #[derive(Debug, PartialEq)]
