@@ -645,3 +645,171 @@ fn configuration_errors() {
     assert!(KeyBy::global().v6_prefix(64).is_err());
     assert!(KeyBy::peer_ip().v6_prefix(129).is_err());
 }
+
+// --- Regressions from the outside audit (security round 2) ---
+
+/// `sub: alice` of issuer B spent issuer A's alice into 429.
+#[tokio::test]
+async fn subject_buckets_are_per_issuer() {
+    let auth = JwtAuthLayer::<Value>::builder()
+        .key(Key::hmac(SECRET).unwrap())
+        .bearer()
+        .issuer("https://a.example")
+        .issuer("https://b.example")
+        .audience(AUDIENCE)
+        .clock(|| NOW)
+        .build()
+        .unwrap();
+    let clock = FakeRelativeClock::default();
+    let limit = RateLimitLayer::builder("per-user", Quota::per_hour(1))
+        .key(KeyBy::subject_or_client_ip(TrustedProxies::none()))
+        .store(LocalStore::with_clock(clock))
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(auth)
+        .layer(limit)
+        .service(ok_service());
+    let send = |req| {
+        let svc = svc.clone();
+        async move { svc.oneshot(req).await.unwrap().status() }
+    };
+    let alice_of = |iss: &str| {
+        let claims = json!({"sub": "alice", "iss": iss, "aud": AUDIENCE, "exp": NOW + 60});
+        bearer_from("192.0.2.1", &mint(Algorithm::HS256, &claims))
+    };
+    assert_eq!(send(alice_of("https://a.example")).await, StatusCode::OK);
+    assert_eq!(
+        send(alice_of("https://a.example")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(send(alice_of("https://b.example")).await, StatusCode::OK);
+}
+
+/// A long header value is one fixed-size key, not a 64 KiB one.
+#[tokio::test]
+async fn header_keys_of_any_length_are_counted() {
+    let (layer, _clock) = fake(
+        Quota::per_hour(1),
+        KeyBy::header(http::HeaderName::from_static("x-api-key")),
+    );
+    let mut svc = limited(layer.clone());
+    let long = "k".repeat(64 * 1024);
+    let req = |v: &str| Request::builder().header("x-api-key", v).body(()).unwrap();
+    assert_eq!(status(&mut svc, req(&long)).await, StatusCode::OK);
+    assert_eq!(
+        status(&mut svc, req(&long)).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(status(&mut svc, req(&long[1..])).await, StatusCode::OK);
+    assert_eq!(layer.key_count(), 2);
+}
+
+/// With no peer address, every client shares one bucket: still limited,
+/// but now said once at `warn`, naming the fix.
+#[test]
+fn missing_peer_address_warns_once_naming_the_fix() {
+    let logs = capture_logs(|| {
+        run(async {
+            let (layer, _clock) = fake(Quota::per_hour(100), KeyBy::peer_ip());
+            let mut svc = limited(layer);
+            for _ in 0..5 {
+                assert_eq!(status(&mut svc, Request::new(())).await, StatusCode::OK);
+            }
+            // Requests with an address are not warned about.
+            assert_eq!(status(&mut svc, from("192.0.2.1")).await, StatusCode::OK);
+        });
+    });
+    assert_eq!(logs.matches(" WARN ").count(), 1, "{logs}");
+    assert!(
+        logs.contains("into_make_service_with_connect_info"),
+        "{logs}"
+    );
+    assert!(logs.contains("PeerAddr"), "{logs}");
+}
+
+/// A subject-keyed limiter with no auth layer in front counts signed-in
+/// users as anonymous: said once at `warn`.
+#[test]
+fn subject_limit_without_auth_in_front_warns_once() {
+    let token = mint(Algorithm::HS256, &good_claims());
+    let misordered = capture_logs(|| {
+        run(async {
+            let clock = FakeRelativeClock::default();
+            let limit = RateLimitLayer::builder("anon", Quota::per_hour(100))
+                .authenticated("user", Quota::per_hour(100))
+                .key(KeyBy::subject_or_client_ip(TrustedProxies::none()))
+                .store(LocalStore::with_clock(clock))
+                .build()
+                .unwrap();
+            // Misordered: the limiter is outside the auth layer.
+            let svc = ServiceBuilder::new()
+                .layer(limit)
+                .layer(auth_layer())
+                .service(ok_service());
+            for _ in 0..3 {
+                let res = svc
+                    .clone()
+                    .oneshot(bearer_from("192.0.2.1", &token))
+                    .await
+                    .unwrap();
+                let policy = res.headers()["ratelimit-policy"].to_str().unwrap();
+                assert!(policy.starts_with("\"anon\""), "{policy}");
+            }
+        });
+    });
+    assert_eq!(misordered.matches(" WARN ").count(), 1, "{misordered}");
+    assert!(
+        misordered.contains("no JwtAuthLayer looked at the request"),
+        "{misordered}"
+    );
+
+    let ordered = capture_logs(|| {
+        run(async {
+            let limit = RateLimitLayer::builder("anon", Quota::per_hour(100))
+                .authenticated("user", Quota::per_hour(100))
+                .build()
+                .unwrap();
+            let svc = ServiceBuilder::new()
+                .layer(auth_layer())
+                .layer(limit)
+                .service(ok_service());
+            svc.clone()
+                .oneshot(bearer_from("192.0.2.1", &token))
+                .await
+                .unwrap();
+            svc.oneshot(from("192.0.2.1")).await.unwrap();
+        });
+    });
+    assert!(!ordered.contains(" WARN "), "{ordered}");
+}
+
+/// The async store path hands the ready inner service to its future: an
+/// inner `tower::Buffer` at capacity must not be called unready (it panics).
+#[tokio::test]
+async fn inner_buffer_at_capacity_is_never_called_unready() {
+    let store = SlowStore {
+        inner: LocalStore::with_clock(FakeRelativeClock::default()),
+        fail: false,
+    };
+    let layer = RateLimitLayer::builder("slow", Quota::per_minute(100))
+        .key(KeyBy::global())
+        .store(store)
+        .build()
+        .unwrap();
+    let inner = tower::service_fn(|_req: Request<()>| async {
+        tokio::task::yield_now().await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let buffered = tower::buffer::Buffer::new(inner, 1);
+    let mut svc = layer.layer(buffered);
+    let mut pending = Vec::new();
+    for _ in 0..8 {
+        // Each call happens after `ready`, as a tower caller must do.
+        let call = svc.ready().await.unwrap().call(Request::new(()));
+        pending.push(tokio::spawn(call));
+    }
+    for call in pending {
+        assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+}
