@@ -57,15 +57,25 @@ pub(crate) fn apply(
     };
     let r = decision.remaining;
     if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
-        headers.insert(RATELIMIT_POLICY.clone(), policy_value.clone());
+        // Both fields are lists: stacked limiters each add their item (as
+        // another field line, which HTTP combines with a comma) instead of
+        // overwriting the inner limiter's.
+        headers.append(RATELIMIT_POLICY.clone(), policy_value.clone());
         if let Ok(v) = HeaderValue::try_from(format!("\"{}\";r={r};t={t}", policy.name)) {
-            headers.insert(RATELIMIT.clone(), v);
+            headers.append(RATELIMIT.clone(), v);
         }
     }
     if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both) {
-        headers.insert(X_LIMIT.clone(), HeaderValue::from(decision.limit));
-        headers.insert(X_REMAINING.clone(), HeaderValue::from(r));
-        headers.insert(X_RESET.clone(), HeaderValue::from(t));
+        // One value each: the most restrictive limiter's (fewest remaining).
+        let tighter = headers
+            .get(&X_REMAINING)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_none_or(|existing| u64::from(r) < existing);
+        if tighter {
+            headers.insert(X_LIMIT.clone(), HeaderValue::from(decision.limit));
+            headers.insert(X_REMAINING.clone(), HeaderValue::from(r));
+            headers.insert(X_RESET.clone(), HeaderValue::from(t));
+        }
     }
 }
 
@@ -95,6 +105,34 @@ mod tests {
         assert_eq!(h["x-ratelimit-remaining"], "0");
         assert_eq!(h["x-ratelimit-reset"], "1");
         assert_eq!(h["ratelimit"], "\"anon\";r=0;t=1");
+    }
+
+    #[test]
+    fn stacked_limiters_compose() {
+        // Regression: the outer limiter overwrote the inner one's fields,
+        // even on the inner one's 429.
+        let user = Policy::new("user", Quota::per_minute(600).burst(100), 0).unwrap();
+        let ip = Policy::new("per-ip", Quota::per_minute(1200).burst(200), 0).unwrap();
+        let mut h = HeaderMap::new();
+        let inner = Decision::limited(100, Duration::from_secs(2));
+        let outer = Decision::allowed(200, 150, Duration::from_secs(15));
+        apply(&mut h, HeaderStyle::Both, &user, &policy_value(&user), &inner);
+        apply(&mut h, HeaderStyle::Both, &ip, &policy_value(&ip), &outer);
+        let all = |name: &str| {
+            h.get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        assert_eq!(all("ratelimit"), "\"user\";r=0;t=2, \"per-ip\";r=150;t=15");
+        assert_eq!(
+            all("ratelimit-policy"),
+            "\"user\";q=100;w=10, \"per-ip\";q=200;w=10"
+        );
+        // Legacy fields hold one value: the most restrictive.
+        assert_eq!(all("x-ratelimit-remaining"), "0");
+        assert_eq!(all("x-ratelimit-limit"), "100");
     }
 
     #[test]
