@@ -1,6 +1,7 @@
 //! The Redis store against a real Redis: REDIS_URL (default
 //! redis://127.0.0.1:6379); if nothing answers there, a `redis-server` from
-//! PATH on a free loopback port. The outage test always starts its own server.
+//! PATH on a free loopback port. The outage test always starts its own server;
+//! the version tests talk to a stand-in that reports whatever version they set.
 #![allow(clippy::unwrap_used)]
 
 use std::convert::Infallible;
@@ -387,4 +388,98 @@ async fn redis_down_follows_the_policy_within_the_timeout_and_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A stand-in server on a free loopback port that answers `INFO` with `info`
+/// and every other command with `+OK`: enough for `RedisStore::connect` to
+/// meet a server of any version.
+async fn fake_server(info: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = answer(socket, info).await;
+            });
+        }
+    });
+    url
+}
+
+/// Reads commands (arrays of bulk strings) and answers each; `None` when the
+/// client hangs up or sends something else.
+async fn answer(socket: tokio::net::TcpStream, info: &str) -> Option<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = socket.into_split();
+    let mut read = BufReader::new(read);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        read.read_line(&mut line).await.ok()?;
+        let args: usize = line.trim_end().strip_prefix('*')?.parse().ok()?;
+        let mut name = Vec::new();
+        for i in 0..args {
+            line.clear();
+            read.read_line(&mut line).await.ok()?;
+            let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
+            let mut arg = vec![0; len + 2];
+            read.read_exact(&mut arg).await.ok()?;
+            if i == 0 {
+                arg.truncate(len);
+                name = arg;
+            }
+        }
+        let reply = if name.eq_ignore_ascii_case(b"INFO") {
+            format!("${}\r\n{info}\r\n", info.len())
+        } else {
+            "+OK\r\n".to_owned()
+        };
+        write.write_all(reply.as_bytes()).await.ok()?;
+    }
+}
+
+#[tokio::test]
+async fn connect_accepts_the_installed_redis() {
+    let connected = RedisStore::connect(shared_url()).await;
+    assert!(connected.is_ok(), "{:?}", connected.err());
+    let mut conn = raw(shared_url()).await;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let version = info
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("redis_version:"))
+        .unwrap();
+    let parts: Vec<u32> = version.split('.').map(|p| p.parse().unwrap()).collect();
+    assert!(
+        (parts[0], parts[1], parts[2]) >= RedisStore::MIN_REDIS_VERSION,
+        "the installed Redis {version} is older than the minimum"
+    );
+}
+
+#[tokio::test]
+async fn connect_accepts_a_server_reporting_a_supported_version() {
+    let url = fake_server("# Server\r\nredis_version:8.0.0\r\nredis_mode:standalone\r\n").await;
+    let connected = RedisStore::connect(&url).await;
+    assert!(connected.is_ok(), "{:?}", connected.err());
+}
+
+#[tokio::test]
+async fn connect_refuses_redis_older_than_the_minimum() {
+    let url = fake_server("# Server\r\nredis_version:4.0.14\r\nredis_mode:standalone\r\n").await;
+    let err = RedisStore::connect(&url).await.unwrap_err();
+    assert_eq!(err.setting(), "redis");
+    assert!(err.reason().contains("4.0.14"), "{err}");
+    assert!(err.reason().contains("5.0.0"), "{err}");
+}
+
+#[tokio::test]
+async fn connect_refuses_a_server_whose_version_is_unreadable() {
+    let url = fake_server("# Server\r\nredis_version:unknown\r\n").await;
+    let err = RedisStore::connect(&url).await.unwrap_err();
+    assert_eq!(err.setting(), "redis");
+    assert!(err.reason().contains("redis_version"), "{err}");
+    assert!(err.reason().contains("5.0.0"), "{err}");
 }
