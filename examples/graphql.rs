@@ -9,6 +9,8 @@
 //! - `TOLLGATE_ADDR` (default `127.0.0.1:4000`)
 //! - `TOLLGATE_SECRET`: HS256 secret, at least 32 bytes (a dev secret otherwise)
 //! - `TOLLGATE_ISSUER`, `TOLLGATE_AUDIENCE`: expected `iss` / `aud` (default `tollgate-example`)
+//! - `TOLLGATE_IP_PER_MIN`, `TOLLGATE_IP_BURST`: every caller, per client IP, before
+//!   any token is verified (1200, 200): a flood of junk tokens is refused cheaply
 //! - `TOLLGATE_ANON_PER_MIN`, `TOLLGATE_ANON_BURST`: anonymous callers, per client IP (60, 20)
 //! - `TOLLGATE_USER_PER_MIN`, `TOLLGATE_USER_BURST`: registered callers, per subject (600, 100)
 //! - `TOLLGATE_TRUSTED_PROXIES`: comma-separated CIDRs whose `X-Forwarded-For` is trusted (none)
@@ -20,6 +22,10 @@
 //! - `TOLLGATE_LAYERS=off`: serve without tollgate (for throughput comparisons only)
 //!
 //! `GET /metrics` serves tollgate's statistics in the Prometheus text format.
+//!
+//! The stack, outermost first, on every route: a coarse limit per client IP
+//! (`/healthz` exempt) → JWT auth → CSRF guard (`/graphql`) → a limit per
+//! verified subject (per client IP for anonymous callers).
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -46,10 +52,19 @@ const DEV_SECRET: &str = "tollgate-example-dev-secret-not-for-production";
 struct User {
     sub: String,
     iss: String,
-    aud: String,
+    aud: Audience,
     exp: u64,
     #[serde(default)]
     roles: Vec<String>,
+}
+
+/// `aud` is a string or an array of strings (RFC 7519 §4.1.3); tollgate has
+/// already checked that it names this service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(SimpleObject)]
@@ -149,6 +164,7 @@ struct Config {
     dev_secret: bool,
     issuer: String,
     audience: String,
+    per_ip: Quota,
     anon: Quota,
     user: Quota,
     proxies: TrustedProxies,
@@ -183,6 +199,8 @@ impl Config {
             dev_secret,
             issuer: var("TOLLGATE_ISSUER", "tollgate-example"),
             audience: var("TOLLGATE_AUDIENCE", "tollgate-example"),
+            per_ip: Quota::per_minute(env_u32("TOLLGATE_IP_PER_MIN", 1200)?)
+                .burst(env_u32("TOLLGATE_IP_BURST", 200)?),
             anon: Quota::per_minute(env_u32("TOLLGATE_ANON_PER_MIN", 60)?)
                 .burst(env_u32("TOLLGATE_ANON_BURST", 20)?),
             user: Quota::per_minute(env_u32("TOLLGATE_USER_PER_MIN", 600)?)
@@ -208,7 +226,7 @@ impl Config {
         let claims = User {
             sub: subject.to_owned(),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: Audience::One(self.audience.clone()),
             exp,
             roles: vec!["reader".to_owned()],
         };
@@ -238,6 +256,14 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
         Some(file) => from_file(file).await?,
         None => from_env(config).await?,
     };
+    // Outermost, on every route: a coarse limit per client IP, so that a
+    // flood of junk tokens is refused before any signature is checked.
+    let per_ip = RateLimitLayer::builder("per-ip", config.per_ip)
+        .key(KeyBy::client_ip(config.proxies.clone()))
+        .exempt(|request| request.uri.path() == "/healthz")
+        .build()?;
+    // Inside it, per route and in this order (ServiceBuilder: first is
+    // outermost): auth → CSRF guard → the per-subject limit.
     Ok(Router::new()
         // lenient: a bad or expired cookie still gets the anonymous feed
         .route(
@@ -245,7 +271,7 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
             graphql_routes.route_layer(
                 ServiceBuilder::new()
                     .layer(auth.clone().lenient())
-                    // cookie sessions: refuse cross-site POSTs
+                    // cookie sessions: refuse cross-site POSTs and WebSockets
                     .layer(CsrfGuardLayer::new())
                     .layer(limit.clone()),
             ),
@@ -257,6 +283,8 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
         // never rate limited
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", metrics)
+        // `Router::layer` wraps every route, outside the route layers above.
+        .layer(per_ip)
         .with_state(schema))
 }
 
@@ -317,7 +345,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = app(&config).await?;
     let listener = tokio::net::TcpListener::bind(&config.addr).await?;
     let addr = listener.local_addr()?;
-    let token = config.mint("dev-user")?;
     let keys = match (&config.jwks_url, &config.oidc_issuer) {
         (Some(url), _) => format!("; keys from {url}"),
         (None, Some(issuer)) => format!("; keys of issuer {issuer}"),
@@ -331,11 +358,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if config.layers { "on" } else { "OFF" },
     );
     println!("GraphiQL: http://{addr}/graphql");
-    println!("Try, as a logged-in user:");
-    println!(
-        "  curl -s http://{addr}/graphql --cookie 'da3={token}' -H 'content-type: application/json' \
-         -d '{{\"query\":\"{{ me {{ id }} feed(first: 2) {{ title }} }}\"}}'"
-    );
+    // A ready-made token only for the built-in dev secret: with a real
+    // secret, printing a valid session token to the logs would leak one.
+    let dev_keys = config.dev_secret && config.jwks_url.is_none() && config.oidc_issuer.is_none();
+    if dev_keys && config.file.is_none() {
+        let token = config.mint("dev-user")?;
+        println!("Try, as a logged-in user (dev secret only):");
+        println!(
+            "  curl -s http://{addr}/graphql --cookie 'da3={token}' -H 'content-type: application/json' \
+             -d '{{\"query\":\"{{ me {{ id }} feed(first: 2) {{ title }} }}\"}}'"
+        );
+    }
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

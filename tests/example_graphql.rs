@@ -40,29 +40,49 @@ fn command() -> Command {
     cmd
 }
 
-struct Running(Child);
+struct Running {
+    child: Child,
+    /// Everything the example printed, once it has stopped.
+    output: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Running {
+    /// Stops the example and returns every line it printed.
+    fn stop(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.output.take().unwrap().join().unwrap()
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 fn start() -> (Running, String) {
-    let mut child = command().stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| {
+    start_with(command())
+}
+
+fn start_with(mut cmd: Command) -> (Running, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| {
         panic!("could not start {}: {e} (`cargo test --all-features` builds examples; `--test example_graphql` alone does not)", example_path().display())
     });
-    // Read the first line, then keep draining stdout so that the example's
-    // later output never meets a closed pipe.
+    // Hand over the first line, and keep reading stdout so that the
+    // example's later output never meets a closed pipe.
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(first)) = lines.next() {
-            let _ = tx.send(first);
+    let output = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if all.is_empty() {
+                let _ = tx.send(line.clone());
+            }
+            all.push(line);
         }
-        for _ in lines {}
+        all
     });
     let first = rx
         .recv_timeout(Duration::from_secs(30))
@@ -74,7 +94,13 @@ fn start() -> (Running, String) {
         .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
         .to_owned();
     assert!(first.contains("tollgate layers on"), "{first}");
-    (Running(child), addr)
+    (
+        Running {
+            child,
+            output: Some(output),
+        },
+        addr,
+    )
 }
 
 fn mint(subject: &str) -> String {
@@ -165,7 +191,16 @@ async fn graphql_example_interface() {
     assert_eq!(body["data"]["me"]["id"], "smoke-user");
     assert_eq!(body["data"]["feed"].as_array().unwrap().len(), 2);
     assert_eq!(body["data"]["feed"][0]["personalized"], true);
-    assert_eq!(headers["ratelimit-policy"], "\"registered\";q=50;w=5");
+    // Both limiters that looked at the request report (IETF lists compose).
+    let policies: Vec<_> = headers
+        .get_all("ratelimit-policy")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        policies,
+        ["\"registered\";q=50;w=5", "\"per-ip\";q=200;w=10"]
+    );
     let (status, _, body) = http
         .send(
             Method::GET,
@@ -243,4 +278,102 @@ async fn graphql_example_interface() {
     // The registered user is not affected by the anonymous bucket.
     let (status, _, _) = http.graphql("{ me { id } }", &cookie).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+fn http(addr: String) -> Http {
+    Http {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        addr,
+    }
+}
+
+/// Junk tokens are refused by the coarse per-IP limit before verification:
+/// a flood ends in 429, not in an endless stream of 401s.
+#[tokio::test]
+async fn per_ip_limit_comes_before_token_verification() {
+    let mut cmd = command();
+    cmd.env("TOLLGATE_IP_BURST", "30");
+    let (_child, addr) = start_with(cmd);
+    let http = http(addr);
+    for path in ["/me", "/graphql"] {
+        let mut statuses = Vec::new();
+        for i in 0..40 {
+            let junk = vec![("authorization", format!("Bearer junk.{i}.token"))];
+            let (status, _, _) = if path == "/me" {
+                http.send(Method::GET, path, &junk, None).await
+            } else {
+                http.graphql("{ me { id } }", &junk).await
+            };
+            statuses.push(status);
+        }
+        let limited = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count();
+        assert!(limited >= 10, "{path}: {statuses:?}");
+        assert_eq!(
+            *statuses.last().unwrap(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "{path}"
+        );
+    }
+    // /healthz stays exempt.
+    assert_eq!(
+        http.send(Method::GET, "/healthz", &[], None).await.0,
+        StatusCode::OK
+    );
+}
+
+/// A valid token is printed at start-up only for the built-in dev secret.
+#[tokio::test]
+async fn dev_token_is_printed_only_with_the_dev_secret() {
+    for (secret, expect_token) in [(Some(SECRET), false), (None, true)] {
+        let mut cmd = command();
+        if secret.is_none() {
+            cmd.env_remove("TOLLGATE_SECRET");
+        }
+        let (running, addr) = start_with(cmd);
+        // Once it answers, everything it printed before serving is out.
+        let http = http(addr);
+        assert_eq!(
+            http.send(Method::GET, "/healthz", &[], None).await.0,
+            StatusCode::OK
+        );
+        let output = running.stop().join("\n");
+        assert!(output.contains("GraphiQL"), "{output}");
+        assert_eq!(output.contains("da3=ey"), expect_token, "{output}");
+    }
+}
+
+/// RFC 7519 allows `aud` as an array; the example's claims type reads both.
+#[tokio::test]
+async fn audience_array_is_accepted() {
+    let (_child, addr) = start();
+    let http = http(addr);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    tollgate::crypto::install_default_provider();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({
+            "sub": "array-user",
+            "iss": "tollgate-example",
+            "aud": ["other-api", "tollgate-example"],
+            "exp": now + 600,
+        }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (status, _, body) = http
+        .send(
+            Method::GET,
+            "/me",
+            &[("authorization", format!("Bearer {token}"))],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["sub"], "array-user");
 }
