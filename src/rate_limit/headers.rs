@@ -116,7 +116,13 @@ mod tests {
         let mut h = HeaderMap::new();
         let inner = Decision::limited(100, Duration::from_secs(2));
         let outer = Decision::allowed(200, 150, Duration::from_secs(15));
-        apply(&mut h, HeaderStyle::Both, &user, &policy_value(&user), &inner);
+        apply(
+            &mut h,
+            HeaderStyle::Both,
+            &user,
+            &policy_value(&user),
+            &inner,
+        );
         apply(&mut h, HeaderStyle::Both, &ip, &policy_value(&ip), &outer);
         let all = |name: &str| {
             h.get_all(name)
