@@ -18,6 +18,7 @@ use common::*;
 use http::{HeaderValue, Request, StatusCode, header};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 use tollgate::auth::{JwtAuthLayer, Key, Provider, RemoteKeys};
 use tower::{Layer, ServiceExt};
 
@@ -30,6 +31,8 @@ enum Mode {
     Slow,
     Garbage,
     Huge,
+    /// Holds the response until [`release`].
+    Hang,
 }
 
 struct Jwks {
@@ -37,6 +40,12 @@ struct Jwks {
     keys: Value,
     fetches: AtomicUsize,
     base: String,
+    /// Served as the discovery document instead of the default one.
+    discovery: Option<Value>,
+    /// Where `/jwks.json` redirects to, if anywhere.
+    redirect: Option<String>,
+    /// Wakes the requests held by `Mode::Hang`.
+    gate: Arc<Notify>,
 }
 
 type Shared = Arc<Mutex<Jwks>>;
@@ -53,11 +62,14 @@ fn oct_jwk(kid: &str) -> Value {
 }
 
 async fn jwks(State(state): State<Shared>) -> Response {
-    let (mode, keys) = {
+    let (mode, keys, redirect, gate) = {
         let s = state.lock().unwrap();
         s.fetches.fetch_add(1, Ordering::SeqCst);
-        (s.mode, s.keys.clone())
+        (s.mode, s.keys.clone(), s.redirect.clone(), s.gate.clone())
     };
+    if let Some(to) = redirect {
+        return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response();
+    }
     match mode {
         Mode::Serve => (
             [(header::CACHE_CONTROL, "max-age=3600")],
@@ -71,16 +83,42 @@ async fn jwks(State(state): State<Shared>) -> Response {
         }
         Mode::Garbage => "<html>not json</html>".into_response(),
         Mode::Huge => vec![b' '; 10 * 1024 * 1024].into_response(),
+        Mode::Hang => {
+            gate.notified().await;
+            axum::Json(json!({"keys": keys})).into_response()
+        }
     }
 }
 
 async fn discovery(State(state): State<Shared>) -> Response {
-    let base = state.lock().unwrap().base.clone();
-    axum::Json(json!({"issuer": base, "jwks_uri": format!("{base}/jwks.json")})).into_response()
+    let s = state.lock().unwrap();
+    let base = &s.base;
+    let doc = s
+        .discovery
+        .clone()
+        .unwrap_or_else(|| json!({"issuer": base, "jwks_uri": format!("{base}/jwks.json")}));
+    axum::Json(doc).into_response()
+}
+
+/// A same-origin redirect to the key set.
+async fn moved(State(state): State<Shared>) -> Response {
+    state.lock().unwrap().fetches.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::FOUND, [(header::LOCATION, "/jwks.json")]).into_response()
+}
+
+/// A redirect to itself, forever.
+async fn endless(State(state): State<Shared>) -> Response {
+    state.lock().unwrap().fetches.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::FOUND, [(header::LOCATION, "/loop")]).into_response()
 }
 
 async fn jwks_server(keys: Value) -> (Shared, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    jwks_server_on("127.0.0.1", keys).await
+}
+
+/// A key server on `ip` (any address in 127.0.0.0/8 works on Linux).
+async fn jwks_server_on(ip: &str, keys: Value) -> (Shared, String) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let base = format!("http://{addr}");
     let state = Arc::new(Mutex::new(Jwks {
@@ -88,9 +126,14 @@ async fn jwks_server(keys: Value) -> (Shared, String) {
         keys,
         fetches: AtomicUsize::new(0),
         base: base.clone(),
+        discovery: None,
+        redirect: None,
+        gate: Arc::new(Notify::new()),
     }));
     let app = Router::new()
         .route("/jwks.json", get(jwks))
+        .route("/moved", get(moved))
+        .route("/loop", get(endless))
         .route("/.well-known/openid-configuration", get(discovery))
         .with_state(state.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -107,6 +150,11 @@ fn set(state: &Shared, mode: Mode, keys: Option<Value>) {
 
 fn fetches(state: &Shared) -> usize {
     state.lock().unwrap().fetches.load(Ordering::SeqCst)
+}
+
+/// Lets the requests held by `Mode::Hang` answer.
+fn release(state: &Shared) {
+    state.lock().unwrap().gate.notify_waiters();
 }
 
 fn ec_token(kid: &str, claims: &Value) -> String {
@@ -169,6 +217,7 @@ async fn keys_rotate_without_a_restart() {
     let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
     let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
         .unknown_kid_interval(Duration::from_millis(100))
+        .allow_symmetric_keys(true)
         .start()
         .await
         .unwrap();
@@ -206,6 +255,7 @@ async fn background_refresh_honours_max_age_bounds() {
     let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
         .max_age_bounds(Duration::from_millis(100), Duration::from_millis(200))
         .unknown_kid_interval(Duration::from_secs(3600))
+        .allow_symmetric_keys(true)
         .start()
         .await
         .unwrap();
@@ -234,6 +284,7 @@ async fn a_flood_of_random_kids_cannot_cause_a_fetch_storm() {
     let (server, base) = jwks_server(json!([oct_jwk("hs2")])).await;
     let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
         .unknown_kid_interval(Duration::from_millis(200))
+        .allow_symmetric_keys(true)
         .start()
         .await
         .unwrap();
@@ -269,6 +320,7 @@ async fn failed_fetches_keep_the_old_keys_and_are_counted() {
     let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
         .timeouts(Duration::from_millis(300), Duration::from_millis(300))
         .max_body(64 * 1024)
+        .allow_symmetric_keys(true)
         .start()
         .await
         .unwrap();
@@ -448,4 +500,271 @@ async fn two_issuers_side_by_side() {
             .build()
             .is_err()
     );
+}
+
+fn short(keys: tollgate::auth::RemoteKeysBuilder) -> tollgate::auth::RemoteKeysBuilder {
+    keys.timeouts(Duration::from_millis(300), Duration::from_millis(300))
+}
+
+#[tokio::test]
+async fn plain_http_is_refused_unless_loopback() {
+    for url in [
+        "http://example.com/jwks.json",
+        "http://10.0.0.1/jwks.json",
+        "http://[::2]/jwks.json",
+        "http://[::ffff:127.0.0.1]/jwks.json",
+        "http://localhost.example/jwks.json",
+        "http://127.0.0.1.example/jwks.json",
+        "ftp://127.0.0.1/jwks.json",
+        "/jwks.json",
+    ] {
+        // Refused as configuration, even when a failed first fetch would
+        // not stop the start.
+        let err = short(RemoteKeys::jwks(url))
+            .fail_fast(false)
+            .start()
+            .await
+            .expect_err(url);
+        assert_eq!(err.setting(), "jwks");
+        assert!(
+            err.reason().contains(url) && err.reason().contains("must be an https URL"),
+            "{err}"
+        );
+    }
+    let err = short(RemoteKeys::oidc_issuer("http://idp.example"))
+        .fail_fast(false)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.reason().contains("must be an https URL"), "{err}");
+    // https anywhere, http to loopback (nothing listens on port 1: the first
+    // fetch fails, the start does not).
+    for url in [
+        "https://127.0.0.1:1/jwks.json",
+        "http://127.0.0.1:1/jwks.json",
+        "http://127.0.0.2:1/jwks.json",
+        "http://localhost:1/jwks.json",
+        "http://LOCALHOST:1/jwks.json",
+        "http://[::1]:1/jwks.json",
+    ] {
+        let remote = short(RemoteKeys::jwks(url))
+            .fail_fast(false)
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(remote.failures(), 1, "{url}");
+    }
+}
+
+#[tokio::test]
+async fn discovered_jwks_uri_must_be_https_too() {
+    let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
+    server.lock().unwrap().discovery =
+        Some(json!({"issuer": base, "jwks_uri": "http://example.invalid/jwks.json"}));
+    let err = short(RemoteKeys::oidc_issuer(&base))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.reason().contains("jwks_uri") && err.reason().contains("must be an https URL"),
+        "{err}"
+    );
+    let remote = short(RemoteKeys::oidc_issuer(&base))
+        .fail_fast(false)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!((remote.failures(), remote.key_count()), (1, 0));
+}
+
+#[tokio::test]
+async fn redirects_to_another_host_are_refused() {
+    let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
+    let (other, other_base) = jwks_server_on("127.0.0.2", json!([ec_jwk("ec2")])).await;
+    let port = base.rsplit(':').next().unwrap().to_owned();
+    let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
+        .start()
+        .await
+        .unwrap();
+    let layer = layer(remote.clone());
+    let token = ec_token("ec1", &good_claims());
+    for (i, to) in [
+        format!("{other_base}/jwks.json"),
+        // Same port, another host name for the same server.
+        format!("http://localhost:{port}/jwks.json"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        server.lock().unwrap().redirect = Some(to.clone());
+        let err = remote.refresh().await.expect_err(&to);
+        assert!(
+            err.reason().contains("another scheme, host or port"),
+            "{err}"
+        );
+        assert_eq!(remote.failures(), i as u64 + 1);
+        assert_eq!(fetches(&other), 0, "followed the redirect to {to}");
+        assert_eq!(remote.key_count(), 1);
+        assert_eq!(
+            call(&layer, &token).await.0,
+            StatusCode::OK,
+            "old keys still serve"
+        );
+        assert!(
+            RemoteKeys::jwks(format!("{base}/jwks.json"))
+                .start()
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(fetches(&other), 0);
+}
+
+#[tokio::test]
+async fn same_origin_redirects_are_followed_a_few_times() {
+    let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
+    let remote = RemoteKeys::jwks(format!("{base}/moved"))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(remote.key_count(), 1);
+    assert_eq!(fetches(&server), 2);
+    let err = RemoteKeys::jwks(format!("{base}/loop"))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.reason().contains("more than 3 redirects"), "{err}");
+    // The first request and three redirects followed.
+    assert_eq!(fetches(&server), 2 + 4);
+}
+
+#[tokio::test]
+async fn symmetric_keys_are_skipped_unless_allowed() {
+    let (server, base) = jwks_server(json!([ec_jwk("ec1"), oct_jwk("hs2")])).await;
+    let url = format!("{base}/jwks.json");
+    let remote = RemoteKeys::jwks(&url).start().await.unwrap();
+    assert_eq!((remote.key_count(), remote.skipped_keys()), (1, 1));
+    // Whoever read the published secret cannot mint a token with it.
+    let strict = layer(remote);
+    assert_eq!(
+        call(&strict, &hs_token("hs2", &good_claims())).await,
+        (StatusCode::UNAUTHORIZED, "unknown_key".into())
+    );
+    assert_eq!(
+        call(&strict, &ec_token("ec1", &good_claims())).await.0,
+        StatusCode::OK
+    );
+    // A set of nothing but secrets is a failure that says why.
+    set(&server, Mode::Serve, Some(json!([oct_jwk("hs2")])));
+    let err = RemoteKeys::jwks(&url).start().await.unwrap_err();
+    assert!(err.reason().contains("allow_symmetric_keys"), "{err}");
+    // Allowed explicitly: the secret verifies.
+    set(
+        &server,
+        Mode::Serve,
+        Some(json!([ec_jwk("ec1"), oct_jwk("hs2")])),
+    );
+    let remote = RemoteKeys::jwks(&url)
+        .allow_symmetric_keys(true)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!((remote.key_count(), remote.skipped_keys()), (2, 0));
+    assert_eq!(
+        call(&layer(remote), &hs_token("hs2", &good_claims()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn discovery_issuer_must_be_identical() {
+    let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
+    let jwks_uri = format!("{base}/jwks.json");
+    let upper = base.replace("http://", "HTTP://");
+    for (configured, doc) in [
+        (
+            base.clone(),
+            json!({"issuer": format!("{base}/"), "jwks_uri": jwks_uri}),
+        ),
+        (
+            format!("{base}/"),
+            json!({"issuer": base, "jwks_uri": jwks_uri}),
+        ),
+        (base.clone(), json!({"issuer": upper, "jwks_uri": jwks_uri})),
+        (base.clone(), json!({"jwks_uri": jwks_uri})),
+        (
+            base.clone(),
+            json!({"issuer": "https://idp.example", "jwks_uri": jwks_uri}),
+        ),
+    ] {
+        server.lock().unwrap().discovery = Some(doc.clone());
+        let err = RemoteKeys::oidc_issuer(&configured)
+            .start()
+            .await
+            .expect_err(&doc.to_string());
+        assert!(
+            err.reason()
+                .contains("not identical to the configured issuer"),
+            "{err}"
+        );
+        let remote = RemoteKeys::oidc_issuer(&configured)
+            .fail_fast(false)
+            .start()
+            .await
+            .unwrap();
+        assert_eq!((remote.failures(), remote.key_count()), (1, 0));
+        assert_eq!(fetches(&server), 0, "used the jwks_uri of {doc}");
+    }
+}
+
+/// Regression: dropping `refresh()` mid-fetch left the fetch slot claimed
+/// forever, so no later refresh or unknown-`kid` fetch ever ran.
+#[tokio::test]
+async fn a_cancelled_refresh_frees_the_fetch_slot() {
+    let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
+    let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
+        .unknown_kid_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let layer = layer(remote.clone());
+    set(&server, Mode::Hang, None);
+    {
+        // Poll the refresh until the server holds its request, then drop it.
+        let refresh = remote.refresh();
+        tokio::pin!(refresh);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while fetches(&server) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the refresh never reached the server"
+            );
+            tokio::select! {
+                _ = &mut refresh => panic!("the refresh ended while the server held it"),
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+    }
+    set(
+        &server,
+        Mode::Serve,
+        Some(json!([ec_jwk("ec1"), ec_jwk("ec2")])),
+    );
+    release(&server);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // An unknown kid fetches the new set.
+    assert_eq!(
+        call(&layer, &ec_token("ec2", &good_claims())).await,
+        (StatusCode::OK, "user-1".into())
+    );
+    assert_eq!(fetches(&server), 3);
+    // An explicit refresh fetches too, rather than waiting for the dropped one.
+    tokio::time::timeout(Duration::from_secs(2), remote.refresh())
+        .await
+        .expect("refresh() waits for a fetch nobody runs")
+        .unwrap();
+    assert_eq!(fetches(&server), 4);
+    assert_eq!(remote.failures(), 0);
 }

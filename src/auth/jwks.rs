@@ -14,16 +14,30 @@
 //! - A failed fetch (error status, timeout, garbage, oversized body) keeps the
 //!   old keys serving; failures are counted and logged.
 //! - JWKs with an unsupported `kty`/`alg`/curve or `use: "enc"` are skipped; a
-//!   JWK's `alg` restricts its key to that algorithm.
+//!   JWK's `alg` restricts its key to that algorithm. Symmetric (`oct`) JWKs
+//!   are skipped too unless
+//!   [`allow_symmetric_keys`](RemoteKeysBuilder::allow_symmetric_keys) says
+//!   otherwise.
+//! - URLs must be `https`; plain `http` is allowed only to a loopback host
+//!   (`127.0.0.0/8`, `[::1]`, `localhost`), for tests and sidecars. This holds
+//!   for the configured URL or issuer and for the `jwks_uri` that discovery
+//!   returns.
+//! - Redirects are followed only within the same origin (scheme, host and
+//!   port), at most three in a row.
+//! - A discovery document is used only if its `issuer` is identical to the
+//!   configured issuer (OpenID Connect Discovery 1.0 §4.3).
+//! - Dropping a [`RemoteKeys::refresh`] future mid-fetch frees the fetch slot,
+//!   so later refreshes and unknown-`kid` fetches still happen.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use tokio::sync::watch;
 
 use super::keys::{Key, KeySet};
@@ -37,6 +51,8 @@ pub const DEFAULT_UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(1);
 /// Default cap on a JWKS or discovery response body.
 pub const DEFAULT_MAX_BODY: usize = 512 * 1024;
+/// Most redirects one fetch follows (each within the same origin).
+const MAX_REDIRECTS: usize = 3;
 
 pub(crate) type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -60,6 +76,7 @@ struct Settings {
     timeout: Duration,
     connect_timeout: Duration,
     fail_fast: bool,
+    allow_symmetric: bool,
 }
 
 struct Inner {
@@ -131,7 +148,8 @@ impl RemoteKeys {
         self.inner.failures.load(Ordering::Relaxed)
     }
 
-    /// JWKs skipped as unusable (encryption keys, unsupported types).
+    /// JWKs skipped as unusable (encryption keys, unsupported types, and
+    /// symmetric keys unless allowed).
     pub fn skipped_keys(&self) -> u64 {
         self.inner.skipped.load(Ordering::Relaxed)
     }
@@ -143,15 +161,22 @@ impl RemoteKeys {
 
     /// Fetches now (waits for a fetch already under way instead).
     ///
+    /// Cancel-safe: dropping the future before it completes abandons the
+    /// fetch and frees the slot for the next one.
+    ///
     /// # Errors
     /// The fetch failed; the previous keys stay in use.
     pub async fn refresh(&self) -> Result<(), ConfigError> {
-        if self.inner.begin() {
-            self.inner.fetch().await.map(|_| ())
-        } else {
-            let mut rx = self.inner.done.subscribe();
-            let _ = rx.changed().await;
-            Ok(())
+        // Subscribe before trying the slot: a fetch that ends between a lost
+        // claim and a later subscription would go unseen, and the wait would
+        // last until some other fetch.
+        let mut rx = self.inner.done.subscribe();
+        match FetchSlot::claim(&self.inner) {
+            Some(slot) => slot.fetch().await.map(|_| ()),
+            None => {
+                let _ = rx.changed().await;
+                Ok(())
+            }
         }
     }
 
@@ -181,12 +206,11 @@ impl RemoteKeys {
             return None;
         }
         let handle = tokio::runtime::Handle::try_current().ok()?;
-        if !inner.begin() {
+        let Some(slot) = FetchSlot::claim(inner) else {
             return Some(wait());
-        }
-        let fetcher = Arc::clone(inner);
+        };
         handle.spawn(async move {
-            let _ = fetcher.fetch().await;
+            let _ = slot.fetch().await;
         });
         Some(wait())
     }
@@ -210,6 +234,7 @@ impl RemoteKeysBuilder {
                 timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(2),
                 fail_fast: true,
+                allow_symmetric: false,
             },
         }
     }
@@ -262,17 +287,35 @@ impl RemoteKeysBuilder {
         self
     }
 
+    /// Whether symmetric (`kty: "oct"`) JWKs in the fetched set are used
+    /// (default `false`: they are skipped and counted in
+    /// [`RemoteKeys::skipped_keys`]).
+    ///
+    /// A JWK set is normally public, and an HMAC secret in it lets anyone who
+    /// can read it mint tokens that verify. Allow this only when the URL is
+    /// reachable by this service alone.
+    pub fn allow_symmetric_keys(mut self, allow: bool) -> Self {
+        self.settings.allow_symmetric = allow;
+        self
+    }
+
     /// Fetches the keys once and starts the background refresh (on the
     /// current tokio runtime).
     ///
     /// # Errors
-    /// With `fail_fast` (the default), a first fetch that fails; a client
-    /// that cannot be built; no tokio runtime.
+    /// The URL or issuer is not `https` (plain `http` is allowed only to a
+    /// loopback host), whatever `fail_fast` says; with `fail_fast` (the
+    /// default), a first fetch that fails; a client that cannot be built; no
+    /// tokio runtime.
     pub async fn start(self) -> Result<RemoteKeys, ConfigError> {
+        match &self.location {
+            Location::Jwks(url) => check_url("the JWKS URL", url)?,
+            Location::Discovery { issuer, .. } => check_url("the OIDC issuer", issuer)?,
+        }
         let client = reqwest::Client::builder()
             .timeout(self.settings.timeout)
             .connect_timeout(self.settings.connect_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(same_origin_redirects())
             .build()
             .map_err(|e| ConfigError::new("jwks", format!("cannot build the HTTP client: {e}")))?;
         let (done, _) = watch::channel(0);
@@ -289,8 +332,9 @@ impl RemoteKeysBuilder {
             failures: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
         });
-        inner.begin();
-        let first = inner.fetch().await;
+        let slot = FetchSlot::claim(&inner)
+            .ok_or_else(|| ConfigError::new("jwks", "the first fetch found its slot taken"))?;
+        let first = slot.fetch().await;
         let next = match &first {
             Ok(max_age) => inner.next_refresh(*max_age),
             Err(e) if inner.settings.fail_fast => return Err(e.clone()),
@@ -310,11 +354,11 @@ async fn refresh_loop(inner: Weak<Inner>, mut delay: Duration) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        if !inner.begin() {
+        let Some(slot) = FetchSlot::claim(&inner) else {
             delay = Duration::from_millis(100);
             continue;
-        }
-        delay = match inner.fetch().await {
+        };
+        delay = match slot.fetch().await {
             Ok(max_age) => {
                 backoff = Duration::from_secs(1);
                 inner.next_refresh(max_age)
@@ -333,25 +377,12 @@ impl Inner {
         millis(self.epoch.elapsed())
     }
 
-    /// Claims the single fetch slot.
-    fn begin(&self) -> bool {
-        let won = self
-            .fetching
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
-        if won {
-            self.last_fetch.store(self.now_ms() + 1, Ordering::Relaxed);
-        }
-        won
-    }
-
     fn next_refresh(&self, max_age: Option<Duration>) -> Duration {
         let s = &self.settings;
         max_age.map_or(s.refresh, |age| age.clamp(s.min_max_age, s.max_max_age))
     }
 
-    /// One fetch (the caller holds the slot); releases the slot and wakes
-    /// waiters.
+    /// One fetch; the caller holds the slot.
     async fn fetch(&self) -> Result<Option<Duration>, ConfigError> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let result = self.fetch_keys().await;
@@ -362,8 +393,6 @@ impl Inner {
                 tracing::warn!(%error, "tollgate: key fetch failed, keeping the previous keys");
             }
         }
-        self.fetching.store(false, Ordering::Release);
-        self.done.send_modify(|n| *n += 1);
         result
     }
 
@@ -388,7 +417,15 @@ impl Inner {
         let set: JwkSet = serde_json::from_slice(&body)
             .map_err(|_| ConfigError::new("jwks", "the JWKS response is not a JWK set"))?;
         let mut keys: Vec<Key> = Vec::new();
+        let mut symmetric = 0_u64;
         for jwk in &set.keys {
+            if !self.settings.allow_symmetric
+                && matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_))
+            {
+                symmetric += 1;
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             match Key::from_jwk(jwk) {
                 Ok(key) if key.kid.is_some() && keys.iter().any(|k| k.kid == key.kid) => {
                     self.skipped.fetch_add(1, Ordering::Relaxed);
@@ -399,8 +436,24 @@ impl Inner {
                 }
             }
         }
-        let mut next = KeySet::new(keys)
-            .map_err(|_| ConfigError::new("jwks", "the JWK set has no usable signature key"))?;
+        if symmetric > 0 {
+            tracing::warn!(
+                symmetric,
+                "tollgate: skipped symmetric (oct) keys in the JWK set: a published HMAC secret \
+                 lets anyone mint tokens (see RemoteKeysBuilder::allow_symmetric_keys)"
+            );
+        }
+        let mut next = KeySet::new(keys).map_err(|_| {
+            ConfigError::new(
+                "jwks",
+                if symmetric > 0 {
+                    "the JWK set has no usable signature key (its symmetric `oct` keys are \
+                     skipped unless allow_symmetric_keys(true))"
+                } else {
+                    "the JWK set has no usable signature key"
+                },
+            )
+        })?;
         self.keys.rcu(|current| {
             next.generation = current.generation.wrapping_add(1);
             next.clone()
@@ -417,21 +470,32 @@ impl Inner {
         #[derive(serde::Deserialize)]
         struct Discovery {
             issuer: Option<String>,
-            jwks_uri: String,
+            jwks_uri: Option<String>,
         }
-        let doc: Discovery = serde_json::from_slice(&body)
-            .map_err(|_| ConfigError::new("jwks", "the discovery document has no jwks_uri"))?;
-        if doc
-            .issuer
-            .as_deref()
-            .is_some_and(|i| i.trim_end_matches('/') != issuer.trim_end_matches('/'))
-        {
+        let doc: Discovery = serde_json::from_slice(&body).map_err(|_| {
+            ConfigError::new(
+                "jwks",
+                "the discovery document is not JSON with string issuer and jwks_uri",
+            )
+        })?;
+        // OpenID Connect Discovery 1.0 §4.3: the issuer returned must be
+        // identical to the one used to build the discovery URL, or a document
+        // served by (or for) another issuer would pick our keys.
+        if doc.issuer.as_deref() != Some(issuer) {
             return Err(ConfigError::new(
                 "jwks",
-                "the discovery document names another issuer",
+                format!(
+                    "the discovery document's issuer is not identical to the configured \
+                     issuer `{issuer}` (OpenID Connect Discovery §4.3); configure the issuer \
+                     exactly as the document spells it, trailing slash included"
+                ),
             ));
         }
-        Ok(doc.jwks_uri)
+        let jwks_uri = doc
+            .jwks_uri
+            .ok_or_else(|| ConfigError::new("jwks", "the discovery document has no jwks_uri"))?;
+        check_url("the discovery document's jwks_uri", &jwks_uri)?;
+        Ok(jwks_uri)
     }
 
     /// GET with the size cap; returns the body and `Cache-Control: max-age`.
@@ -443,13 +507,7 @@ impl Inner {
             .header(http::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| {
-                fail(if e.is_timeout() {
-                    "timed out"
-                } else {
-                    "request failed"
-                })
-            })?;
+            .map_err(|e| fail(send_failure(&e)))?;
         if !response.status().is_success() {
             return Err(fail(&format!("status {}", response.status().as_u16())));
         }
@@ -482,6 +540,151 @@ impl Inner {
     }
 }
 
+/// The single fetch slot. Dropping it, when the fetch ends or when its
+/// future is dropped mid-way, frees the slot and wakes the waiters, so a
+/// cancelled fetch cannot stall the refresher or unknown-`kid` fetches.
+struct FetchSlot {
+    inner: Arc<Inner>,
+}
+
+impl FetchSlot {
+    /// Claims the slot, or `None` when a fetch is under way.
+    fn claim(inner: &Arc<Inner>) -> Option<Self> {
+        inner
+            .fetching
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        inner
+            .last_fetch
+            .store(inner.now_ms() + 1, Ordering::Relaxed);
+        Some(Self {
+            inner: Arc::clone(inner),
+        })
+    }
+
+    /// One fetch; the slot is freed when it ends or is dropped.
+    async fn fetch(self) -> Result<Option<Duration>, ConfigError> {
+        self.inner.fetch().await
+    }
+}
+
+impl Drop for FetchSlot {
+    fn drop(&mut self) {
+        self.inner.fetching.store(false, Ordering::Release);
+        self.inner.done.send_modify(|n| *n += 1);
+    }
+}
+
+/// Checks a configured or discovered URL: `https`, or `http` to a loopback
+/// host.
+fn check_url(what: &str, url: &str) -> Result<(), ConfigError> {
+    let allowed = reqwest::Url::parse(url).is_ok_and(|u| match (u.scheme(), u.host_str()) {
+        ("https", Some(_)) => true,
+        ("http", Some(host)) => is_loopback(host),
+        _ => false,
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "jwks",
+            format!(
+                "{what} `{url}` must be an https URL (plain http is allowed only to a loopback \
+                 host: 127.0.0.0/8, [::1] or localhost)"
+            ),
+        ))
+    }
+}
+
+/// A URL host (as `Url::host_str` spells it) that is the loopback interface.
+fn is_loopback(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Why a redirect was not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RedirectRefused {
+    OtherOrigin,
+    TooMany,
+}
+
+impl RedirectRefused {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::OtherOrigin => {
+                "refused a redirect to another scheme, host or port (keys are fetched from \
+                 the configured origin only; configure the final URL)"
+            }
+            // Keep in step with MAX_REDIRECTS.
+            Self::TooMany => "refused more than 3 redirects (configure the final URL)",
+        }
+    }
+}
+
+impl std::fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// Follows redirects within one origin, at most [`MAX_REDIRECTS`] in a row.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        // `previous` starts with the first URL requested and ends with the
+        // one that answered with this redirect.
+        let hops = attempt.previous().len();
+        let verdict = match attempt.previous().last() {
+            Some(from) => check_redirect(from, attempt.url(), hops),
+            None => Err(RedirectRefused::OtherOrigin),
+        };
+        match verdict {
+            Ok(()) => attempt.follow(),
+            Err(refused) => attempt.error(refused),
+        }
+    })
+}
+
+/// Whether to follow a redirect from `from` to `to`, the `hops`-th of this
+/// fetch: only within one origin, so a redirect cannot move the fetch to
+/// another host or down to plain http.
+fn check_redirect(
+    from: &reqwest::Url,
+    to: &reqwest::Url,
+    hops: usize,
+) -> Result<(), RedirectRefused> {
+    if hops > MAX_REDIRECTS {
+        Err(RedirectRefused::TooMany)
+    } else if from.origin() != to.origin() {
+        Err(RedirectRefused::OtherOrigin)
+    } else {
+        Ok(())
+    }
+}
+
+/// Why a request failed, without the details of the transport error.
+fn send_failure(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        return "timed out";
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<RedirectRefused>() {
+            return refused.reason();
+        }
+        source = cause.source();
+    }
+    "request failed"
+}
+
 fn parse_max_age(cache_control: &str) -> Option<Duration> {
     cache_control.split(',').find_map(|directive| {
         let (name, value) = directive.trim().split_once('=')?;
@@ -509,5 +712,66 @@ mod tests {
         );
         assert_eq!(parse_max_age("no-cache"), None);
         assert_eq!(parse_max_age("max-age=soon"), None);
+    }
+
+    #[test]
+    fn https_or_loopback_http() {
+        for ok in [
+            "https://idp.example/jwks.json",
+            "https://10.0.0.1:8443/keys",
+            "http://127.0.0.1:8080/jwks.json",
+            "http://127.255.0.9/jwks.json",
+            "http://[::1]:8080/jwks.json",
+            "http://localhost/jwks.json",
+            "http://LocalHost:1/jwks.json",
+        ] {
+            assert!(check_url("the JWKS URL", ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://idp.example/jwks.json",
+            "http://128.0.0.1/jwks.json",
+            "http://[::ffff:127.0.0.1]/jwks.json",
+            "http://localhost.idp.example/jwks.json",
+            "http://localhost./jwks.json",
+            "ws://127.0.0.1/jwks.json",
+            "file:///etc/jwks.json",
+            "idp.example/jwks.json",
+            "",
+        ] {
+            let err = check_url("the JWKS URL", refused).expect_err(refused);
+            assert_eq!(err.setting(), "jwks");
+            assert!(err.reason().contains("https"), "{err}");
+        }
+    }
+
+    #[test]
+    fn redirects_stay_in_one_origin() {
+        let url = |s: &str| reqwest::Url::parse(s).expect(s);
+        let from = url("https://idp.example/jwks");
+        assert_eq!(
+            check_redirect(&from, &url("https://idp.example:443/keys?v=2"), 1),
+            Ok(())
+        );
+        assert_eq!(
+            check_redirect(&from, &url("https://IDP.example/keys"), MAX_REDIRECTS),
+            Ok(())
+        );
+        for other in [
+            "http://idp.example/jwks",
+            "https://idp.example:8443/jwks",
+            "https://evil.example/jwks",
+            "https://idp.example.evil.example/jwks",
+            "https://127.0.0.1/jwks",
+        ] {
+            assert_eq!(
+                check_redirect(&from, &url(other), 1),
+                Err(RedirectRefused::OtherOrigin),
+                "{other}"
+            );
+        }
+        assert_eq!(
+            check_redirect(&from, &url("https://idp.example/keys"), MAX_REDIRECTS + 1),
+            Err(RedirectRefused::TooMany)
+        );
     }
 }
