@@ -47,8 +47,8 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::auth::{Anonymous, CredentialSource, Identity};
 use crate::body::ResponseBody;
+use crate::identity::{Anonymous, CredentialSource, Identity};
 use crate::reject::{self, GrpcCode, Problem};
 
 #[derive(Debug)]

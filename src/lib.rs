@@ -31,11 +31,14 @@ pub mod config;
 pub mod crypto;
 pub mod csrf;
 mod error;
+pub mod identity;
 pub mod observe;
 pub mod rate_limit;
 pub mod reject;
 
-pub use auth::{Claims, Identity, JwtAuthLayer, Key};
+pub use auth::{Claims, JwtAuthLayer, Key};
 pub use clock::{SystemClock, WallClock};
 pub use error::ConfigError;
+pub use error::{AuthError, AuthErrorKind};
+pub use identity::{Anonymous, CredentialSource, Identity};
 pub use rate_limit::{KeyBy, Quota, RateLimitLayer, TrustedProxies};

@@ -9,10 +9,10 @@ use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 use tower_service::Service;
 
-use super::layer::{AuthMode, AuthState};
-use super::provider::Wait;
+use super::authenticate::{AuthState, Step, step};
+use super::keys::provider::Wait;
+use super::layer::AuthMode;
 use super::responder::AuthResponder;
-use super::service::{Step, step};
 use crate::body::ResponseBody;
 
 /// A request parked while keys are fetched for its unknown `kid`.

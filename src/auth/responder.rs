@@ -1,7 +1,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header, request::Parts};
 
-use super::error::{AuthError, AuthErrorKind};
+use crate::error::{AuthError, AuthErrorKind};
 use crate::reject::{self, Problem};
 
 /// Turns an [`AuthError`] into the response the client sees.

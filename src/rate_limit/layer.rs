@@ -13,8 +13,8 @@ use super::key::{KeyBy, RateKey};
 use super::quota::{Policy, Quota};
 use super::service::RateLimit;
 use super::store::{LocalStore, RateLimitStore};
-use crate::auth::{Anonymous, Identity};
 use crate::error::ConfigError;
+use crate::identity::{Anonymous, Identity};
 
 type Predicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
 

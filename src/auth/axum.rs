@@ -4,7 +4,8 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header, request::Parts};
 
-use super::claims::{Anonymous, Claims, Identity};
+use super::claims::Claims;
+use crate::identity::{Anonymous, Identity};
 
 /// Why an extractor found no claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
