@@ -8,8 +8,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::layer::Shared;
-use super::service::Verdict;
+use super::limiter::{Shared, Verdict};
 use super::store::{Decision, RateLimitStore};
 use crate::body::ResponseBody;
 

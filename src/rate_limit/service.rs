@@ -2,19 +2,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::headers::{self, ceil_secs};
-use super::layer::{OnStoreError, Shared};
-use super::store::{Check, Decision, RateLimitStore, StoreError};
+use super::limiter::{Shared, Verdict};
+use super::store::{Check, RateLimitStore};
 use crate::body::ResponseBody;
-use crate::observe;
-use crate::reject::{self, GrpcCode, Problem};
-use std::sync::atomic::Ordering;
 
 /// The service built by [`RateLimitLayer`](super::RateLimitLayer).
 pub struct RateLimit<S, St> {
@@ -53,93 +47,6 @@ impl<S: fmt::Debug, St> fmt::Debug for RateLimit<S, St> {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
-    }
-}
-
-/// What happens to a request once its decision is known.
-pub(crate) enum Verdict {
-    /// Call the inner service; stamp headers of this decision on the response.
-    Pass(Option<(usize, Decision)>),
-    /// Answer with this response.
-    Refuse(Response<Bytes>),
-}
-
-impl<St: RateLimitStore> Shared<St> {
-    pub(crate) fn verdict(
-        &self,
-        policy: usize,
-        result: Result<Decision, StoreError>,
-        parts: &Parts,
-    ) -> Verdict {
-        let name = &self.policies[policy].name;
-        if self
-            .decisions
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(1024)
-        {
-            #[cfg(feature = "metrics")]
-            observe::rate_keys(&self.policies[0].name, self.store.key_count());
-        }
-        let refusal = match result {
-            Ok(decision) if decision.allowed => {
-                observe::rate_decision(name, "allowed", true);
-                tracing::trace!(policy = %name, outcome = "allowed", remaining = decision.remaining, "tollgate: rate limit");
-                return Verdict::Pass(Some((policy, decision)));
-            }
-            Ok(decision) => {
-                observe::rate_decision(name, "limited", !self.shadow);
-                if self.shadow {
-                    tracing::debug!(policy = %name, outcome = "limited", enforced = false, "tollgate: would limit (shadow mode)");
-                    return Verdict::Pass(None);
-                }
-                tracing::debug!(policy = %name, outcome = "limited", "tollgate: rate limited");
-                let mut headers = HeaderMap::new();
-                let retry = decision.retry_after.map_or(1, |r| ceil_secs(r).max(1));
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
-                self.stamp(policy, &decision, &mut headers);
-                let problem = Problem {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    grpc: GrpcCode::ResourceExhausted,
-                    reason: "rate_limited",
-                    detail: "too many requests for this quota; retry later",
-                };
-                return Verdict::Refuse(reject::render(&problem, parts, headers));
-            }
-            Err(error) => {
-                self.store_failed(&error);
-                match self.on_store_error {
-                    OnStoreError::FailOpen => {
-                        observe::rate_decision(name, "failed_open", true);
-                        return Verdict::Pass(None);
-                    }
-                    OnStoreError::FailClosed => StatusCode::SERVICE_UNAVAILABLE,
-                    OnStoreError::FailClosedWith(status) => status,
-                }
-            }
-        };
-        observe::rate_decision(name, "failed_closed", !self.shadow);
-        if self.shadow {
-            return Verdict::Pass(None);
-        }
-        let problem = Problem {
-            status: refusal,
-            grpc: GrpcCode::Unavailable,
-            reason: "rate_limit_unavailable",
-            detail: "the rate limiter is unavailable",
-        };
-        Verdict::Refuse(reject::render(&problem, parts, HeaderMap::new()))
-    }
-}
-
-impl<St> Shared<St> {
-    pub(crate) fn stamp(&self, policy: usize, decision: &Decision, headers: &mut HeaderMap) {
-        headers::apply(
-            headers,
-            self.style,
-            &self.policies[policy],
-            &self.policy_values[policy],
-            decision,
-        );
     }
 }
 
