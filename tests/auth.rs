@@ -838,8 +838,12 @@ async fn typed_claims_and_type_mismatch() {
 #[tokio::test]
 async fn custom_responder() {
     let layer = builder().build().unwrap().with_responder(
-        |e: &tollgate::auth::AuthError, _req: &http::request::Parts| {
-            let mut res = Response::new(Bytes::from(format!("nope: {}", e.kind().reason())));
+        |refusal: &tollgate::reject::Refusal<'_>, _req: &http::request::Parts| {
+            assert_eq!(
+                refusal.kind(),
+                tollgate::reject::RefusalKind::Auth(AuthErrorKind::Missing)
+            );
+            let mut res = Response::new(Bytes::from(format!("nope: {}", refusal.reason())));
             *res.status_mut() = StatusCode::IM_A_TEAPOT;
             res
         },

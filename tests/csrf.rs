@@ -479,3 +479,40 @@ async fn cross_site_websocket_handshake_is_refused_by_a_real_axum_route() {
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn csrf_refusals_take_a_custom_responder() {
+    let guard = CsrfGuardLayer::new().with_responder(
+        |refusal: &tollgate::reject::Refusal<'_>, request: &http::request::Parts| {
+            assert_eq!(refusal.kind(), tollgate::reject::RefusalKind::Csrf);
+            let mut res = refusal.render(request);
+            *res.status_mut() = StatusCode::IM_A_TEAPOT;
+            res
+        },
+    );
+    let auth = JwtAuthLayer::<Value>::builder()
+        .key(Key::hmac(SECRET).unwrap())
+        .cookie("da3")
+        .issuer(ISSUER)
+        .audience(AUDIENCE)
+        .clock(|| NOW)
+        .build()
+        .unwrap();
+    let counter = Counter::default();
+    let svc = ServiceBuilder::new()
+        .layer(auth)
+        .layer(guard)
+        .service(counter.service());
+    let req = Request::builder()
+        .method(Method::POST)
+        .header(
+            header::COOKIE,
+            format!("da3={}", mint(Algorithm::HS256, &good_claims())),
+        )
+        .header("sec-fetch-site", "cross-site")
+        .body(())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::IM_A_TEAPOT);
+    assert_eq!(counter.calls(), 0);
+}

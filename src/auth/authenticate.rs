@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Request};
 use serde::de::DeserializeOwned;
 
 use super::cache::{Lookup, TokenCache};
@@ -13,13 +12,14 @@ use super::claims::Claims;
 use super::claims_check;
 use super::keys::provider::{self, ProviderState, Wait};
 use super::layer::AuthMode;
-use super::responder::AuthResponder;
 use super::token::Source;
 use super::verify::{self, Verified};
 use crate::clock::WallClock;
 use crate::error::{AuthError, AuthErrorKind};
+use crate::future::Verdict;
 use crate::identity::{Anonymous, Identity};
 use crate::observe;
+use crate::reject::{Refusal, Responder};
 
 pub(crate) type Authorize<T> = Box<dyn Fn(&T) -> bool + Send + Sync>;
 
@@ -123,13 +123,6 @@ impl<T: DeserializeOwned> AuthState<T> {
     }
 }
 
-/// What to do with a request once authentication has looked at it.
-pub(crate) enum Step<B> {
-    Pass(Request<B>),
-    Refuse(Response<Bytes>),
-    Wait(Wait, Request<B>),
-}
-
 /// The per-request decision, shared by `call` and the retry after a key fetch.
 ///
 /// In shadow mode a refusal is computed, counted and logged, and the request
@@ -141,10 +134,10 @@ pub(crate) fn step<T, R, B>(
     responder: &R,
     mut req: Request<B>,
     allow_refresh: bool,
-) -> Step<B>
+) -> Verdict<Request<B>, (Wait, Request<B>)>
 where
     T: DeserializeOwned + Send + Sync + 'static,
-    R: AuthResponder,
+    R: Responder,
 {
     let error = match state.authenticate(req.headers(), allow_refresh) {
         Outcome::Authenticated(Authenticated { claims, identity }) => {
@@ -161,9 +154,9 @@ where
             let extensions = req.extensions_mut();
             extensions.insert(Claims(claims));
             extensions.insert(identity);
-            return Step::Pass(req);
+            return Verdict::Pass(req);
         }
-        Outcome::Retry(wait) => return Step::Wait(wait, req),
+        Outcome::Retry(wait) => return Verdict::Wait((wait, req)),
         Outcome::NoToken if mode == AuthMode::Required => {
             AuthError::new(AuthErrorKind::Missing, "this resource needs a token")
         }
@@ -171,7 +164,7 @@ where
             observe::auth_outcome("anonymous", AuthErrorKind::Missing.reason(), true);
             tracing::trace!(outcome = "anonymous", reason = "missing", "tollgate: auth");
             req.extensions_mut().insert(Anonymous::new(None));
-            return Step::Pass(req);
+            return Verdict::Pass(req);
         }
         Outcome::Failed(e) if mode == AuthMode::Lenient && e.kind() != AuthErrorKind::Forbidden => {
             observe::auth_outcome("anonymous", e.kind().reason(), true);
@@ -181,7 +174,7 @@ where
                 "tollgate: token ignored (lenient)"
             );
             req.extensions_mut().insert(Anonymous::new(Some(e.kind())));
-            return Step::Pass(req);
+            return Verdict::Pass(req);
         }
         Outcome::Failed(e) => e,
     };
@@ -197,7 +190,7 @@ where
         );
         req.extensions_mut()
             .insert(Anonymous::new(Some(error.kind())));
-        return Step::Pass(req);
+        return Verdict::Pass(req);
     }
     tracing::debug!(
         outcome = "refused",
@@ -206,5 +199,5 @@ where
         "tollgate: request refused"
     );
     let (parts, _body) = req.into_parts();
-    Step::Refuse(responder.respond(&error, &parts))
+    Verdict::Refuse(responder.respond(&Refusal::auth(&error), &parts))
 }

@@ -2,36 +2,68 @@
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header, request::Parts};
+use http::{StatusCode, request::Parts};
 
 use super::claims::Claims;
+use crate::error::{AuthError, AuthErrorKind};
 use crate::identity::{Anonymous, Identity};
+use crate::reject::{Protocol, Refusal};
 
 /// Why an extractor found no claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum AuthRejection {
-    /// The layer ran and the caller is anonymous: 401.
+pub enum AuthRejectionKind {
+    /// The layer ran and the caller is anonymous: 401, rendered like the
+    /// layer's own refusals.
     Unauthenticated,
     /// The layer did not run on this route, or its claims type differs from
     /// the extractor's: 500, a bug in the service.
     MissingLayer,
 }
 
+/// The rejection of tollgate's extractors.
+///
+/// An anonymous caller gets the response the auth layer itself would give
+/// for the same reason — problem+json with `reason`, `WWW-Authenticate`, or a
+/// gRPC status for gRPC calls — so a route answers one way whether the
+/// layer or the extractor refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRejection {
+    kind: AuthRejectionKind,
+    /// Why a token that was present was ignored (lenient mode).
+    rejected: Option<AuthErrorKind>,
+    protocol: Protocol,
+}
+
+impl AuthRejection {
+    /// What went wrong.
+    pub fn kind(&self) -> AuthRejectionKind {
+        self.kind
+    }
+
+    /// For an anonymous caller whose token the layer ignored (lenient mode):
+    /// why. `None`: there was no token.
+    pub fn token_rejected(&self) -> Option<AuthErrorKind> {
+        self.rejected
+    }
+}
+
 impl IntoResponse for AuthRejection {
     fn into_response(self) -> Response {
-        match self {
-            Self::Unauthenticated => {
-                let mut res = (
-                    StatusCode::UNAUTHORIZED,
-                    "this resource needs a valid token",
-                )
-                    .into_response();
-                res.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                res
+        match self.kind {
+            AuthRejectionKind::Unauthenticated => {
+                let error = match self.rejected {
+                    None => AuthError::new(AuthErrorKind::Missing, "this resource needs a token"),
+                    Some(kind) => AuthError::new(
+                        kind,
+                        "this resource needs a valid token; the one sent was not accepted",
+                    ),
+                };
+                Refusal::auth(&error)
+                    .render_as(self.protocol)
+                    .map(axum_core::body::Body::from)
             }
-            Self::MissingLayer => (
+            AuthRejectionKind::MissingLayer => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "tollgate: no claims in the request extensions: mount tollgate::auth::JwtAuthLayer \
                  on this route, with the same claims type as the extractor",
@@ -43,9 +75,9 @@ impl IntoResponse for AuthRejection {
 
 impl std::fmt::Display for AuthRejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Unauthenticated => "the caller is anonymous",
-            Self::MissingLayer => {
+        f.write_str(match self.kind {
+            AuthRejectionKind::Unauthenticated => "the caller is anonymous",
+            AuthRejectionKind::MissingLayer => {
                 "JwtAuthLayer is not mounted on this route (or its claims type differs)"
             }
         })
@@ -54,21 +86,39 @@ impl std::fmt::Display for AuthRejection {
 
 impl std::error::Error for AuthRejection {}
 
-fn lookup<X: Clone + Send + Sync + 'static>(parts: &Parts) -> Result<Option<X>, AuthRejection> {
+fn lookup<X: Clone + Send + Sync + 'static>(parts: &Parts) -> Result<X, AuthRejection> {
     if let Some(x) = parts.extensions.get::<X>() {
-        return Ok(Some(x.clone()));
+        return Ok(x.clone());
     }
-    if parts.extensions.get::<Anonymous>().is_some() {
-        return Ok(None);
+    let anonymous = parts.extensions.get::<Anonymous>();
+    Err(AuthRejection {
+        kind: if anonymous.is_some() {
+            AuthRejectionKind::Unauthenticated
+        } else {
+            AuthRejectionKind::MissingLayer
+        },
+        rejected: anonymous.and_then(Anonymous::rejected),
+        protocol: Protocol::of(parts),
+    })
+}
+
+/// `Option<X>`: `None` for an anonymous caller, the rejection only when the
+/// layer is missing.
+fn lookup_optional<X: Clone + Send + Sync + 'static>(
+    parts: &Parts,
+) -> Result<Option<X>, AuthRejection> {
+    match lookup(parts) {
+        Ok(x) => Ok(Some(x)),
+        Err(e) if e.kind == AuthRejectionKind::Unauthenticated => Ok(None),
+        Err(e) => Err(e),
     }
-    Err(AuthRejection::MissingLayer)
 }
 
 impl<S: Send + Sync, T: Send + Sync + 'static> FromRequestParts<S> for Claims<T> {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        lookup::<Self>(parts)?.ok_or(AuthRejection::Unauthenticated)
+        lookup::<Self>(parts)
     }
 }
 
@@ -79,7 +129,7 @@ impl<S: Send + Sync, T: Send + Sync + 'static> OptionalFromRequestParts<S> for C
         parts: &mut Parts,
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        lookup::<Self>(parts)
+        lookup_optional::<Self>(parts)
     }
 }
 
@@ -87,7 +137,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Identity {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        lookup::<Self>(parts)?.ok_or(AuthRejection::Unauthenticated)
+        lookup::<Self>(parts)
     }
 }
 
@@ -98,6 +148,6 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Identity {
         parts: &mut Parts,
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        lookup::<Self>(parts)
+        lookup_optional::<Self>(parts)
     }
 }

@@ -13,10 +13,10 @@ use super::keys::provider::{Provider, ProviderKeys, ProviderState};
 use super::layer::{
     AuthMode, DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthLayer,
 };
-use super::responder::DefaultResponder;
 use super::token::{CookieName, Source};
 use crate::clock::{SystemClock, WallClock};
 use crate::error::ConfigError;
+use crate::reject::DefaultResponder;
 
 /// Configures a [`JwtAuthLayer`]. Every setter takes and returns `self`;
 /// [`build`](Self::build) checks the whole and says what to fix.

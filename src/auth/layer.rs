@@ -11,9 +11,9 @@ use super::builder::JwtAuthBuilder;
 use super::cache::TokenCache;
 use super::keys::provider::KeySource;
 use super::keys::{Key, KeySet};
-use super::responder::DefaultResponder;
 use super::service::JwtAuth;
 use crate::error::ConfigError;
+use crate::reject::DefaultResponder;
 
 /// Default cap on a token's length, checked before any decoding.
 pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;

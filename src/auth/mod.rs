@@ -79,13 +79,12 @@ pub(crate) mod claims_check;
 mod future;
 mod keys;
 mod layer;
-mod responder;
 mod service;
 mod token;
 mod verify;
 
 #[cfg(feature = "axum")]
-pub use self::axum::AuthRejection;
+pub use self::axum::{AuthRejection, AuthRejectionKind};
 pub use builder::JwtAuthBuilder;
 pub use claims::Claims;
 pub use future::ResponseFuture;
@@ -97,8 +96,8 @@ pub use keys::jwks::{
 pub use keys::provider::Provider;
 pub use keys::{Key, MIN_HMAC_SECRET_LEN};
 pub use layer::{AuthMode, DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthLayer};
-pub use responder::{AuthResponder, DefaultResponder};
 pub use service::JwtAuth;
 
 pub use crate::error::{AuthError, AuthErrorKind};
 pub use crate::identity::{Anonymous, CredentialSource, Identity};
+pub use crate::reject::{DefaultResponder, Responder};

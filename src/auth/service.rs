@@ -6,11 +6,13 @@ use http::{Request, Response};
 use serde::de::DeserializeOwned;
 use tower_service::Service;
 
-use super::authenticate::{AuthState, Step, step};
+use super::authenticate::{AuthState, step};
 use super::future::ResponseFuture;
 use super::layer::AuthMode;
-use super::responder::{AuthResponder, DefaultResponder};
 use crate::body::ResponseBody;
+use crate::future::Verdict;
+use crate::macros::inner_accessors;
+use crate::reject::{DefaultResponder, Responder};
 
 /// The service built by [`JwtAuthLayer`](super::JwtAuthLayer): verifies, then calls `S` or answers
 /// with a refusal.
@@ -23,20 +25,7 @@ pub struct JwtAuth<S, T, R = DefaultResponder> {
 }
 
 impl<S, T, R> JwtAuth<S, T, R> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_accessors!(S);
 }
 
 impl<S: Clone, T, R: Clone> Clone for JwtAuth<S, T, R> {
@@ -65,7 +54,7 @@ impl<S, T, R, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S, T, R>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     T: DeserializeOwned + Send + Sync + 'static,
-    R: AuthResponder,
+    R: Responder,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -84,9 +73,9 @@ where
             req,
             true,
         ) {
-            Step::Pass(req) => ResponseFuture::inner(self.inner.call(req)),
-            Step::Refuse(response) => ResponseFuture::refused(response),
-            Step::Wait(wait, req) => {
+            Verdict::Pass(req) => ResponseFuture::inner(self.inner.call(req)),
+            Verdict::Refuse(response) => ResponseFuture::refused(response),
+            Verdict::Wait((wait, req)) => {
                 // The request waits for a key fetch: the future takes the
                 // service that was made ready and leaves a clone here.
                 let clone = self.inner.clone();

@@ -16,6 +16,7 @@ use super::limiter::{PEER_SOURCES, Predicate, Shared};
 use super::quota::{Policy, Quota};
 use super::store::{LocalStore, RateLimitStore};
 use crate::error::ConfigError;
+use crate::reject::DefaultResponder;
 
 /// What to do with a request whose key cannot be found (e.g. no peer
 /// address was recorded, or the keying header is absent).
@@ -224,6 +225,7 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
                 warned_no_peer: AtomicBool::new(false),
                 warned_no_auth: AtomicBool::new(false),
             }),
+            responder: DefaultResponder,
         })
     }
 }

@@ -11,6 +11,7 @@ use super::limiter::Shared;
 use super::quota::{Policy, Quota};
 use super::service::RateLimit;
 use super::store::{LocalStore, RateLimitStore};
+use crate::reject::DefaultResponder;
 
 /// Limits requests per key (client IP, verified subject, header, ...) with
 /// GCRA quotas, adds rate-limit headers, and answers 429 (or gRPC
@@ -19,19 +20,21 @@ use super::store::{LocalStore, RateLimitStore};
 /// Build it with [`RateLimitLayer::builder`]. State is shared by all clones
 /// (an axum router clones its layers per route), and the decision is made in
 /// `call`, never in `poll_ready`. See the [module docs](crate::rate_limit).
-pub struct RateLimitLayer<St = LocalStore> {
+pub struct RateLimitLayer<St = LocalStore, R = DefaultResponder> {
     pub(crate) shared: Arc<Shared<St>>,
+    pub(crate) responder: R,
 }
 
-impl<St> Clone for RateLimitLayer<St> {
+impl<St, R: Clone> Clone for RateLimitLayer<St, R> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
+            responder: self.responder.clone(),
         }
     }
 }
 
-impl<St: fmt::Debug> fmt::Debug for RateLimitLayer<St> {
+impl<St: fmt::Debug, R> fmt::Debug for RateLimitLayer<St, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("key", &self.shared.key)
@@ -48,7 +51,18 @@ impl RateLimitLayer {
     }
 }
 
-impl<St: RateLimitStore> RateLimitLayer<St> {
+impl<St, R> RateLimitLayer<St, R> {
+    /// Replaces the responder that renders refusals (see [`crate::reject`]);
+    /// clones share the limiter state either way.
+    pub fn with_responder<R2>(self, responder: R2) -> RateLimitLayer<St, R2> {
+        RateLimitLayer {
+            shared: self.shared,
+            responder,
+        }
+    }
+}
+
+impl<St: RateLimitStore, R> RateLimitLayer<St, R> {
     /// The store (e.g. to read its key count or clean it).
     pub fn store(&self) -> &St {
         &self.shared.store
@@ -70,13 +84,14 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
     }
 }
 
-impl<S, St> Layer<S> for RateLimitLayer<St> {
-    type Service = RateLimit<S, St>;
+impl<S, St, R: Clone> Layer<S> for RateLimitLayer<St, R> {
+    type Service = RateLimit<S, St, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit {
             inner,
             shared: Arc::clone(&self.shared),
+            responder: self.responder.clone(),
         }
     }
 }

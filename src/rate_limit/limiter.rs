@@ -6,18 +6,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use super::builder::{MissingKey, OnStoreError};
 use super::headers::{self, HeaderStyle, ceil_secs};
 use super::key::{KeyBy, RateKey};
 use super::quota::Policy;
 use super::store::{Decision, RateLimitStore, StoreError};
+use crate::future::Verdict;
 use crate::identity::{Anonymous, Identity};
 use crate::observe;
-use crate::reject::{self, GrpcCode, Problem};
+use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
 
 pub(crate) type Predicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
 
@@ -125,13 +125,9 @@ impl<St> Shared<St> {
     }
 }
 
-/// What happens to a request once its decision is known.
-pub(crate) enum Verdict {
-    /// Call the inner service; stamp headers of this decision on the response.
-    Pass(Option<(usize, Decision)>),
-    /// Answer with this response.
-    Refuse(Response<Bytes>),
-}
+/// What a passing request needs afterwards: the policy and decision whose
+/// headers go on the response.
+pub(crate) type Stamp = Option<(usize, Decision)>;
 
 impl<St: RateLimitStore> Shared<St> {
     pub(crate) fn verdict(
@@ -139,7 +135,8 @@ impl<St: RateLimitStore> Shared<St> {
         policy: usize,
         result: Result<Decision, StoreError>,
         parts: &Parts,
-    ) -> Verdict {
+        responder: &impl Responder,
+    ) -> Verdict<Stamp> {
         let name = &self.policies[policy].name;
         if self
             .decisions
@@ -166,13 +163,16 @@ impl<St: RateLimitStore> Shared<St> {
                 let retry = decision.retry_after.map_or(1, |r| ceil_secs(r).max(1));
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
                 self.stamp(policy, &decision, &mut headers);
-                let problem = Problem {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    grpc: GrpcCode::ResourceExhausted,
-                    reason: "rate_limited",
-                    detail: "too many requests for this quota; retry later",
-                };
-                return Verdict::Refuse(reject::render(&problem, parts, headers));
+                let refusal = Refusal::new(
+                    RefusalKind::RateLimited,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    GrpcCode::ResourceExhausted,
+                    "rate_limited",
+                    "too many requests for this quota; retry later",
+                )
+                .with_policy(name)
+                .with_headers(headers);
+                return Verdict::Refuse(responder.respond(&refusal, parts));
             }
             Err(error) => {
                 self.store_failed(&error);
@@ -190,13 +190,15 @@ impl<St: RateLimitStore> Shared<St> {
         if self.shadow {
             return Verdict::Pass(None);
         }
-        let problem = Problem {
-            status: refusal,
-            grpc: GrpcCode::Unavailable,
-            reason: "rate_limit_unavailable",
-            detail: "the rate limiter is unavailable",
-        };
-        Verdict::Refuse(reject::render(&problem, parts, HeaderMap::new()))
+        let refusal = Refusal::new(
+            RefusalKind::LimiterUnavailable,
+            refusal,
+            GrpcCode::Unavailable,
+            "rate_limit_unavailable",
+            "the rate limiter is unavailable",
+        )
+        .with_policy(name);
+        Verdict::Refuse(responder.respond(&refusal, parts))
     }
 }
 

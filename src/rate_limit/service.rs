@@ -6,43 +6,35 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::limiter::{Shared, Verdict};
+use super::limiter::Shared;
 use super::store::{Check, RateLimitStore};
 use crate::body::ResponseBody;
+use crate::future::Verdict;
+use crate::macros::inner_accessors;
+use crate::reject::{DefaultResponder, Responder};
 
 /// The service built by [`RateLimitLayer`](super::RateLimitLayer).
-pub struct RateLimit<S, St> {
+pub struct RateLimit<S, St, R = DefaultResponder> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Shared<St>>,
+    pub(crate) responder: R,
 }
 
-impl<S, St> RateLimit<S, St> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+impl<S, St, R> RateLimit<S, St, R> {
+    inner_accessors!(S);
 }
 
-impl<S: Clone, St> Clone for RateLimit<S, St> {
+impl<S: Clone, St, R: Clone> Clone for RateLimit<S, St, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
+            responder: self.responder.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, St> fmt::Debug for RateLimit<S, St> {
+impl<S: fmt::Debug, St, R> fmt::Debug for RateLimit<S, St, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
@@ -50,14 +42,15 @@ impl<S: fmt::Debug, St> fmt::Debug for RateLimit<S, St> {
     }
 }
 
-impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, St>
+impl<S, St, R, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, St, R>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     St: RateLimitStore,
+    R: Responder,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, Request<ReqBody>, St>;
+    type Future = ResponseFuture<S, Request<ReqBody>, St, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -69,13 +62,17 @@ where
             return ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body)), None);
         };
         match self.shared.store.check(&self.shared.policies[policy], &key) {
-            Check::Ready(result) => match self.shared.verdict(policy, result, &parts) {
-                Verdict::Pass(stamp) => {
-                    let stamp = stamp.map(|s| (Arc::clone(&self.shared), s));
-                    ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body)), stamp)
+            Check::Ready(result) => {
+                match self.shared.verdict(policy, result, &parts, &self.responder) {
+                    Verdict::Pass(stamp) => {
+                        let stamp = stamp.map(|s| (Arc::clone(&self.shared), s));
+                        let future = self.inner.call(Request::from_parts(parts, body));
+                        ResponseFuture::inner(future, stamp)
+                    }
+                    Verdict::Refuse(response) => ResponseFuture::refused(response),
+                    Verdict::Wait(never) => match never {},
                 }
-                Verdict::Refuse(response) => ResponseFuture::refused(response),
-            },
+            }
             Check::Pending(check) => {
                 // The decision comes later: the future takes the service that
                 // was made ready and leaves a fresh clone here.
@@ -87,6 +84,7 @@ where
                     Request::from_parts(parts, body),
                     policy,
                     Arc::clone(&self.shared),
+                    self.responder.clone(),
                 )
             }
         }
