@@ -370,3 +370,47 @@ mod rate_limited {
         assert_eq!(keys.key_count(), 2);
     }
 }
+
+/// Handler tests without keys: the testing kit puts in the request what the
+/// auth layer would, and axum's extractors read it.
+#[tokio::test]
+async fn handlers_are_testable_without_keys() {
+    use tower::ServiceExt;
+    let app = Router::new()
+        .route("/me", get(me))
+        .route("/feed", get(feed));
+    let mut req = Request::builder()
+        .uri("/me")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    tollgate::testing::authenticate(
+        &mut req,
+        serde_json::json!({"sub": "alice"}),
+        tollgate::testing::identity("alice"),
+    );
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "alice");
+
+    let mut req = Request::builder()
+        .uri("/feed")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    tollgate::testing::anonymous(&mut req);
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "anonymous feed"
+    );
+
+    let mut req = Request::builder()
+        .uri("/me")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    tollgate::testing::anonymous_rejected(&mut req, tollgate::AuthErrorKind::Expired);
+    let res = app.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["reason"], "expired");
+}

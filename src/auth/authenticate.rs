@@ -21,6 +21,8 @@ use crate::identity::{Anonymous, Identity};
 use crate::observe;
 use crate::reject::{Refusal, Responder};
 
+pub(crate) type Exempt = Box<dyn Fn(&http::request::Parts) -> bool + Send + Sync>;
+
 pub(crate) type Authorize<T> = Box<dyn Fn(&T) -> bool + Send + Sync>;
 
 /// Everything a layer needs per request, built once and shared.
@@ -33,6 +35,8 @@ pub(crate) struct AuthState<T> {
     pub(crate) authorize: Option<Authorize<T>>,
     pub(crate) cache: Option<TokenCache<T>>,
     pub(crate) trace_subject: bool,
+    /// Requests these select are let through as anonymous, unchecked.
+    pub(crate) exempt: Vec<Exempt>,
 }
 
 pub(crate) struct Authenticated<T> {
@@ -139,6 +143,16 @@ where
     T: DeserializeOwned + Send + Sync + 'static,
     R: Responder,
 {
+    if !state.exempt.is_empty() {
+        let (parts, body) = req.into_parts();
+        let exempt = state.exempt.iter().any(|exempt| exempt(&parts));
+        req = Request::from_parts(parts, body);
+        if exempt {
+            // Later layers see that the auth layer looked: anonymous.
+            req.extensions_mut().insert(Anonymous::new(None));
+            return Verdict::Pass(req);
+        }
+    }
     let error = match state.authenticate(req.headers(), allow_refresh) {
         Outcome::Authenticated(Authenticated { claims, identity }) => {
             observe::auth_outcome("authenticated", "none", true);

@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::authenticate::{AuthState, Authorize};
+use super::authenticate::{AuthState, Authorize, Exempt};
 use super::cache::TokenCache;
 use super::claims_check::Rules;
 use super::keys::Key;
@@ -42,6 +42,7 @@ pub struct JwtAuthBuilder<T> {
     cache_ttl: Duration,
     trace_subject: bool,
     shadow: bool,
+    exempt: Vec<Exempt>,
     _claims: PhantomData<fn() -> T>,
 }
 
@@ -79,6 +80,7 @@ impl<T> JwtAuthBuilder<T> {
             cache_ttl: DEFAULT_CACHE_TTL,
             trace_subject: false,
             shadow: false,
+            exempt: Vec::new(),
             _claims: PhantomData,
         }
     }
@@ -229,6 +231,21 @@ impl<T> JwtAuthBuilder<T> {
         self
     }
 
+    /// Requests `exempt` selects are not authenticated: they go on as
+    /// [`Anonymous`](crate::Anonymous) without any token being read, and are
+    /// never refused — a health check, a public asset, or a whole gRPC
+    /// service: `|req| req.uri.path().starts_with("/grpc.health.v1.Health/")`.
+    /// Layers behind see the request as anonymous (the CSRF guard lets safe
+    /// and anonymous requests through; a subject-keyed limit counts it by
+    /// client address).
+    pub fn exempt(
+        mut self,
+        exempt: impl Fn(&http::request::Parts) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.exempt.push(Box::new(exempt));
+        self
+    }
+
     /// Builds the layer in shadow mode (see [`JwtAuthLayer::shadow`]).
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
@@ -352,6 +369,7 @@ impl<T> JwtAuthBuilder<T> {
                 cache: (self.cache_capacity > 0)
                     .then(|| TokenCache::new(self.cache_capacity, self.cache_ttl.as_secs())),
                 trace_subject: self.trace_subject,
+                exempt: self.exempt,
             }),
             mode: self.mode,
             shadow: self.shadow,

@@ -101,3 +101,6 @@ pub use service::JwtAuth;
 pub use crate::error::{AuthError, AuthErrorKind};
 pub use crate::identity::{Anonymous, CredentialSource, Identity};
 pub use crate::reject::{DefaultResponder, Responder};
+/// jsonwebtoken's types that appear in tollgate's API, re-exported so that
+/// users need not depend on a matching jsonwebtoken major.
+pub use jsonwebtoken::{Algorithm, jwk::Jwk};

@@ -1,7 +1,5 @@
 //! The `[rate_limit]` table.
 
-use std::time::Duration;
-
 use serde::Deserialize;
 
 use super::invalid;
@@ -257,7 +255,7 @@ impl RateLimitConfig {
                     store = store.prefix(prefix.as_str());
                 }
                 if let Some(ms) = redis.timeout_ms {
-                    store = store.timeout(Duration::from_millis(ms));
+                    store = store.timeout(std::time::Duration::from_millis(ms));
                 }
                 if let Some(on) = redis.deny_cache {
                     store = store.deny_cache(on);
