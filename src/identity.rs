@@ -64,7 +64,7 @@ impl Identity {
 /// (optional and lenient modes), or a bad token (lenient mode).
 ///
 /// Its presence tells extractors that the layer ran, so a missing
-/// [`Claims`] means "anonymous" rather than "layer not mounted".
+/// `Claims` means "anonymous" rather than "layer not mounted".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Anonymous {
     rejected: Option<AuthErrorKind>,

@@ -121,3 +121,17 @@ pub use error::{AuthError, AuthErrorKind, ConfigError};
 pub use identity::{Anonymous, CredentialSource, Identity};
 #[cfg(feature = "rate-limit")]
 pub use rate_limit::{KeyBy, Quota, RateLimitLayer, TrustedProxies};
+
+/// The README's snippets, compiled (and where they need no network, run) as
+/// doc tests, so that what users paste works.
+#[cfg(all(
+    doctest,
+    feature = "axum",
+    feature = "axum-connect-info",
+    feature = "tonic",
+    feature = "redis",
+    feature = "jwks",
+    feature = "config"
+))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

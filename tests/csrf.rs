@@ -73,118 +73,95 @@ async fn send(
 const OK: (StatusCode, usize) = (StatusCode::OK, 1);
 const REFUSED: (StatusCode, usize) = (StatusCode::FORBIDDEN, 0);
 
+/// The guard's table (module docs), row by row, for a cookie-authenticated
+/// POST to `https://api.example.com`.
 #[tokio::test]
-async fn sec_fetch_site_decides_first() {
+async fn the_decision_table() {
     let g = CsrfGuardLayer::new;
-    assert_eq!(
-        send(
+    let same_site = || g().allow_fetch_site("same-site");
+    let app_origin = || g().allow_origin("https://app.example.com");
+    let cases: Vec<(
+        CsrfGuardLayer,
+        Method,
+        Vec<(&str, &str)>,
+        (StatusCode, usize),
+    )> = vec![
+        // Sec-Fetch-Site decides first
+        (
             g(),
             Method::POST,
-            By::Cookie,
-            &[("sec-fetch-site", "same-origin")]
-        )
-        .await,
-        OK
-    );
-    assert_eq!(
-        send(g(), Method::POST, By::Cookie, &[("sec-fetch-site", "none")]).await,
-        OK
-    );
-    assert_eq!(
-        send(
+            vec![("sec-fetch-site", "same-origin")],
+            OK,
+        ),
+        (g(), Method::POST, vec![("sec-fetch-site", "none")], OK),
+        (
             g(),
             Method::POST,
-            By::Cookie,
-            &[("sec-fetch-site", "cross-site")]
-        )
-        .await,
-        REFUSED
-    );
-    assert_eq!(
-        send(
+            vec![("sec-fetch-site", "cross-site")],
+            REFUSED,
+        ),
+        (
             g(),
             Method::POST,
-            By::Cookie,
-            &[("sec-fetch-site", "same-site")]
-        )
-        .await,
-        REFUSED
-    );
-    assert_eq!(
-        send(
-            g().allow_fetch_site("same-site"),
+            vec![("sec-fetch-site", "same-site")],
+            REFUSED,
+        ),
+        (
+            same_site(),
             Method::POST,
-            By::Cookie,
-            &[("sec-fetch-site", "same-site")]
-        )
-        .await,
-        OK
-    );
-    // The header wins over a matching Origin.
-    let both = [
-        ("sec-fetch-site", "cross-site"),
-        ("origin", "https://api.example.com"),
+            vec![("sec-fetch-site", "same-site")],
+            OK,
+        ),
+        // the header wins over a matching Origin
+        (
+            g(),
+            Method::DELETE,
+            vec![
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "https://api.example.com"),
+            ],
+            REFUSED,
+        ),
+        // no Sec-Fetch-Site: Origin against the request's own origin
+        (
+            g(),
+            Method::POST,
+            vec![("origin", "https://api.example.com")],
+            OK,
+        ),
+        (
+            g(),
+            Method::POST,
+            vec![("origin", "https://evil.example")],
+            REFUSED,
+        ),
+        (
+            g(),
+            Method::POST,
+            vec![("origin", "https://api.example.com.evil.example")],
+            REFUSED,
+        ),
+        (g(), Method::POST, vec![("origin", "null")], REFUSED),
+        (
+            app_origin(),
+            Method::PUT,
+            vec![("origin", "https://app.example.com")],
+            OK,
+        ),
+        (
+            app_origin(),
+            Method::PUT,
+            vec![("origin", "http://app.example.com")],
+            REFUSED,
+        ),
     ];
-    assert_eq!(send(g(), Method::DELETE, By::Cookie, &both).await, REFUSED);
-}
-
-#[tokio::test]
-async fn origin_when_sec_fetch_site_is_absent() {
-    let g = CsrfGuardLayer::new;
-    assert_eq!(
-        send(
-            g(),
-            Method::POST,
-            By::Cookie,
-            &[("origin", "https://api.example.com")]
-        )
-        .await,
-        OK
-    );
-    assert_eq!(
-        send(
-            g(),
-            Method::POST,
-            By::Cookie,
-            &[("origin", "https://evil.example")]
-        )
-        .await,
-        REFUSED
-    );
-    assert_eq!(
-        send(
-            g(),
-            Method::POST,
-            By::Cookie,
-            &[("origin", "https://api.example.com.evil.example")]
-        )
-        .await,
-        REFUSED
-    );
-    assert_eq!(
-        send(g(), Method::POST, By::Cookie, &[("origin", "null")]).await,
-        REFUSED
-    );
-    assert_eq!(
-        send(
-            g().allow_origin("https://app.example.com"),
-            Method::PUT,
-            By::Cookie,
-            &[("origin", "https://app.example.com")]
-        )
-        .await,
-        OK
-    );
-    assert_eq!(
-        send(
-            g().allow_origin("https://app.example.com"),
-            Method::PUT,
-            By::Cookie,
-            &[("origin", "http://app.example.com")]
-        )
-        .await,
-        REFUSED
-    );
+    for (guard, method, headers, expected) in cases {
+        assert_eq!(
+            send(guard, method.clone(), By::Cookie, &headers).await,
+            expected,
+            "{method} {headers:?}"
+        );
+    }
 }
 
 #[tokio::test]

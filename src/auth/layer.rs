@@ -40,7 +40,7 @@ pub enum AuthMode {
 }
 
 /// Verifies a JWT from a cookie or `Authorization: Bearer` and puts
-/// [`Claims<T>`](super::Claims) and [`Identity`] into the request extensions.
+/// [`Claims<T>`](super::Claims) and [`Identity`](crate::Identity) into the request extensions.
 ///
 /// Build it with [`JwtAuthLayer::builder`]. The layer is cheap to clone and to
 /// re-mode ([`JwtAuthLayer::mode`]): clones share one verification state, so a

@@ -47,10 +47,19 @@
 //! be mounted leniently on a public route and strictly on a private one (axum
 //! `route_layer`):
 //!
-//! ```ignore
-//! let app = Router::new()
-//!     .route("/graphql", post(graphql).route_layer(auth.clone().lenient()))
+//! ```
+//! # #[cfg(feature = "axum")] {
+//! use axum::{Router, routing::get};
+//! use tollgate::auth::{JwtAuthLayer, Key};
+//! # #[derive(serde::Deserialize)] struct User { sub: String }
+//! # async fn graphql() {}
+//! # async fn me() {}
+//! # let auth = JwtAuthLayer::<User>::builder()
+//! #     .key(Key::hmac(b"0123456789abcdef0123456789abcdef").unwrap()).bearer().build().unwrap();
+//! let app: Router = Router::new()
+//!     .route("/graphql", get(graphql).route_layer(auth.clone().lenient()))
 //!     .route("/me", get(me).route_layer(auth.required()));
+//! # }
 //! ```
 //!
 //! # Verified-token cache

@@ -95,7 +95,7 @@ impl<St> RateLimitBuilder<St> {
         self
     }
 
-    /// The policy for requests that carry an [`Identity`] (set by
+    /// The policy for requests that carry an [`Identity`](crate::Identity) (set by
     /// [`JwtAuthLayer`](crate::auth::JwtAuthLayer) in front): a separate
     /// quota for registered callers.
     pub fn authenticated(mut self, name: impl Into<String>, quota: Quota) -> Self {
