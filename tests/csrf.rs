@@ -73,6 +73,14 @@ async fn send(
 const OK: (StatusCode, usize) = (StatusCode::OK, 1);
 const REFUSED: (StatusCode, usize) = (StatusCode::FORBIDDEN, 0);
 
+/// A guard, a method, request headers, and the expected outcome.
+type Case = (
+    CsrfGuardLayer,
+    Method,
+    Vec<(&'static str, &'static str)>,
+    (StatusCode, usize),
+);
+
 /// The guard's table (module docs), row by row, for a cookie-authenticated
 /// POST to `https://api.example.com`.
 #[tokio::test]
@@ -80,12 +88,7 @@ async fn the_decision_table() {
     let g = CsrfGuardLayer::new;
     let same_site = || g().allow_fetch_site("same-site");
     let app_origin = || g().allow_origin("https://app.example.com");
-    let cases: Vec<(
-        CsrfGuardLayer,
-        Method,
-        Vec<(&str, &str)>,
-        (StatusCode, usize),
-    )> = vec![
+    let cases: Vec<Case> = vec![
         // Sec-Fetch-Site decides first
         (
             g(),
