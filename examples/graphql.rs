@@ -40,8 +40,9 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use tollgate::Claims;
 use tollgate::auth::{JwtAuthLayer, Key, RemoteKeys};
-use tollgate::config::{ConfiguredStore, TollgateConfig};
+use tollgate::config::TollgateConfig;
 use tollgate::csrf::CsrfGuardLayer;
+use tollgate::rate_limit::store::AnyStore;
 use tollgate::rate_limit::{KeyBy, LocalStore, Quota, RateLimitLayer, TrustedProxies};
 use tower::ServiceBuilder;
 
@@ -288,7 +289,7 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
         .with_state(schema))
 }
 
-type Layers = (JwtAuthLayer<User>, RateLimitLayer<ConfiguredStore>);
+type Layers = (JwtAuthLayer<User>, RateLimitLayer<AnyStore>);
 
 /// The policy from `TOLLGATE_CONFIG`.
 async fn from_file(file: &TollgateConfig) -> Result<Layers, Box<dyn std::error::Error>> {
@@ -323,7 +324,7 @@ async fn from_env(config: &Config) -> Result<Layers, Box<dyn std::error::Error>>
     let limit = RateLimitLayer::builder("anonymous", config.anon)
         .key(KeyBy::subject_or_client_ip(config.proxies.clone()))
         .authenticated("registered", config.user)
-        .store(ConfiguredStore::Local(LocalStore::new()))
+        .store(AnyStore::Local(LocalStore::new()))
         .build()?;
     Ok((auth, limit))
 }

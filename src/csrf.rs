@@ -41,15 +41,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::auth::{Anonymous, CredentialSource, Identity};
 use crate::body::ResponseBody;
-use crate::reject::{self, GrpcCode, Problem};
+use crate::future::Respond;
+use crate::identity::{Anonymous, CredentialSource, Identity};
+use crate::macros::inner_accessors;
+use crate::reject::{DefaultResponder, GrpcCode, Refusal, RefusalKind, Responder};
 
 #[derive(Debug)]
 struct Config {
@@ -74,8 +75,9 @@ impl Clone for Config {
 /// Refuses cross-site unsafe requests authenticated by a cookie. See the
 /// [module docs](self).
 #[derive(Debug, Clone)]
-pub struct CsrfGuardLayer {
+pub struct CsrfGuardLayer<R = DefaultResponder> {
     config: Arc<Config>,
+    responder: R,
 }
 
 impl Default for CsrfGuardLayer {
@@ -95,9 +97,12 @@ impl CsrfGuardLayer {
                 scheme: http::uri::Scheme::HTTPS,
                 warned_unauthenticated: std::sync::atomic::AtomicBool::new(false),
             }),
+            responder: DefaultResponder,
         }
     }
+}
 
+impl<R> CsrfGuardLayer<R> {
     /// Also allows this `Sec-Fetch-Site` value (e.g. `same-site` for a
     /// front end on a sibling subdomain).
     #[must_use]
@@ -119,7 +124,15 @@ impl CsrfGuardLayer {
     }
 }
 
-impl CsrfGuardLayer {
+impl<R> CsrfGuardLayer<R> {
+    /// Replaces the responder that renders refusals (see [`crate::reject`]).
+    pub fn with_responder<R2>(self, responder: R2) -> CsrfGuardLayer<R2> {
+        CsrfGuardLayer {
+            config: self.config,
+            responder,
+        }
+    }
+
     /// The scheme browsers reach this service at, for requests whose URI
     /// does not say (HTTP/1.1): an `Origin` must have this scheme to count as
     /// the service's own. Default `https`; set `Scheme::HTTP` only for a
@@ -131,39 +144,28 @@ impl CsrfGuardLayer {
     }
 }
 
-impl<S> Layer<S> for CsrfGuardLayer {
-    type Service = CsrfGuard<S>;
+impl<S, R: Clone> Layer<S> for CsrfGuardLayer<R> {
+    type Service = CsrfGuard<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
         CsrfGuard {
             inner,
             config: Arc::clone(&self.config),
+            responder: self.responder.clone(),
         }
     }
 }
 
 /// The service built by [`CsrfGuardLayer`].
 #[derive(Debug, Clone)]
-pub struct CsrfGuard<S> {
+pub struct CsrfGuard<S, R = DefaultResponder> {
     inner: S,
     config: Arc<Config>,
+    responder: R,
 }
 
-impl<S> CsrfGuard<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+impl<S, R> CsrfGuard<S, R> {
+    inner_accessors!(S);
 }
 
 /// Whether the request can change state (or open a channel that can): an
@@ -227,9 +229,10 @@ impl Config {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CsrfGuard<S>
+impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for CsrfGuard<S, R>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    R: Responder,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -253,9 +256,7 @@ where
             };
         if pass {
             return ResponseFuture {
-                kind: Kind::Inner {
-                    future: self.inner.call(req),
-                },
+                respond: Respond::inner(self.inner.call(req)),
             };
         }
         tracing::debug!(
@@ -264,16 +265,15 @@ where
             "tollgate: cross-site request refused"
         );
         let (parts, _body) = req.into_parts();
-        let problem = Problem {
-            status: StatusCode::FORBIDDEN,
-            grpc: GrpcCode::PermissionDenied,
-            reason: "csrf",
-            detail: "cross-site request with a session cookie",
-        };
+        let refusal = Refusal::new(
+            RefusalKind::Csrf,
+            StatusCode::FORBIDDEN,
+            GrpcCode::PermissionDenied,
+            "csrf",
+            "cross-site request with a session cookie",
+        );
         ResponseFuture {
-            kind: Kind::Refused {
-                response: Some(reject::render(&problem, &parts, HeaderMap::new())),
-            },
+            respond: Respond::refused(self.responder.respond(&refusal, &parts)),
         }
     }
 }
@@ -282,15 +282,7 @@ pin_project! {
     /// Response future of [`CsrfGuard`].
     pub struct ResponseFuture<F> {
         #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Inner { #[pin] future: F },
-        Refused { response: Option<Response<Bytes>> },
+        respond: Respond<F>,
     }
 }
 
@@ -301,16 +293,6 @@ where
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { future } => future
-                .poll(cx)
-                .map(|r| r.map(|res| res.map(ResponseBody::inner))),
-            KindProj::Refused { response } => {
-                let response = response
-                    .take()
-                    .unwrap_or_else(reject::polled_after_completion);
-                Poll::Ready(Ok(response.map(ResponseBody::full)))
-            }
-        }
+        self.project().respond.poll(cx)
     }
 }

@@ -838,8 +838,12 @@ async fn typed_claims_and_type_mismatch() {
 #[tokio::test]
 async fn custom_responder() {
     let layer = builder().build().unwrap().with_responder(
-        |e: &tollgate::auth::AuthError, _req: &http::request::Parts| {
-            let mut res = Response::new(Bytes::from(format!("nope: {}", e.kind().reason())));
+        |refusal: &tollgate::reject::Refusal<'_>, _req: &http::request::Parts| {
+            assert_eq!(
+                refusal.kind(),
+                tollgate::reject::RefusalKind::Auth(AuthErrorKind::Missing)
+            );
+            let mut res = Response::new(Bytes::from(format!("nope: {}", refusal.reason())));
             *res.status_mut() = StatusCode::IM_A_TEAPOT;
             res
         },
@@ -1093,4 +1097,79 @@ async fn grpc_content_type_on_a_get_gets_an_http_refusal() {
     assert_eq!(out.status, StatusCode::UNAUTHORIZED);
     assert_eq!(out.headers[header::CACHE_CONTROL], "no-store");
     assert!(out.headers.get("grpc-status").is_none());
+}
+
+#[tokio::test]
+async fn exempt_requests_go_on_as_anonymous_unchecked() {
+    let layer = builder()
+        .exempt(|req| req.uri.path() == "/healthz")
+        .build()
+        .unwrap();
+    let counter = Counter::default();
+    let svc = layer.layer(counter.service());
+    // No token, required mode: still served, as anonymous.
+    let req = Request::builder().uri("/healthz").body(()).unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "anonymous"
+    );
+    // Even a junk token is not read there.
+    let req = Request::builder()
+        .uri("/healthz")
+        .header(header::AUTHORIZATION, "Bearer junk")
+        .body(())
+        .unwrap();
+    assert_eq!(
+        svc.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // Other paths are checked.
+    let req = Request::builder().uri("/me").body(()).unwrap();
+    assert_eq!(
+        svc.oneshot(req).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(counter.calls(), 2);
+}
+
+/// The testing kit's signer produces tokens the layer accepts, for every
+/// algorithm family, without the test naming jsonwebtoken.
+#[tokio::test]
+async fn testing_kit_signs_tokens_the_layer_accepts() {
+    use tollgate::testing::{Signer, claims};
+    let layer = JwtAuthLayer::<Value>::builder()
+        .key(Key::hmac(SECRET).unwrap())
+        .key(Key::rsa_pem(RSA_PUBLIC).unwrap().kid("rsa"))
+        .key(Key::ec_pem(EC256_PUBLIC).unwrap().kid("ec256"))
+        .key(Key::ec_pem(EC384_PUBLIC).unwrap().kid("ec384"))
+        .key(Key::ed_pem(ED_PUBLIC).unwrap().kid("ed"))
+        .bearer()
+        .issuer(ISSUER)
+        .audience(AUDIENCE)
+        .build()
+        .unwrap();
+    let signers = [
+        Signer::hmac(SECRET),
+        Signer::rsa_pem(RSA_PRIVATE).unwrap().kid("rsa"),
+        Signer::ec_pem(EC256_PRIVATE).unwrap().kid("ec256"),
+        Signer::ec_pem(EC384_PRIVATE)
+            .unwrap()
+            .algorithm(tollgate::auth::Algorithm::ES384)
+            .kid("ec384"),
+        Signer::ed_pem(ED_PRIVATE).unwrap().kid("ed"),
+    ];
+    for signer in signers {
+        let token = signer
+            .sign(&claims(
+                "kit-user",
+                ISSUER,
+                AUDIENCE,
+                Duration::from_secs(60),
+            ))
+            .unwrap();
+        send(&layer, bearer(&token)).await.assert_ok("kit-user");
+    }
+    assert!(Signer::rsa_pem(b"not a key").is_err());
 }

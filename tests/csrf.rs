@@ -73,118 +73,98 @@ async fn send(
 const OK: (StatusCode, usize) = (StatusCode::OK, 1);
 const REFUSED: (StatusCode, usize) = (StatusCode::FORBIDDEN, 0);
 
-#[tokio::test]
-async fn sec_fetch_site_decides_first() {
-    let g = CsrfGuardLayer::new;
-    assert_eq!(
-        send(
-            g(),
-            Method::POST,
-            By::Cookie,
-            &[("sec-fetch-site", "same-origin")]
-        )
-        .await,
-        OK
-    );
-    assert_eq!(
-        send(g(), Method::POST, By::Cookie, &[("sec-fetch-site", "none")]).await,
-        OK
-    );
-    assert_eq!(
-        send(
-            g(),
-            Method::POST,
-            By::Cookie,
-            &[("sec-fetch-site", "cross-site")]
-        )
-        .await,
-        REFUSED
-    );
-    assert_eq!(
-        send(
-            g(),
-            Method::POST,
-            By::Cookie,
-            &[("sec-fetch-site", "same-site")]
-        )
-        .await,
-        REFUSED
-    );
-    assert_eq!(
-        send(
-            g().allow_fetch_site("same-site"),
-            Method::POST,
-            By::Cookie,
-            &[("sec-fetch-site", "same-site")]
-        )
-        .await,
-        OK
-    );
-    // The header wins over a matching Origin.
-    let both = [
-        ("sec-fetch-site", "cross-site"),
-        ("origin", "https://api.example.com"),
-    ];
-    assert_eq!(send(g(), Method::DELETE, By::Cookie, &both).await, REFUSED);
-}
+/// A guard, a method, request headers, and the expected outcome.
+type Case = (
+    CsrfGuardLayer,
+    Method,
+    Vec<(&'static str, &'static str)>,
+    (StatusCode, usize),
+);
 
+/// The guard's table (module docs), row by row, for a cookie-authenticated
+/// POST to `https://api.example.com`.
 #[tokio::test]
-async fn origin_when_sec_fetch_site_is_absent() {
+async fn the_decision_table() {
     let g = CsrfGuardLayer::new;
-    assert_eq!(
-        send(
+    let same_site = || g().allow_fetch_site("same-site");
+    let app_origin = || g().allow_origin("https://app.example.com");
+    let cases: Vec<Case> = vec![
+        // Sec-Fetch-Site decides first
+        (
             g(),
             Method::POST,
-            By::Cookie,
-            &[("origin", "https://api.example.com")]
-        )
-        .await,
-        OK
-    );
-    assert_eq!(
-        send(
+            vec![("sec-fetch-site", "same-origin")],
+            OK,
+        ),
+        (g(), Method::POST, vec![("sec-fetch-site", "none")], OK),
+        (
             g(),
             Method::POST,
-            By::Cookie,
-            &[("origin", "https://evil.example")]
-        )
-        .await,
-        REFUSED
-    );
-    assert_eq!(
-        send(
+            vec![("sec-fetch-site", "cross-site")],
+            REFUSED,
+        ),
+        (
             g(),
             Method::POST,
-            By::Cookie,
-            &[("origin", "https://api.example.com.evil.example")]
-        )
-        .await,
-        REFUSED
-    );
-    assert_eq!(
-        send(g(), Method::POST, By::Cookie, &[("origin", "null")]).await,
-        REFUSED
-    );
-    assert_eq!(
-        send(
-            g().allow_origin("https://app.example.com"),
+            vec![("sec-fetch-site", "same-site")],
+            REFUSED,
+        ),
+        (
+            same_site(),
+            Method::POST,
+            vec![("sec-fetch-site", "same-site")],
+            OK,
+        ),
+        // the header wins over a matching Origin
+        (
+            g(),
+            Method::DELETE,
+            vec![
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "https://api.example.com"),
+            ],
+            REFUSED,
+        ),
+        // no Sec-Fetch-Site: Origin against the request's own origin
+        (
+            g(),
+            Method::POST,
+            vec![("origin", "https://api.example.com")],
+            OK,
+        ),
+        (
+            g(),
+            Method::POST,
+            vec![("origin", "https://evil.example")],
+            REFUSED,
+        ),
+        (
+            g(),
+            Method::POST,
+            vec![("origin", "https://api.example.com.evil.example")],
+            REFUSED,
+        ),
+        (g(), Method::POST, vec![("origin", "null")], REFUSED),
+        (
+            app_origin(),
             Method::PUT,
-            By::Cookie,
-            &[("origin", "https://app.example.com")]
-        )
-        .await,
-        OK
-    );
-    assert_eq!(
-        send(
-            g().allow_origin("https://app.example.com"),
+            vec![("origin", "https://app.example.com")],
+            OK,
+        ),
+        (
+            app_origin(),
             Method::PUT,
-            By::Cookie,
-            &[("origin", "http://app.example.com")]
-        )
-        .await,
-        REFUSED
-    );
+            vec![("origin", "http://app.example.com")],
+            REFUSED,
+        ),
+    ];
+    for (guard, method, headers, expected) in cases {
+        assert_eq!(
+            send(guard, method.clone(), By::Cookie, &headers).await,
+            expected,
+            "{method} {headers:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -478,4 +458,41 @@ async fn cross_site_websocket_handshake_is_refused_by_a_real_axum_route() {
         "101"
     );
     server.abort();
+}
+
+#[tokio::test]
+async fn csrf_refusals_take_a_custom_responder() {
+    let guard = CsrfGuardLayer::new().with_responder(
+        |refusal: &tollgate::reject::Refusal<'_>, request: &http::request::Parts| {
+            assert_eq!(refusal.kind(), tollgate::reject::RefusalKind::Csrf);
+            let mut res = refusal.render(request);
+            *res.status_mut() = StatusCode::IM_A_TEAPOT;
+            res
+        },
+    );
+    let auth = JwtAuthLayer::<Value>::builder()
+        .key(Key::hmac(SECRET).unwrap())
+        .cookie("da3")
+        .issuer(ISSUER)
+        .audience(AUDIENCE)
+        .clock(|| NOW)
+        .build()
+        .unwrap();
+    let counter = Counter::default();
+    let svc = ServiceBuilder::new()
+        .layer(auth)
+        .layer(guard)
+        .service(counter.service());
+    let req = Request::builder()
+        .method(Method::POST)
+        .header(
+            header::COOKIE,
+            format!("da3={}", mint(Algorithm::HS256, &good_claims())),
+        )
+        .header("sec-fetch-site", "cross-site")
+        .body(())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::IM_A_TEAPOT);
+    assert_eq!(counter.calls(), 0);
 }

@@ -53,7 +53,9 @@ async fn serve_axum() -> SocketAddr {
     let app = Router::new()
         .route("/me", get(me).route_layer(auth.clone().required()))
         .route("/who", get(who).route_layer(auth.clone().required()))
-        .route("/feed", get(feed).route_layer(auth.lenient()))
+        .route("/feed", get(feed).route_layer(auth.clone().lenient()))
+        // a lenient layer with a required extractor: the extractor refuses
+        .route("/me-lenient", get(me).route_layer(auth.lenient()))
         .route("/forgot-the-layer", get(me));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -135,6 +137,32 @@ async fn axum_over_http1_and_http2() {
         )
         .await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "feed for user-1"));
+
+        // The extractor's 401 is the layer's 401: problem+json, the reason
+        // the token was ignored, and the RFC 6750 challenge.
+        let (status, _, headers, body) = get_with(&client, addr, "/me-lenient", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        let json: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["reason"], "missing");
+        let (status, _, headers, body) = get_with(
+            &client,
+            addr,
+            "/me-lenient",
+            Some(("cookie", "da3=expired.or.junk".to_owned())),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            headers[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer error=\"invalid_token\""),
+            "{headers:?}"
+        );
+        let json: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["reason"], "malformed");
 
         let (status, _, _, body) = get_with(&client, addr, "/forgot-the-layer", None).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -341,4 +369,48 @@ mod rate_limited {
         );
         assert_eq!(keys.key_count(), 2);
     }
+}
+
+/// Handler tests without keys: the testing kit puts in the request what the
+/// auth layer would, and axum's extractors read it.
+#[tokio::test]
+async fn handlers_are_testable_without_keys() {
+    use tower::ServiceExt;
+    let app = Router::new()
+        .route("/me", get(me))
+        .route("/feed", get(feed));
+    let mut req = Request::builder()
+        .uri("/me")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    tollgate::testing::authenticate(
+        &mut req,
+        serde_json::json!({"sub": "alice"}),
+        tollgate::testing::identity("alice"),
+    );
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "alice");
+
+    let mut req = Request::builder()
+        .uri("/feed")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    tollgate::testing::anonymous(&mut req);
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "anonymous feed"
+    );
+
+    let mut req = Request::builder()
+        .uri("/me")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    tollgate::testing::anonymous_rejected(&mut req, tollgate::AuthErrorKind::Expired);
+    let res = app.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["reason"], "expired");
 }

@@ -446,13 +446,20 @@ fn invalid_files_name_the_field_and_the_reason() {
         ),
         (
             "[rate_limit]\nkey = \"ip\"\ndefault = { name = \"a\", per_minute = 1 }\n",
-            "rate_limit.key",
+            "unknown variant `ip`, expected one of `global`, `peer_ip`",
         ),
         (
             "[rate_limit]\ntrusted_proxies = [\"10.0.0.0/33\"]\ndefault = { name = \"a\", per_minute = 1 }\n",
             "rate_limit.trusted_proxies",
         ),
-        ("[auth]\nmode = \"strict\"\n", "auth.mode"),
+        (
+            "[auth]\nmode = \"strict\"\n",
+            "unknown variant `strict`, expected one of `required`, `optional`, `lenient`",
+        ),
+        (
+            "[rate_limit]\nheaders = \"ietf2\"\ndefault = { name = \"a\", per_minute = 1 }\n",
+            "line 2",
+        ),
         ("[auth]\nsources = [\"cookie\"]\n", "auth.sources"),
     ];
     for (text, field) in cases {

@@ -813,3 +813,43 @@ async fn inner_buffer_at_capacity_is_never_called_unready() {
         assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
     }
 }
+
+/// One responder trait for every layer: a closure replaces the 429, and the
+/// default problem+json names the refusing policy.
+#[tokio::test]
+async fn refusals_name_the_policy_and_take_a_custom_responder() {
+    let (layer, _clock) = fake(Quota::per_hour(1), KeyBy::global());
+    let mut svc = limited(layer.clone());
+    assert_eq!(status(&mut svc, Request::new(())).await, StatusCode::OK);
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["policy"], "test");
+    assert_eq!(json["reason"], "rate_limited");
+
+    let custom = layer.with_responder(
+        |refusal: &tollgate::reject::Refusal<'_>, request: &http::request::Parts| {
+            assert_eq!(refusal.kind(), tollgate::reject::RefusalKind::RateLimited);
+            assert_eq!(refusal.policy(), Some("test"));
+            assert!(refusal.headers().contains_key(header::RETRY_AFTER));
+            let mut res = refusal.render(request);
+            res.headers_mut()
+                .insert("x-custom", HeaderValue::from_static("yes"));
+            res
+        },
+    );
+    let res = custom
+        .layer(ok_service())
+        .oneshot(Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["x-custom"], "yes");
+}

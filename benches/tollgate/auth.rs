@@ -2,48 +2,17 @@
 //! against `jsonwebtoken::decode` alone on the same token.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion};
 use http::{Request, Response, header};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
 use tollgate::auth::{JwtAuthLayer, Key};
 use tower::{Layer, Service};
 
-pub const SECRET: &[u8] = b"an-hmac-secret-of-at-least-32-bytes!";
-
-#[derive(Serialize, Deserialize)]
-pub struct User {
-    pub sub: String,
-    pub iss: String,
-    pub aud: String,
-    pub exp: u64,
-    pub roles: Vec<String>,
-}
-
-/// Polls a future that is ready at once (every service here is synchronous).
-pub fn ready<F: Future>(f: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(f).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => unreachable!("bench services complete at once"),
-    }
-}
-
-/// A key file from `tests/fixtures`.
-pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("fixture")
-}
+use crate::fixtures::{SECRET, User, fixture, ready};
 
 struct Case {
     alg: Algorithm,

@@ -13,7 +13,7 @@ use tollgate::auth::{JwtAuthLayer, Key};
 use tollgate::rate_limit::{PeerAddr, Quota, RateLimitLayer};
 use tower::{Layer, Service, ServiceBuilder};
 
-use crate::auth::{SECRET, User, fixture, ready};
+use crate::fixtures::{SECRET, User, fixture, ready};
 
 pub fn bench(c: &mut Criterion) {
     if !crate::selected("fast_path") {

@@ -6,6 +6,7 @@ use criterion::{criterion_group, criterion_main};
 
 mod auth;
 mod fast_path;
+mod fixtures;
 mod proxy_hop;
 mod rate_limit;
 mod redis_store;

@@ -32,7 +32,7 @@ use tollgate::auth::{JwtAuthLayer, Key};
 use tollgate::rate_limit::{KeyBy, Quota, RateLimitLayer};
 use tower::ServiceBuilder;
 
-use crate::auth::{SECRET, User};
+use crate::fixtures::{SECRET, User};
 
 const BODY: &str = r#"{"data":{"anonymousFeed":[{"title":"Break the gateway"}]}}"#;
 

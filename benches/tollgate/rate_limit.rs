@@ -20,7 +20,7 @@ use tollgate::rate_limit::{
 };
 use tower::{Layer, Service, ServiceBuilder};
 
-use crate::auth::{SECRET, User, ready};
+use crate::fixtures::{SECRET, User, ready};
 
 /// Resident set size in bytes (Linux), to measure memory per key.
 fn rss() -> Option<u64> {

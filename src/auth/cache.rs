@@ -19,6 +19,8 @@ use std::sync::Arc;
 use quick_cache::Equivalent;
 use quick_cache::sync::Cache;
 
+use super::verify::Verified;
+
 /// How many trailing bytes of a token are hashed: its signature. Entries are
 /// compared on the whole token; hashing the tail keeps a lookup cheap for
 /// long (RSA) tokens. Only verified tokens are stored, and their signatures
@@ -55,18 +57,6 @@ impl Equivalent<Stored> for Probe<'_> {
     fn equivalent(&self, key: &Stored) -> bool {
         *key.0 == *self.0
     }
-}
-
-/// What a verified token yields, shared between requests.
-pub(crate) struct Verified<T> {
-    pub(crate) claims: Arc<T>,
-    pub(crate) subject: Option<Arc<str>>,
-    pub(crate) issuer: Option<Arc<str>>,
-    pub(crate) exp: Option<u64>,
-    /// Checked again on every cache hit, with `iat`: the wall clock may
-    /// have stepped back since the token was verified.
-    pub(crate) nbf: Option<u64>,
-    pub(crate) iat: Option<u64>,
 }
 
 struct Entry<T> {

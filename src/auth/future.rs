@@ -9,11 +9,13 @@ use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 use tower_service::Service;
 
-use super::layer::{AuthMode, AuthState};
-use super::provider::Wait;
-use super::responder::AuthResponder;
-use super::service::{Step, step};
+use super::authenticate::{AuthState, step};
+use super::keys::provider::Wait;
+use super::layer::AuthMode;
 use crate::body::ResponseBody;
+use crate::future::Respond;
+use crate::future::Verdict;
+use crate::reject::Responder;
 
 /// A request parked while keys are fetched for its unknown `kid`.
 struct Parked<S, B, T, R> {
@@ -41,8 +43,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, S, B, T, R> {
-        Inner { #[pin] future: F },
-        Refused { response: Option<Response<Bytes>> },
+        Ready { #[pin] respond: Respond<F> },
         Waiting { wait: Wait, parked: Option<Parked<S, B, T, R>> },
     }
 }
@@ -53,14 +54,16 @@ where
 {
     pub(crate) fn inner(future: S::Future) -> Self {
         Self {
-            kind: Kind::Inner { future },
+            kind: Kind::Ready {
+                respond: Respond::inner(future),
+            },
         }
     }
 
     pub(crate) fn refused(response: Response<Bytes>) -> Self {
         Self {
-            kind: Kind::Refused {
-                response: Some(response),
+            kind: Kind::Ready {
+                respond: Respond::refused(response),
             },
         }
     }
@@ -94,7 +97,7 @@ impl<S, B, T, R, ResBody> Future for ResponseFuture<S, B, T, R>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
     T: DeserializeOwned + Send + Sync + 'static,
-    R: AuthResponder,
+    R: Responder,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
@@ -102,18 +105,7 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.kind.as_mut().project() {
-                KindProj::Inner { future } => {
-                    return future
-                        .poll(cx)
-                        .map(|r| r.map(|res| res.map(ResponseBody::inner)));
-                }
-                KindProj::Refused { response } => {
-                    // Polled again after completion: an empty 500 rather than a panic.
-                    let response = response
-                        .take()
-                        .unwrap_or_else(crate::reject::polled_after_completion);
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
-                }
+                KindProj::Ready { respond } => return respond.poll(cx),
                 KindProj::Waiting { wait, parked } => {
                     ready!(wait.as_mut().poll(cx));
                     let Some(Parked {
@@ -125,23 +117,19 @@ where
                         responder,
                     }) = parked.take()
                     else {
-                        return Poll::Ready(Ok(
-                            crate::reject::polled_after_completion().map(ResponseBody::full)
-                        ));
+                        let response = crate::reject::polled_after_completion();
+                        return Poll::Ready(Ok(response.map(ResponseBody::full)));
                     };
                     // Second and last try: no further fetch.
-                    let next = match step(&state, mode, shadow, &responder, request, false) {
-                        Step::Pass(request) => Kind::Inner {
-                            future: inner.call(request),
-                        },
-                        Step::Refuse(response) => Kind::Refused {
-                            response: Some(response),
-                        },
+                    let respond = match step(&state, mode, shadow, &responder, request, false) {
+                        Verdict::Pass(request) => Respond::inner(inner.call(request)),
+                        Verdict::Refuse(response) => Respond::refused(response),
                         // `step` does not ask to wait when refresh is not allowed.
-                        Step::Wait(..) => Kind::Refused {
-                            response: Some(crate::reject::polled_after_completion()),
-                        },
+                        Verdict::Wait(_) => {
+                            Respond::refused(crate::reject::polled_after_completion())
+                        }
                     };
+                    let next = Kind::Ready { respond };
                     this.kind.set(next);
                 }
             }

@@ -47,10 +47,19 @@
 //! be mounted leniently on a public route and strictly on a private one (axum
 //! `route_layer`):
 //!
-//! ```ignore
-//! let app = Router::new()
-//!     .route("/graphql", post(graphql).route_layer(auth.clone().lenient()))
+//! ```
+//! # #[cfg(feature = "axum")] {
+//! use axum::{Router, routing::get};
+//! use tollgate::auth::{JwtAuthLayer, Key};
+//! # #[derive(serde::Deserialize)] struct User { sub: String }
+//! # async fn graphql() {}
+//! # async fn me() {}
+//! # let auth = JwtAuthLayer::<User>::builder()
+//! #     .key(Key::hmac(b"0123456789abcdef0123456789abcdef").unwrap()).bearer().build().unwrap();
+//! let app: Router = Router::new()
+//!     .route("/graphql", get(graphql).route_layer(auth.clone().lenient()))
 //!     .route("/me", get(me).route_layer(auth.required()));
+//! # }
 //! ```
 //!
 //! # Verified-token cache
@@ -69,38 +78,38 @@
 //! See [`DefaultResponder`] for the exact responses and [`AuthErrorKind`] for
 //! the reasons. Replace the responder with [`JwtAuthLayer::with_responder`].
 
+mod authenticate;
+#[cfg(feature = "axum")]
+mod axum;
+mod builder;
 mod cache;
 mod claims;
-mod error;
-#[cfg(feature = "axum")]
-mod extract;
+pub(crate) mod claims_check;
 mod future;
-#[cfg(feature = "jwks")]
-mod jwks;
 mod keys;
 mod layer;
-mod provider;
-mod responder;
 mod service;
 mod token;
 mod verify;
 
-pub use claims::{Anonymous, Claims, Identity};
-pub use error::{AuthError, AuthErrorKind};
 #[cfg(feature = "axum")]
-pub use extract::AuthRejection;
+pub use self::axum::{AuthRejection, AuthRejectionKind};
+pub use builder::JwtAuthBuilder;
+pub use claims::Claims;
 pub use future::ResponseFuture;
 #[cfg(feature = "jwks")]
-pub use jwks::{
+pub use keys::jwks::{
     DEFAULT_MAX_BODY, DEFAULT_MAX_WAIT, DEFAULT_REFRESH, DEFAULT_UNKNOWN_KID_INTERVAL, RemoteKeys,
     RemoteKeysBuilder,
 };
+pub use keys::provider::Provider;
 pub use keys::{Key, MIN_HMAC_SECRET_LEN};
-pub use layer::{
-    AuthMode, DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder,
-    JwtAuthLayer,
-};
-pub use provider::Provider;
-pub use responder::{AuthResponder, DefaultResponder};
+pub use layer::{AuthMode, DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthLayer};
 pub use service::JwtAuth;
-pub use token::CredentialSource;
+
+pub use crate::error::{AuthError, AuthErrorKind};
+pub use crate::identity::{Anonymous, CredentialSource, Identity};
+pub use crate::reject::{DefaultResponder, Responder};
+/// jsonwebtoken's types that appear in tollgate's API, re-exported so that
+/// users need not depend on a matching jsonwebtoken major.
+pub use jsonwebtoken::{Algorithm, jwk::Jwk};

@@ -4,8 +4,9 @@ use std::borrow::Cow;
 
 use http::{HeaderMap, header};
 
-use super::error::{AuthError, AuthErrorKind};
 use crate::error::ConfigError;
+use crate::error::{AuthError, AuthErrorKind};
+use crate::identity::CredentialSource;
 
 /// Where a token may come from, tried in the configured order.
 #[derive(Debug, Clone)]
@@ -29,19 +30,6 @@ impl CookieName {
             finder: memchr::memmem::Finder::new(name.as_bytes()).into_owned(),
         })
     }
-}
-
-/// Where the token of an authenticated request came from.
-///
-/// The CSRF guard uses it: a cookie is sent by the browser on its own, an
-/// `Authorization` header is not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CredentialSource {
-    /// A cookie.
-    Cookie,
-    /// The `Authorization: Bearer` header.
-    AuthorizationHeader,
 }
 
 /// A token found in a request, borrowed from its headers where possible.

@@ -8,62 +8,71 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::layer::Shared;
-use super::service::Verdict;
+use super::limiter::Shared;
 use super::store::{Decision, RateLimitStore};
 use crate::body::ResponseBody;
+use crate::future::{Respond, Verdict};
+use crate::reject::{self, Responder};
 
+/// The headers a passing request's response gets, and from which layer.
 type Stamp<St> = (Arc<Shared<St>>, (usize, Decision));
 
 pin_project! {
     /// Response future of [`RateLimit`](super::RateLimit).
-    pub struct ResponseFuture<S, R, St>
+    pub struct ResponseFuture<S, Req, St, R>
     where
-        S: Service<R>,
+        S: Service<Req>,
         St: RateLimitStore,
     {
         #[pin]
-        state: State<S::Future, St::Future, S, R, St>,
+        state: State<S::Future, St::Future, S, Req, St, R>,
     }
+}
+
+/// A request parked while a remote store decides.
+struct Parked<S, Req, St, R> {
+    inner: S,
+    request: Req,
+    policy: usize,
+    shared: Arc<Shared<St>>,
+    responder: R,
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, C, S, R, St> {
+    enum State<F, C, S, Req, St, R> {
         Checking {
             #[pin]
             check: C,
-            inner: Option<S>,
-            request: Option<R>,
-            policy: usize,
-            shared: Arc<Shared<St>>,
+            parked: Option<Parked<S, Req, St, R>>,
         },
-        Inner {
+        Ready {
             #[pin]
-            future: F,
+            respond: Respond<F>,
             stamp: Option<Stamp<St>>,
-        },
-        Refused {
-            response: Option<Response<Bytes>>,
         },
     }
 }
 
-impl<S, R, St> ResponseFuture<S, R, St>
+impl<S, Req, St, R> ResponseFuture<S, Req, St, R>
 where
-    S: Service<R>,
+    S: Service<Req>,
     St: RateLimitStore,
 {
     pub(crate) fn inner(future: S::Future, stamp: Option<Stamp<St>>) -> Self {
         Self {
-            state: State::Inner { future, stamp },
+            state: State::Ready {
+                respond: Respond::inner(future),
+                stamp,
+            },
         }
     }
 
     pub(crate) fn refused(response: Response<Bytes>) -> Self {
         Self {
-            state: State::Refused {
-                response: Some(response),
+            state: State::Ready {
+                respond: Respond::refused(response),
+                stamp: None,
             },
         }
     }
@@ -71,26 +80,31 @@ where
     pub(crate) fn checking(
         check: St::Future,
         inner: S,
-        request: R,
+        request: Req,
         policy: usize,
         shared: Arc<Shared<St>>,
+        responder: R,
     ) -> Self {
         Self {
             state: State::Checking {
                 check,
-                inner: Some(inner),
-                request: Some(request),
-                policy,
-                shared,
+                parked: Some(Parked {
+                    inner,
+                    request,
+                    policy,
+                    shared,
+                    responder,
+                }),
             },
         }
     }
 }
 
-impl<S, ReqBody, ResBody, St> Future for ResponseFuture<S, Request<ReqBody>, St>
+impl<S, ReqBody, ResBody, St, R> Future for ResponseFuture<S, Request<ReqBody>, St, R>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     St: RateLimitStore,
+    R: Responder,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
@@ -98,43 +112,39 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
-                StateProj::Checking {
-                    check,
-                    inner,
-                    request,
-                    policy,
-                    shared,
-                } => {
+                StateProj::Checking { check, parked } => {
                     let result = ready!(check.poll(cx));
-                    let (Some(mut inner), Some(request)) = (inner.take(), request.take()) else {
-                        return Poll::Ready(Ok(
-                            crate::reject::polled_after_completion().map(ResponseBody::full)
-                        ));
+                    let Some(Parked {
+                        mut inner,
+                        request,
+                        policy,
+                        shared,
+                        responder,
+                    }) = parked.take()
+                    else {
+                        let response = reject::polled_after_completion();
+                        return Poll::Ready(Ok(response.map(ResponseBody::full)));
                     };
                     let (parts, body) = request.into_parts();
-                    let next = match shared.verdict(*policy, result, &parts) {
-                        Verdict::Pass(stamp) => State::Inner {
-                            future: inner.call(Request::from_parts(parts, body)),
-                            stamp: stamp.map(|s| (Arc::clone(shared), s)),
+                    let next = match shared.verdict(policy, result, &parts, &responder) {
+                        Verdict::Pass(stamp) => State::Ready {
+                            respond: Respond::inner(inner.call(Request::from_parts(parts, body))),
+                            stamp: stamp.map(|s| (Arc::clone(&shared), s)),
                         },
-                        Verdict::Refuse(response) => State::Refused {
-                            response: Some(response),
+                        Verdict::Refuse(response) => State::Ready {
+                            respond: Respond::refused(response),
+                            stamp: None,
                         },
+                        Verdict::Wait(never) => match never {},
                     };
                     this.state.set(next);
                 }
-                StateProj::Inner { future, stamp } => {
-                    let mut response = ready!(future.poll(cx))?;
+                StateProj::Ready { respond, stamp } => {
+                    let mut response = ready!(respond.poll(cx))?;
                     if let Some((shared, (policy, decision))) = stamp.take() {
                         shared.stamp(policy, &decision, response.headers_mut());
                     }
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
-                }
-                StateProj::Refused { response } => {
-                    let response = response
-                        .take()
-                        .unwrap_or_else(crate::reject::polled_after_completion);
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                    return Poll::Ready(Ok(response));
                 }
             }
         }

@@ -6,8 +6,8 @@ use http::HeaderName;
 use http::request::Parts;
 
 use super::client_ip::{TrustedProxies, canonical, peer_ip};
-use crate::auth::Identity;
 use crate::error::ConfigError;
+use crate::identity::Identity;
 
 /// The bucket a request is counted in.
 ///

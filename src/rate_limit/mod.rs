@@ -66,20 +66,23 @@
 //! The default [`LocalStore`] cleans itself as requests arrive and holds at
 //! most `max_keys` keys; see its docs for the behaviour at the cap.
 
+mod builder;
 mod client_ip;
 mod future;
 mod headers;
 mod key;
 mod layer;
+mod limiter;
 mod quota;
 mod service;
 pub mod store;
 
+pub use builder::{MissingKey, OnStoreError, RateLimitBuilder};
 pub use client_ip::{ForwardedHeader, PeerAddr, TrustedProxies, peer_ip};
 pub use future::ResponseFuture;
 pub use headers::HeaderStyle;
 pub use key::{DEFAULT_V6_PREFIX, KeyBy, RateKey};
-pub use layer::{MissingKey, OnStoreError, RateLimitBuilder, RateLimitLayer};
+pub use layer::RateLimitLayer;
 pub use quota::{Policy, Quota};
 pub use service::RateLimit;
 pub use store::{LocalStore, RateLimitStore};

@@ -12,10 +12,12 @@ use super::key::RateKey;
 use super::quota::Policy;
 use crate::error::ConfigError;
 
+mod any;
 mod local;
 #[cfg(feature = "redis")]
 mod redis;
 
+pub use any::AnyStore;
 pub use local::{DEFAULT_MAX_KEYS, LocalStore};
 #[cfg(feature = "redis")]
 pub use redis::{DEFAULT_DENY_CACHE_KEYS, DEFAULT_TIMEOUT, RedisStore};

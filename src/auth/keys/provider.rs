@@ -9,10 +9,9 @@ use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::error::{AuthError, AuthErrorKind};
-use super::keys::{Key, KeySet};
-use super::verify::Rules;
-use crate::error::ConfigError;
+use super::{Key, KeySet};
+use crate::auth::claims_check::Rules;
+use crate::error::{AuthError, AuthErrorKind, ConfigError};
 
 /// A future a request waits on while keys are fetched.
 pub(crate) type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;

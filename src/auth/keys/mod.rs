@@ -6,6 +6,10 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
 use crate::error::ConfigError;
 
+#[cfg(feature = "jwks")]
+pub(crate) mod jwks;
+pub(crate) mod provider;
+
 /// Shortest HMAC secret accepted (RFC 7518 §3.2: at least the hash size).
 pub const MIN_HMAC_SECRET_LEN: usize = 32;
 

@@ -40,7 +40,7 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use tokio::sync::watch;
 
-use super::keys::{Key, KeySet};
+use super::{Key, KeySet};
 use crate::error::ConfigError;
 
 /// Default interval between background refreshes.
@@ -95,8 +95,8 @@ struct Inner {
 }
 
 /// A key set fetched from a JWKS URL or an OIDC issuer, kept fresh in the
-/// background. Give it to [`JwtAuthBuilder::remote_keys`](super::JwtAuthBuilder::remote_keys)
-/// or a [`Provider`](super::Provider).
+/// background. Give it to [`JwtAuthBuilder::remote_keys`](crate::auth::JwtAuthBuilder::remote_keys)
+/// or a [`Provider`](crate::auth::Provider).
 ///
 /// Cloning shares the set and its refresher; the refresher stops when the
 /// last clone is dropped.

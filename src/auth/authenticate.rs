@@ -1,0 +1,217 @@
+//! The decision for one request: find the token, pick the issuer's keys,
+//! consult the cache, verify, authorise — and what the layer does with the
+//! outcome (pass, refuse, or wait for a key fetch).
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Request};
+use serde::de::DeserializeOwned;
+
+use super::cache::{Lookup, TokenCache};
+use super::claims::Claims;
+use super::claims_check;
+use super::keys::provider::{self, ProviderState, Wait};
+use super::layer::AuthMode;
+use super::token::Source;
+use super::verify::{self, Verified};
+use crate::clock::WallClock;
+use crate::error::{AuthError, AuthErrorKind};
+use crate::future::Verdict;
+use crate::identity::{Anonymous, Identity};
+use crate::observe;
+use crate::reject::{Refusal, Responder};
+
+pub(crate) type Exempt = Box<dyn Fn(&http::request::Parts) -> bool + Send + Sync>;
+
+pub(crate) type Authorize<T> = Box<dyn Fn(&T) -> bool + Send + Sync>;
+
+/// Everything a layer needs per request, built once and shared.
+pub(crate) struct AuthState<T> {
+    /// One per trusted issuer; key sets are read without locks.
+    pub(crate) providers: Vec<ProviderState>,
+    pub(crate) sources: Vec<Source>,
+    pub(crate) max_token_len: usize,
+    pub(crate) clock: Arc<dyn WallClock>,
+    pub(crate) authorize: Option<Authorize<T>>,
+    pub(crate) cache: Option<TokenCache<T>>,
+    pub(crate) trace_subject: bool,
+    /// Requests these select are let through as anonymous, unchecked.
+    pub(crate) exempt: Vec<Exempt>,
+}
+
+pub(crate) struct Authenticated<T> {
+    pub(crate) claims: Arc<T>,
+    pub(crate) identity: Identity,
+}
+
+/// What [`AuthState::authenticate`] found.
+pub(crate) enum Outcome<T> {
+    Authenticated(Authenticated<T>),
+    NoToken,
+    Failed(AuthError),
+    /// Unknown `kid` with remote keys: wait for this fetch, then try again.
+    Retry(Wait),
+}
+
+impl<T: DeserializeOwned> AuthState<T> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap, allow_refresh: bool) -> Outcome<T> {
+        let found = match super::token::extract(headers, &self.sources, self.max_token_len) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Outcome::NoToken,
+            Err(e) => return Outcome::Failed(e),
+        };
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        #[cfg(feature = "metrics")]
+        let _timer = crate::observe::OnDrop(move || crate::observe::verify_time(started.elapsed()));
+        let (index, provider) = match provider::select(&self.providers, &found.token) {
+            Ok(selected) => selected,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let rules = &provider.rules;
+        let now = self.clock.unix_now();
+        let keys = provider.keys.load();
+        // Cache entries are valid for one provider's one key generation.
+        let generation = keys.generation ^ ((index as u64) << 56);
+        let verify = || verify::verify::<T>(&found.token, &keys, rules, now).map(Arc::new);
+        let verified = match &self.cache {
+            None => verify(),
+            Some(cache) => match cache.get(&found.token, now, rules.leeway, generation) {
+                Lookup::Hit(verified) => {
+                    claims_check::check_not_before(verified.nbf, verified.iat, now, rules.leeway)
+                        .map(|()| verified)
+                }
+                Lookup::Expired => Err(AuthError::new(
+                    AuthErrorKind::Expired,
+                    "the token has expired",
+                )),
+                Lookup::Miss => verify().inspect(|verified| {
+                    cache.insert(
+                        &found.token,
+                        Arc::clone(verified),
+                        now,
+                        rules.leeway,
+                        generation,
+                    );
+                }),
+            },
+        };
+        let verified = match verified {
+            Ok(verified) => verified,
+            Err(e) if e.kind() == AuthErrorKind::UnknownKey && allow_refresh => {
+                return match provider.keys.refresh_for_unknown_kid() {
+                    Some(wait) => Outcome::Retry(wait),
+                    None => Outcome::Failed(e),
+                };
+            }
+            Err(e) => return Outcome::Failed(e),
+        };
+        let Verified {
+            claims,
+            subject,
+            issuer,
+            ..
+        } = &*verified;
+        if let Some(authorize) = &self.authorize
+            && !authorize(claims)
+        {
+            return Outcome::Failed(AuthError::new(
+                AuthErrorKind::Forbidden,
+                "the token does not grant access to this resource",
+            ));
+        }
+        Outcome::Authenticated(Authenticated {
+            claims: Arc::clone(claims),
+            identity: Identity::new(subject.clone(), issuer.clone(), found.source),
+        })
+    }
+}
+
+/// The per-request decision, shared by `call` and the retry after a key fetch.
+///
+/// In shadow mode a refusal is computed, counted and logged, and the request
+/// goes on as anonymous.
+pub(crate) fn step<T, R, B>(
+    state: &AuthState<T>,
+    mode: AuthMode,
+    shadow: bool,
+    responder: &R,
+    mut req: Request<B>,
+    allow_refresh: bool,
+) -> Verdict<Request<B>, (Wait, Request<B>)>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    R: Responder,
+{
+    if !state.exempt.is_empty() {
+        let (parts, body) = req.into_parts();
+        let exempt = state.exempt.iter().any(|exempt| exempt(&parts));
+        req = Request::from_parts(parts, body);
+        if exempt {
+            // Later layers see that the auth layer looked: anonymous.
+            req.extensions_mut().insert(Anonymous::new(None));
+            return Verdict::Pass(req);
+        }
+    }
+    let error = match state.authenticate(req.headers(), allow_refresh) {
+        Outcome::Authenticated(Authenticated { claims, identity }) => {
+            observe::auth_outcome("authenticated", "none", true);
+            if state.trace_subject {
+                tracing::trace!(
+                    outcome = "authenticated",
+                    subject = identity.subject(),
+                    "tollgate: auth"
+                );
+            } else {
+                tracing::trace!(outcome = "authenticated", "tollgate: auth");
+            }
+            let extensions = req.extensions_mut();
+            extensions.insert(Claims(claims));
+            extensions.insert(identity);
+            return Verdict::Pass(req);
+        }
+        Outcome::Retry(wait) => return Verdict::Wait((wait, req)),
+        Outcome::NoToken if mode == AuthMode::Required => {
+            AuthError::new(AuthErrorKind::Missing, "this resource needs a token")
+        }
+        Outcome::NoToken => {
+            observe::auth_outcome("anonymous", AuthErrorKind::Missing.reason(), true);
+            tracing::trace!(outcome = "anonymous", reason = "missing", "tollgate: auth");
+            req.extensions_mut().insert(Anonymous::new(None));
+            return Verdict::Pass(req);
+        }
+        Outcome::Failed(e) if mode == AuthMode::Lenient && e.kind() != AuthErrorKind::Forbidden => {
+            observe::auth_outcome("anonymous", e.kind().reason(), true);
+            tracing::debug!(
+                outcome = "anonymous",
+                reason = e.kind().reason(),
+                "tollgate: token ignored (lenient)"
+            );
+            req.extensions_mut().insert(Anonymous::new(Some(e.kind())));
+            return Verdict::Pass(req);
+        }
+        Outcome::Failed(e) => e,
+    };
+    let reason = error.kind().reason();
+    observe::auth_outcome("refused", reason, !shadow);
+    if shadow {
+        tracing::debug!(
+            outcome = "refused",
+            reason,
+            detail = error.detail(),
+            enforced = false,
+            "tollgate: would refuse (shadow mode)"
+        );
+        req.extensions_mut()
+            .insert(Anonymous::new(Some(error.kind())));
+        return Verdict::Pass(req);
+    }
+    tracing::debug!(
+        outcome = "refused",
+        reason,
+        detail = error.detail(),
+        "tollgate: request refused"
+    );
+    let (parts, _body) = req.into_parts();
+    Verdict::Refuse(responder.respond(&Refusal::auth(&error), &parts))
+}

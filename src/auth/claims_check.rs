@@ -1,0 +1,491 @@
+//! The registered claims of a verified token, read in one pass without
+//! copying the payload and without ever echoing token content into an error:
+//! `exp`, `nbf`, `iat` (NumericDate type and range), `iss`, `aud`, `sub`,
+//! required claims, duplicates, nesting depth.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::error::{AuthError, AuthErrorKind};
+
+/// Latest accepted NumericDate: 9999-12-31T23:59:59Z. Anything later is a
+/// forged "never expires" (`1e300`), not a date.
+const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
+
+/// Claim rules, built once per layer.
+#[derive(Debug, Clone)]
+pub(crate) struct Rules {
+    pub(crate) issuers: Vec<Arc<str>>,
+    pub(crate) audiences: Vec<Box<str>>,
+    pub(crate) leeway: u64,
+    pub(crate) require_exp: bool,
+    pub(crate) typ: Option<Box<str>>,
+    pub(crate) understood_crit: Vec<Box<str>>,
+    pub(crate) max_lifetime: Option<u64>,
+    pub(crate) required_claims: Vec<Box<str>>,
+}
+
+fn err(kind: AuthErrorKind, detail: &'static str) -> AuthError {
+    AuthError::new(kind, detail)
+}
+
+/// What the claims checks yield about a token.
+pub(crate) struct Checked {
+    pub(crate) subject: Option<Arc<str>>,
+    /// The configured issuer the token's `iss` matched.
+    pub(crate) issuer: Option<Arc<str>>,
+    pub(crate) exp: Option<u64>,
+    pub(crate) nbf: Option<u64>,
+    pub(crate) iat: Option<u64>,
+}
+
+/// Reads and checks the claims of a payload whose signature verified.
+pub(crate) fn check(payload: &[u8], rules: &Rules, now: u64) -> Result<Checked, AuthError> {
+    let registered = read_registered(payload, rules)?;
+    let issuer = check_claims(&registered, rules, now)?;
+    Ok(Checked {
+        subject: registered.sub,
+        issuer,
+        exp: registered.exp,
+        nbf: registered.nbf,
+        iat: registered.iat,
+    })
+}
+
+fn check_claims(r: &Registered, rules: &Rules, now: u64) -> Result<Option<Arc<str>>, AuthError> {
+    let claim = |detail| err(AuthErrorKind::InvalidClaim, detail);
+    match r.exp {
+        Some(exp) if now >= exp.saturating_add(rules.leeway) => {
+            return Err(err(AuthErrorKind::Expired, "the token has expired"));
+        }
+        None if rules.require_exp => return Err(claim("the token has no exp claim")),
+        _ => {}
+    }
+    check_not_before(r.nbf, r.iat, now, rules.leeway)?;
+    if let (Some(iat), Some(exp)) = (r.iat, r.exp)
+        && iat > exp
+    {
+        return Err(claim("the token was issued after it expires (iat > exp)"));
+    }
+    if let Some(max) = rules.max_lifetime {
+        match (r.iat, r.exp) {
+            (Some(iat), Some(exp)) if exp.saturating_sub(iat) <= max => {}
+            (Some(_), Some(_)) => {
+                return Err(claim("the token's lifetime (exp - iat) is too long"));
+            }
+            _ => {
+                return Err(claim(
+                    "a maximum lifetime is set: the token needs iat and exp",
+                ));
+            }
+        }
+    }
+    let issuer = if rules.issuers.is_empty() {
+        None
+    } else {
+        match r.iss {
+            Some(i) => Some(rules.issuers[i].clone()),
+            None => return Err(claim("the token's iss is missing or not trusted")),
+        }
+    };
+    if r.aud_present {
+        if !r.aud_matched {
+            return Err(claim("the token's aud does not name this service"));
+        }
+    } else if !rules.audiences.is_empty() {
+        return Err(claim("the token has no aud claim"));
+    }
+    if r.required_seen.count_ones() as usize != rules.required_claims.len().min(64) {
+        return Err(claim("a required claim is missing"));
+    }
+    Ok(issuer)
+}
+
+/// `nbf` and `iat` against `now`: a token is not accepted before its `nbf`,
+/// nor before the time it says it was issued (a future `iat` comes from a
+/// misbehaving issuer or a forged clock). Both allow `leeway`. Also run on
+/// every verified-token cache hit: a wall clock stepped backwards must not
+/// serve a token that is not valid yet.
+pub(crate) fn check_not_before(
+    nbf: Option<u64>,
+    iat: Option<u64>,
+    now: u64,
+    leeway: u64,
+) -> Result<(), AuthError> {
+    let later = now.saturating_add(leeway);
+    if nbf.is_some_and(|nbf| later < nbf) {
+        return Err(err(
+            AuthErrorKind::NotYetValid,
+            "the token is not valid yet (nbf)",
+        ));
+    }
+    if iat.is_some_and(|iat| later < iat) {
+        return Err(err(
+            AuthErrorKind::NotYetValid,
+            "the token was issued in the future (iat)",
+        ));
+    }
+    Ok(())
+}
+
+/// The registered claims, read in one pass without copying the payload.
+#[derive(Default)]
+struct Registered {
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iat: Option<u64>,
+    /// Index of the matching configured issuer.
+    iss: Option<usize>,
+    aud_present: bool,
+    aud_matched: bool,
+    sub: Option<Arc<str>>,
+    /// Bit i set: required claim i is present.
+    required_seen: u64,
+}
+
+fn read_registered(payload: &[u8], rules: &Rules) -> Result<Registered, AuthError> {
+    let current = Cell::new("");
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let result = ClaimsSeed {
+        rules,
+        current: &current,
+    }
+    .deserialize(&mut de)
+    .and_then(|r| de.end().map(|()| r));
+    result.map_err(|e| {
+        if e.is_data() {
+            let detail = match current.get() {
+                "exp" => "the exp claim is not a valid NumericDate",
+                "nbf" => "the nbf claim is not a valid NumericDate",
+                "iat" => "the iat claim is not a valid NumericDate",
+                "iss" => "the iss claim is not a string",
+                "aud" => "the aud claim is not a string or an array of strings",
+                "sub" => "the sub claim is not a string",
+                "duplicate" => "a registered claim appears twice",
+                "depth" => "a claim nests deeper than 64 levels",
+                _ => "the claims are not a JSON object",
+            };
+            err(AuthErrorKind::InvalidClaim, detail)
+        } else {
+            err(AuthErrorKind::Malformed, "the payload is not valid JSON")
+        }
+    })
+}
+
+struct ClaimsSeed<'r> {
+    rules: &'r Rules,
+    current: &'r Cell<&'static str>,
+}
+
+impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_> {
+    type Value = Registered;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Registered, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ClaimsSeed<'_> {
+    type Value = Registered;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object of claims")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Registered, A::Error> {
+        let mut r = Registered::default();
+        let mut iss_seen = false;
+        let mut sub_seen = false;
+        while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+            if let Some(i) = self.rules.required_claims.iter().position(|c| **c == *name)
+                && i < 64
+            {
+                r.required_seen |= 1 << i;
+            }
+            let duplicate = |seen: bool| {
+                if seen {
+                    self.current.set("duplicate");
+                    Err(de::Error::custom("duplicate claim"))
+                } else {
+                    Ok(())
+                }
+            };
+            match &*name {
+                "exp" => {
+                    duplicate(r.exp.is_some())?;
+                    self.current.set("exp");
+                    r.exp = Some(map.next_value::<NumericDate>()?.0);
+                }
+                "nbf" => {
+                    duplicate(r.nbf.is_some())?;
+                    self.current.set("nbf");
+                    r.nbf = Some(map.next_value::<NumericDate>()?.0);
+                }
+                "iat" => {
+                    duplicate(r.iat.is_some())?;
+                    self.current.set("iat");
+                    r.iat = Some(map.next_value::<NumericDate>()?.0);
+                }
+                "iss" => {
+                    duplicate(iss_seen)?;
+                    iss_seen = true;
+                    self.current.set("iss");
+                    let Name(iss) = map.next_value::<Name<'de>>()?;
+                    r.iss = self.rules.issuers.iter().position(|i| **i == *iss);
+                }
+                "sub" => {
+                    duplicate(sub_seen)?;
+                    sub_seen = true;
+                    self.current.set("sub");
+                    let Name(sub) = map.next_value::<Name<'de>>()?;
+                    r.sub = Some(Arc::from(&*sub));
+                }
+                "aud" => {
+                    duplicate(r.aud_present)?;
+                    r.aud_present = true;
+                    self.current.set("aud");
+                    r.aud_matched = map.next_value_seed(AudSeed(&self.rules.audiences))?;
+                }
+                _ => {
+                    self.current.set("depth");
+                    map.next_value_seed(Shallow(MAX_CLAIM_DEPTH))?;
+                }
+            }
+            self.current.set("");
+        }
+        Ok(r)
+    }
+}
+
+/// How deep a claim's value may nest. Real claims nest a few levels; a
+/// signed token nesting thousands deep would otherwise reach the claims
+/// type, whose own limits depend on how it is written.
+const MAX_CLAIM_DEPTH: u32 = 64;
+
+/// Skips a value, refusing one that nests deeper than its depth allows.
+struct Shallow(u32);
+
+impl<'de> DeserializeSeed<'de> for Shallow {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Shallow {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self
+            .0
+            .checked_sub(1)
+            .ok_or_else(|| de::Error::custom("too deep"))?;
+        while seq.next_element_seed(Shallow(inner))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self
+            .0
+            .checked_sub(1)
+            .ok_or_else(|| de::Error::custom("too deep"))?;
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Shallow(inner))?;
+        }
+        Ok(())
+    }
+}
+
+/// A JSON string, borrowed when it has no escapes.
+struct Name<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// RFC 7519 NumericDate: seconds since the epoch, possibly fractional.
+struct NumericDate(u64);
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = NumericDate;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a NumericDate")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<NumericDate, E> {
+                if v <= MAX_NUMERIC_DATE {
+                    Ok(NumericDate(v))
+                } else {
+                    Err(E::custom("date out of range"))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<NumericDate, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("negative date"))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<NumericDate, E> {
+                if v.is_finite() && (0.0..=MAX_NUMERIC_DATE as f64).contains(&v) {
+                    Ok(NumericDate(v.floor() as u64))
+                } else {
+                    Err(E::custom("date out of range"))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads `aud` (a string or an array of strings) and says whether any entry
+/// names a configured audience.
+struct AudSeed<'r>(&'r [Box<str>]);
+
+impl<'de> DeserializeSeed<'de> for AudSeed<'_> {
+    type Value = bool;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AudSeed<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or an array of strings")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(self.0.iter().any(|a| **a == *v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let mut matched = false;
+        while let Some(Name(aud)) = seq.next_element::<Name<'de>>()? {
+            matched |= self.0.iter().any(|a| **a == *aud);
+        }
+        Ok(matched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            issuers: vec![Arc::from("https://issuer")],
+            audiences: vec!["api".into()],
+            leeway: 60,
+            require_exp: true,
+            typ: None,
+            understood_crit: vec![],
+            max_lifetime: None,
+            required_claims: vec!["roles".into()],
+        }
+    }
+
+    fn read(json: &str) -> Result<Registered, AuthError> {
+        read_registered(json.as_bytes(), &rules())
+    }
+
+    #[test]
+    fn reads_registered_claims() {
+        let r = read(r#"{"exp":10,"nbf":5.9,"iat":1,"iss":"https://issuer","aud":["x","api"],"sub":"u1","roles":[],"z":{"a":[1,2]}}"#).unwrap();
+        assert_eq!(
+            (r.exp, r.nbf, r.iat, r.iss),
+            (Some(10), Some(5), Some(1), Some(0))
+        );
+        assert!(r.aud_present && r.aud_matched);
+        assert_eq!(r.sub.as_deref(), Some("u1"));
+        assert_eq!(r.required_seen, 1);
+    }
+
+    #[test]
+    fn wrong_types_are_invalid_claims_without_echo() {
+        for (json, needle) in [
+            (r#"{"exp":"99999999999"}"#, "exp"),
+            (r#"{"exp":1e300}"#, "exp"),
+            (r#"{"exp":-1}"#, "exp"),
+            (r#"{"exp":null}"#, "exp"),
+            (r#"{"iss":7}"#, "iss"),
+            (r#"{"aud":[1]}"#, "aud"),
+            (r#"{"sub":{"x":"secretvalue"}}"#, "sub"),
+            (r#"{"exp":1,"exp":2}"#, "twice"),
+            (r#"[1,2]"#, "object"),
+            (r#""str""#, "object"),
+        ] {
+            let e = read(json)
+                .err()
+                .unwrap_or_else(|| panic!("{json} accepted"));
+            assert_eq!(e.kind(), AuthErrorKind::InvalidClaim, "{json}");
+            assert!(e.detail().contains(needle), "{json}: {e}");
+            assert!(!e.detail().contains("secretvalue"));
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed() {
+        assert_eq!(read("{").err().unwrap().kind(), AuthErrorKind::Malformed);
+        assert_eq!(read("{} x").err().unwrap().kind(), AuthErrorKind::Malformed);
+    }
+
+    #[test]
+    fn deep_nesting_does_not_overflow() {
+        // Unknown claims are skipped to a bounded depth, whatever the
+        // claims type would do with them.
+        let json = format!(r#"{{"x":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
+        let e = read(&json).err().map(|e| (e.kind(), e.detail().to_owned()));
+        assert_eq!(
+            e,
+            Some((
+                AuthErrorKind::InvalidClaim,
+                "a claim nests deeper than 64 levels".to_owned()
+            ))
+        );
+        let json = format!(r#"{{"x":{}1{}}}"#, "[{\"a\":".repeat(31), "}]".repeat(31));
+        assert!(read(&json).is_ok(), "62 levels are fine");
+        let json = format!(r#"{{"aud":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
+        assert_eq!(
+            read(&json).err().map(|e| e.kind()),
+            Some(AuthErrorKind::InvalidClaim)
+        );
+    }
+}

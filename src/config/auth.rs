@@ -1,0 +1,277 @@
+//! The `[auth]` table.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::invalid;
+use crate::auth::{AuthMode, JwtAuthBuilder, JwtAuthLayer, Key};
+use crate::error::ConfigError;
+
+/// `required` (default), `optional` or `lenient`: see [`AuthMode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeConfig {
+    /// [`AuthMode::Required`].
+    Required,
+    /// [`AuthMode::Optional`].
+    Optional,
+    /// [`AuthMode::Lenient`].
+    Lenient,
+}
+
+impl From<ModeConfig> for AuthMode {
+    fn from(mode: ModeConfig) -> Self {
+        match mode {
+            ModeConfig::Required => Self::Required,
+            ModeConfig::Optional => Self::Optional,
+            ModeConfig::Lenient => Self::Lenient,
+        }
+    }
+}
+
+/// Where a token is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// The cookie named by `cookie`.
+    Cookie,
+    /// `Authorization: Bearer`.
+    Bearer,
+}
+
+/// A verification key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeyConfig {
+    /// An HMAC secret, from an environment variable (preferred) or inline.
+    Hmac {
+        /// Environment variable holding the secret.
+        secret_env: Option<String>,
+        /// The secret itself (keep files with secrets out of version control).
+        secret: Option<String>,
+        /// Key id.
+        kid: Option<String>,
+    },
+    /// An RSA public key in a PEM file.
+    RsaPem {
+        /// Path of the PEM file.
+        path: String,
+        /// Key id.
+        kid: Option<String>,
+    },
+    /// An EC (P-256, P-384) public key in a PEM file.
+    EcPem {
+        /// Path of the PEM file.
+        path: String,
+        /// Key id.
+        kid: Option<String>,
+    },
+    /// An Ed25519 public key in a PEM file.
+    EdPem {
+        /// Path of the PEM file.
+        path: String,
+        /// Key id.
+        kid: Option<String>,
+    },
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Name of the session cookie.
+    pub cookie: Option<String>,
+    /// Token sources in order (default: the cookie if named, then bearer).
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// `required` (default), `optional` or `lenient`.
+    pub mode: Option<ModeConfig>,
+    /// Trusted issuers (`iss`, exact).
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Accepted audiences (`aud`).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Clock-skew allowance in seconds (default 60).
+    pub leeway_secs: Option<u64>,
+    /// Whether `exp` is required (default true).
+    pub require_exp: Option<bool>,
+    /// Required header `typ`.
+    pub typ: Option<String>,
+    /// Maximum `exp - iat` in seconds.
+    pub max_lifetime_secs: Option<u64>,
+    /// Claims that must be present.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Token length cap in bytes (default 8192).
+    pub max_token_len: Option<usize>,
+    /// Verified-token cache entries (default 0: off).
+    pub cache: Option<usize>,
+    /// Verified-token cache TTL in seconds (default 300).
+    pub cache_ttl_secs: Option<u64>,
+    /// Shadow mode: decide and count, never refuse.
+    #[serde(default)]
+    pub shadow: bool,
+    /// Static keys.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// A JWKS URL (feature `jwks`).
+    pub jwks_url: Option<String>,
+    /// An OIDC issuer whose discovery document names the JWKS (feature `jwks`).
+    pub oidc_issuer: Option<String>,
+    /// Accept symmetric (`oct`) keys from the remote set (default false: a
+    /// published HMAC secret lets anyone mint tokens).
+    #[serde(default)]
+    pub jwks_allow_symmetric_keys: bool,
+}
+
+fn read_pem(path: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| invalid("auth.keys", format!("cannot read {path}: {e}")))
+}
+
+impl KeyConfig {
+    fn key(&self) -> Result<Key, ConfigError> {
+        let (key, kid) = match self {
+            Self::Hmac {
+                secret_env,
+                secret,
+                kid,
+            } => {
+                let secret = match (secret_env, secret) {
+                    (Some(var), None) => std::env::var(var).map_err(|_| {
+                        invalid(
+                            "auth.keys",
+                            format!("environment variable {var} is not set"),
+                        )
+                    })?,
+                    (None, Some(secret)) => secret.clone(),
+                    _ => {
+                        return Err(invalid(
+                            "auth.keys",
+                            "an hmac key needs exactly one of secret_env, secret",
+                        ));
+                    }
+                };
+                (Key::hmac(secret)?, kid)
+            }
+            Self::RsaPem { path, kid } => (Key::rsa_pem(read_pem(path)?)?, kid),
+            Self::EcPem { path, kid } => (Key::ec_pem(read_pem(path)?)?, kid),
+            Self::EdPem { path, kid } => (Key::ed_pem(read_pem(path)?)?, kid),
+        };
+        Ok(match kid {
+            Some(kid) => key.kid(kid.as_str()),
+            None => key,
+        })
+    }
+}
+
+impl AuthConfig {
+    /// A builder with everything the file says; add hooks, then `build()`.
+    /// Async because remote keys are fetched once here.
+    ///
+    /// # Errors
+    /// Invalid values, with the field named; unreadable key files; remote
+    /// keys without the `jwks` feature or unreachable.
+    pub async fn builder<T>(&self) -> Result<JwtAuthBuilder<T>, ConfigError> {
+        let mut b = JwtAuthLayer::<T>::builder();
+        let sources = if self.sources.is_empty() {
+            let mut s = Vec::new();
+            if self.cookie.is_some() {
+                s.push(SourceConfig::Cookie);
+            }
+            s.push(SourceConfig::Bearer);
+            s
+        } else {
+            self.sources.clone()
+        };
+        for source in sources {
+            b = match source {
+                SourceConfig::Cookie => {
+                    let name = self.cookie.as_ref().ok_or_else(|| {
+                        invalid(
+                            "auth.sources",
+                            "\"cookie\" is listed but auth.cookie names no cookie",
+                        )
+                    })?;
+                    b.cookie(name.as_str())
+                }
+                SourceConfig::Bearer => b.bearer(),
+            };
+        }
+        if let Some(mode) = self.mode {
+            b = b.mode(mode.into());
+        }
+        for issuer in &self.issuers {
+            b = b.issuer(issuer.as_str());
+        }
+        for audience in &self.audiences {
+            b = b.audience(audience.as_str());
+        }
+        if let Some(secs) = self.leeway_secs {
+            b = b.leeway(Duration::from_secs(secs));
+        }
+        if let Some(require) = self.require_exp {
+            b = b.require_exp(require);
+        }
+        if let Some(typ) = &self.typ {
+            b = b.typ(typ.as_str());
+        }
+        if let Some(secs) = self.max_lifetime_secs {
+            b = b.max_lifetime(Duration::from_secs(secs));
+        }
+        for claim in &self.required_claims {
+            b = b.require_claim(claim.as_str());
+        }
+        if let Some(len) = self.max_token_len {
+            b = b.max_token_len(len);
+        }
+        if let Some(entries) = self.cache {
+            b = b.cache(entries);
+        }
+        if let Some(secs) = self.cache_ttl_secs {
+            b = b.cache_ttl(Duration::from_secs(secs));
+        }
+        b = b.shadow(self.shadow);
+        for key in &self.keys {
+            b = b.key(key.key()?);
+        }
+        match (&self.jwks_url, &self.oidc_issuer) {
+            (None, None) => {}
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "auth.jwks_url",
+                    "give jwks_url or oidc_issuer, not both",
+                ));
+            }
+            #[cfg(feature = "jwks")]
+            (Some(url), None) => {
+                let keys = crate::auth::RemoteKeys::jwks(url.as_str())
+                    .allow_symmetric_keys(self.jwks_allow_symmetric_keys);
+                b = b.remote_keys(keys.start().await?);
+            }
+            #[cfg(feature = "jwks")]
+            (None, Some(issuer)) => {
+                let keys = crate::auth::RemoteKeys::oidc_issuer(issuer.as_str())
+                    .allow_symmetric_keys(self.jwks_allow_symmetric_keys);
+                b = b.remote_keys(keys.start().await?);
+            }
+            #[cfg(not(feature = "jwks"))]
+            _ => {
+                return Err(invalid(
+                    "auth.jwks_url",
+                    "remote keys need tollgate's `jwks` feature",
+                ));
+            }
+        }
+        Ok(b)
+    }
+
+    /// Builds the layer.
+    ///
+    /// # Errors
+    /// As [`builder`](Self::builder) and [`JwtAuthBuilder::build`].
+    pub async fn layer<T>(&self) -> Result<JwtAuthLayer<T>, ConfigError> {
+        self.builder::<T>().await?.build()
+    }
+}

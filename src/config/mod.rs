@@ -1,0 +1,88 @@
+//! Configuration for the whole stack from a TOML file (feature `config`).
+//!
+//! ```toml
+//! [auth]
+//! cookie = "da3"                      # the session cookie
+//! sources = ["cookie", "bearer"]      # tried in this order
+//! mode = "lenient"                    # required | optional | lenient
+//! issuers = ["https://auth.example.com"]
+//! audiences = ["api"]
+//! leeway_secs = 60
+//! cache = 10000                       # verified-token cache entries (0: off)
+//! # keys: inline (secrets from the environment), PEM files, or remote
+//! keys = [{ type = "hmac", secret_env = "JWT_SECRET", kid = "k1" }]
+//! # jwks_url = "https://auth.example.com/.well-known/jwks.json"
+//! # oidc_issuer = "https://auth.example.com"
+//!
+//! [rate_limit]
+//! key = "subject_or_client_ip"        # global | peer_ip | client_ip | subject_or_client_ip | header
+//! trusted_proxies = ["10.0.0.0/8"]
+//! headers = "ietf"                    # ietf | legacy | both | off
+//! default = { name = "anonymous", per_minute = 60, burst = 20 }
+//! authenticated = { name = "registered", per_minute = 600, burst = 100 }
+//! # redis = { url = "redis://127.0.0.1:6379", prefix = "myapi", timeout_ms = 50 }
+//! ```
+//!
+//! Claim-based tiers, exemptions and authorisation hooks are code: the
+//! builders returned here take them.
+//!
+//! Every field with a fixed set of values is a serde enum: a typo is refused
+//! at parse time with the line, the column and the accepted values.
+
+mod auth;
+mod rate_limit;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ConfigError;
+
+pub use auth::{AuthConfig, KeyConfig, ModeConfig, SourceConfig};
+pub use rate_limit::{
+    ForwardedHeaderConfig, HeaderStyleConfig, KeyByConfig, MissingKeyConfig, OnStoreErrorConfig,
+    QuotaConfig, RateLimitConfig, RedisConfig,
+};
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TollgateConfig {
+    /// The `[auth]` table.
+    pub auth: Option<AuthConfig>,
+    /// The `[rate_limit]` table.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+pub(crate) fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::new(setting, reason.into())
+}
+
+impl TollgateConfig {
+    /// Parses TOML.
+    ///
+    /// # Errors
+    /// Syntax errors and unknown or mistyped fields, with the field and line.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| invalid("config", e.to_string().trim().to_owned()))
+    }
+
+    /// Reads and parses a TOML file.
+    ///
+    /// # Errors
+    /// As [`from_toml`](Self::from_toml), or the file cannot be read.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid("config", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+}
+
+/// Deserializes `T` from TOML, for applications that embed tollgate's
+/// tables in their own configuration file.
+///
+/// # Errors
+/// As [`TollgateConfig::from_toml`].
+pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| invalid("config", e.to_string().trim().to_owned()))
+}

@@ -1,0 +1,215 @@
+//! The decision for one request: classify (exemptions, tiers, the policy) →
+//! key → store → verdict (pass with headers to stamp, or a refusal) — and the
+//! state every clone of a layer shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+
+use super::builder::{MissingKey, OnStoreError};
+use super::headers::{self, HeaderStyle, ceil_secs};
+use super::key::{KeyBy, RateKey};
+use super::quota::Policy;
+use super::store::{Decision, RateLimitStore, StoreError};
+use crate::future::Verdict;
+use crate::identity::{Anonymous, Identity};
+use crate::observe;
+use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
+
+pub(crate) type Predicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
+
+pub(crate) struct Shared<St> {
+    pub(crate) store: St,
+    pub(crate) key: KeyBy,
+    pub(crate) policies: Vec<Policy>,
+    pub(crate) policy_values: Vec<HeaderValue>,
+    pub(crate) tiers: Vec<(usize, Predicate)>,
+    pub(crate) authenticated: Option<usize>,
+    pub(crate) exempt: Vec<Predicate>,
+    /// The key or a policy reads the auth layer's [`Identity`].
+    pub(crate) needs_auth: bool,
+    pub(crate) style: HeaderStyle,
+    pub(crate) missing_key: MissingKey,
+    pub(crate) on_store_error: OnStoreError,
+    pub(crate) store_failures: AtomicU64,
+    pub(crate) shadow: bool,
+    pub(crate) decisions: AtomicU64,
+    /// Seconds (since `created`) of the last store warning logged.
+    pub(crate) last_warning: AtomicU64,
+    pub(crate) created: Instant,
+    /// Each misconfiguration seen at run time is logged once per layer.
+    pub(crate) warned_no_peer: AtomicBool,
+    pub(crate) warned_no_auth: AtomicBool,
+}
+
+/// Where a peer address can come from in this build.
+pub(crate) const PEER_SOURCES: &[&str] = &[
+    #[cfg(feature = "axum-connect-info")]
+    "axum-connect-info",
+    #[cfg(feature = "tonic")]
+    "tonic",
+];
+
+/// Logs `message` at `warn` the first time `flag` is raised.
+fn warn_once(flag: &AtomicBool, policy: &str, message: &str) {
+    if !flag.swap(true, Ordering::Relaxed) {
+        tracing::warn!(policy, "tollgate: {message}");
+    }
+}
+
+/// At most one store-failure warning per this many seconds.
+const WARN_EVERY_SECS: u64 = 10;
+
+impl<St> Shared<St> {
+    /// Counts a store failure; logs a warning at most every 10 s.
+    pub(crate) fn store_failed(&self, error: &super::store::StoreError) {
+        let failures = self.store_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.created.elapsed().as_secs() + WARN_EVERY_SECS;
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if now >= last + WARN_EVERY_SECS
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(%error, failures, on_error = ?self.on_store_error, "tollgate: rate-limit store failed");
+        }
+    }
+
+    /// The policy and key of a request; `None`: not limited.
+    pub(crate) fn classify(&self, parts: &Parts) -> Option<(usize, RateKey)> {
+        if self.exempt.iter().any(|exempt| exempt(parts)) {
+            return None;
+        }
+        let identified = parts.extensions.get::<Identity>().is_some();
+        if self.needs_auth && !identified && parts.extensions.get::<Anonymous>().is_none() {
+            warn_once(
+                &self.warned_no_auth,
+                &self.policies[0].name,
+                "this rate limit keys on or tiers by the verified identity, but no JwtAuthLayer \
+                 looked at the request: every caller is counted as anonymous. Put JwtAuthLayer \
+                 outside this layer (ServiceBuilder: add it first; axum Router::layer: add it last)",
+            );
+        }
+        let policy = self
+            .tiers
+            .iter()
+            .find(|(_, applies)| applies(parts))
+            .map(|(i, _)| *i)
+            .or_else(|| self.authenticated.filter(|_| identified))
+            .unwrap_or(0);
+        let key = match self.key.key(parts) {
+            Some(key) => key,
+            None => {
+                if self.key.needs_peer_addr() {
+                    warn_once(
+                        &self.warned_no_peer,
+                        &self.policies[policy].name,
+                        "a request carried no peer address, so this IP-keyed rate limit counts \
+                         every such request in ONE shared bucket. Serve axum with \
+                         `into_make_service_with_connect_info::<SocketAddr>()` (feature \
+                         `axum-connect-info`), use tonic's Server (feature `tonic`), or insert \
+                         `tollgate::rate_limit::PeerAddr` into the request extensions",
+                    );
+                }
+                match self.missing_key {
+                    MissingKey::SharedBucket => RateKey::unkeyed(),
+                    MissingKey::Allow => return None,
+                }
+            }
+        };
+        Some((policy, key))
+    }
+}
+
+/// What a passing request needs afterwards: the policy and decision whose
+/// headers go on the response.
+pub(crate) type Stamp = Option<(usize, Decision)>;
+
+impl<St: RateLimitStore> Shared<St> {
+    pub(crate) fn verdict(
+        &self,
+        policy: usize,
+        result: Result<Decision, StoreError>,
+        parts: &Parts,
+        responder: &impl Responder,
+    ) -> Verdict<Stamp> {
+        let name = &self.policies[policy].name;
+        if self
+            .decisions
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(1024)
+        {
+            #[cfg(feature = "metrics")]
+            observe::rate_keys(&self.policies[0].name, self.store.key_count());
+        }
+        let refusal = match result {
+            Ok(decision) if decision.allowed => {
+                observe::rate_decision(name, "allowed", true);
+                tracing::trace!(policy = %name, outcome = "allowed", remaining = decision.remaining, "tollgate: rate limit");
+                return Verdict::Pass(Some((policy, decision)));
+            }
+            Ok(decision) => {
+                observe::rate_decision(name, "limited", !self.shadow);
+                if self.shadow {
+                    tracing::debug!(policy = %name, outcome = "limited", enforced = false, "tollgate: would limit (shadow mode)");
+                    return Verdict::Pass(None);
+                }
+                tracing::debug!(policy = %name, outcome = "limited", "tollgate: rate limited");
+                let mut headers = HeaderMap::new();
+                let retry = decision.retry_after.map_or(1, |r| ceil_secs(r).max(1));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
+                self.stamp(policy, &decision, &mut headers);
+                let refusal = Refusal::new(
+                    RefusalKind::RateLimited,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    GrpcCode::ResourceExhausted,
+                    "rate_limited",
+                    "too many requests for this quota; retry later",
+                )
+                .with_policy(name)
+                .with_headers(headers);
+                return Verdict::Refuse(responder.respond(&refusal, parts));
+            }
+            Err(error) => {
+                self.store_failed(&error);
+                match self.on_store_error {
+                    OnStoreError::FailOpen => {
+                        observe::rate_decision(name, "failed_open", true);
+                        return Verdict::Pass(None);
+                    }
+                    OnStoreError::FailClosed => StatusCode::SERVICE_UNAVAILABLE,
+                    OnStoreError::FailClosedWith(status) => status,
+                }
+            }
+        };
+        observe::rate_decision(name, "failed_closed", !self.shadow);
+        if self.shadow {
+            return Verdict::Pass(None);
+        }
+        let refusal = Refusal::new(
+            RefusalKind::LimiterUnavailable,
+            refusal,
+            GrpcCode::Unavailable,
+            "rate_limit_unavailable",
+            "the rate limiter is unavailable",
+        )
+        .with_policy(name);
+        Verdict::Refuse(responder.respond(&refusal, parts))
+    }
+}
+
+impl<St> Shared<St> {
+    pub(crate) fn stamp(&self, policy: usize, decision: &Decision, headers: &mut HeaderMap) {
+        headers::apply(
+            headers,
+            self.style,
+            &self.policies[policy],
+            &self.policy_values[policy],
+            decision,
+        );
+    }
+}
