@@ -11,7 +11,6 @@ use super::cache::{Lookup, TokenCache};
 use super::claims::Claims;
 use super::claims_check;
 use super::keys::provider::{self, ProviderState, Wait};
-use super::layer::AuthMode;
 use super::token::Source;
 use super::verify::{self, Verified};
 use crate::clock::WallClock;
@@ -20,6 +19,21 @@ use crate::future::Verdict;
 use crate::identity::{Anonymous, Identity};
 use crate::observe;
 use crate::reject::{Refusal, Responder};
+
+/// What the layer does with requests that carry no valid token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AuthMode {
+    /// Missing or invalid token: refused (401).
+    #[default]
+    Required,
+    /// Missing token: passed on as [`Anonymous`](super::Anonymous); invalid
+    /// token: refused (401).
+    Optional,
+    /// Missing or invalid token: passed on as [`Anonymous`](super::Anonymous).
+    /// An expired session cookie still gets the anonymous experience.
+    Lenient,
+}
 
 pub(crate) type Exempt = Box<dyn Fn(&http::request::Parts) -> bool + Send + Sync>;
 

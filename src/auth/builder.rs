@@ -5,18 +5,32 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::authenticate::{AuthState, Authorize, Exempt};
+use super::authenticate::{AuthMode, AuthState, Authorize, Exempt};
 use super::cache::TokenCache;
 use super::claims_check::Rules;
 use super::keys::Key;
 use super::keys::provider::{Provider, ProviderKeys, ProviderState};
-use super::layer::{
-    AuthMode, DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthLayer,
-};
+use super::layer::JwtAuthLayer;
 use super::token::{CookieName, Source};
 use crate::clock::{SystemClock, WallClock};
 use crate::error::ConfigError;
 use crate::reject::DefaultResponder;
+
+/// Default cap on a token's length, checked before any decoding.
+pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Default longest time a verified token stays cached.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// Default clock-skew allowance for `exp` and `nbf`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+
+impl<T> JwtAuthLayer<T> {
+    /// Starts configuring a layer whose claims deserialize into `T`.
+    pub fn builder() -> JwtAuthBuilder<T> {
+        JwtAuthBuilder::new()
+    }
+}
 
 /// Configures a [`JwtAuthLayer`]. Every setter takes and returns `self`;
 /// [`build`](Self::build) checks the whole and says what to fix.

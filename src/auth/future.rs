@@ -9,9 +9,9 @@ use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 use tower_service::Service;
 
+use super::authenticate::AuthMode;
 use super::authenticate::{AuthState, step};
 use super::keys::provider::Wait;
-use super::layer::AuthMode;
 use crate::body::ResponseBody;
 use crate::future::Respond;
 use crate::future::Verdict;

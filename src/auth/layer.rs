@@ -2,42 +2,16 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::authenticate::AuthState;
-use super::builder::JwtAuthBuilder;
+use super::authenticate::{AuthMode, AuthState};
 use super::cache::TokenCache;
 use super::keys::provider::KeySource;
 use super::keys::{Key, KeySet};
 use super::service::JwtAuth;
 use crate::error::ConfigError;
 use crate::reject::DefaultResponder;
-
-/// Default cap on a token's length, checked before any decoding.
-pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
-
-/// Default longest time a verified token stays cached.
-pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
-
-/// Default clock-skew allowance for `exp` and `nbf`.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
-
-/// What the layer does with requests that carry no valid token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum AuthMode {
-    /// Missing or invalid token: refused (401).
-    #[default]
-    Required,
-    /// Missing token: passed on as [`Anonymous`](super::Anonymous); invalid
-    /// token: refused (401).
-    Optional,
-    /// Missing or invalid token: passed on as [`Anonymous`](super::Anonymous).
-    /// An expired session cookie still gets the anonymous experience.
-    Lenient,
-}
 
 /// Verifies a JWT from a cookie or `Authorization: Bearer` and puts
 /// [`Claims<T>`](super::Claims) and [`Identity`](crate::Identity) into the request extensions.
@@ -72,13 +46,6 @@ impl<T, R: fmt::Debug> fmt::Debug for JwtAuthLayer<T, R> {
             .field("providers", &self.state.providers)
             .field("responder", &self.responder)
             .finish_non_exhaustive()
-    }
-}
-
-impl<T> JwtAuthLayer<T> {
-    /// Starts configuring a layer whose claims deserialize into `T`.
-    pub fn builder() -> JwtAuthBuilder<T> {
-        JwtAuthBuilder::new()
     }
 }
 

@@ -94,7 +94,8 @@ mod verify;
 
 #[cfg(feature = "axum")]
 pub use self::axum::{AuthRejection, AuthRejectionKind};
-pub use builder::JwtAuthBuilder;
+pub use authenticate::AuthMode;
+pub use builder::{DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder};
 pub use claims::Claims;
 pub use future::ResponseFuture;
 #[cfg(feature = "jwks")]
@@ -104,7 +105,7 @@ pub use keys::jwks::{
 };
 pub use keys::provider::Provider;
 pub use keys::{Key, MIN_HMAC_SECRET_LEN};
-pub use layer::{AuthMode, DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthLayer};
+pub use layer::JwtAuthLayer;
 pub use service::JwtAuth;
 
 pub use crate::error::{AuthError, AuthErrorKind};

@@ -6,9 +6,9 @@ use http::{Request, Response};
 use serde::de::DeserializeOwned;
 use tower_service::Service;
 
+use super::authenticate::AuthMode;
 use super::authenticate::{AuthState, step};
 use super::future::ResponseFuture;
-use super::layer::AuthMode;
 use crate::body::ResponseBody;
 use crate::future::Verdict;
 use crate::macros::inner_accessors;

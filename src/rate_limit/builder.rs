@@ -12,36 +12,17 @@ use super::client_ip::TrustedProxies;
 use super::headers::{self, HeaderStyle};
 use super::key::KeyBy;
 use super::layer::RateLimitLayer;
-use super::limiter::{PEER_SOURCES, Predicate, Shared};
+use super::limiter::{MissingKey, OnStoreError, PEER_SOURCES, Predicate, Shared};
 use super::quota::{Policy, Quota};
 use super::store::{LocalStore, RateLimitStore};
 use crate::error::ConfigError;
 use crate::reject::DefaultResponder;
 
-/// What to do with a request whose key cannot be found (e.g. no peer
-/// address was recorded, or the keying header is absent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum MissingKey {
-    /// Count all such requests in one shared bucket of the policy (default):
-    /// still limited, never a 500.
-    #[default]
-    SharedBucket,
-    /// Let them through unlimited, without rate-limit headers.
-    Allow,
-}
-
-/// What to do when the store cannot decide (a remote store is slow or down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum OnStoreError {
-    /// Let the request through, without rate-limit headers (default).
-    #[default]
-    FailOpen,
-    /// Refuse it with 503 (gRPC 14, UNAVAILABLE).
-    FailClosed,
-    /// Refuse it with this status (gRPC 14, UNAVAILABLE).
-    FailClosedWith(http::StatusCode),
+impl RateLimitLayer {
+    /// Starts a layer whose default policy is `name` with `quota`.
+    pub fn builder(name: impl Into<String>, quota: Quota) -> RateLimitBuilder<LocalStore> {
+        RateLimitBuilder::new(name.into(), quota)
+    }
 }
 
 /// Configures a [`RateLimitLayer`].

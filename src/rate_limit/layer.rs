@@ -6,9 +6,8 @@ use std::sync::atomic::Ordering;
 
 use tower_layer::Layer;
 
-use super::builder::RateLimitBuilder;
 use super::limiter::Shared;
-use super::quota::{Policy, Quota};
+use super::quota::Policy;
 use super::service::RateLimit;
 use super::store::{LocalStore, RateLimitStore};
 use crate::reject::DefaultResponder;
@@ -41,13 +40,6 @@ impl<St: fmt::Debug, R> fmt::Debug for RateLimitLayer<St, R> {
             .field("policies", &self.shared.policies)
             .field("store", &self.shared.store)
             .finish_non_exhaustive()
-    }
-}
-
-impl RateLimitLayer {
-    /// Starts a layer whose default policy is `name` with `quota`.
-    pub fn builder(name: impl Into<String>, quota: Quota) -> RateLimitBuilder<LocalStore> {
-        RateLimitBuilder::new(name.into(), quota)
     }
 }
 

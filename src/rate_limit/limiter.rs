@@ -9,7 +9,6 @@ use std::time::Instant;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use super::builder::{MissingKey, OnStoreError};
 use super::headers::{self, HeaderStyle, ceil_secs};
 use super::key::{KeyBy, RateKey};
 use super::quota::Policy;
@@ -18,6 +17,32 @@ use crate::future::Verdict;
 use crate::identity::{Anonymous, Identity};
 use crate::observe;
 use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
+
+/// What to do with a request whose key cannot be found (e.g. no peer
+/// address was recorded, or the keying header is absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Count all such requests in one shared bucket of the policy (default):
+    /// still limited, never a 500.
+    #[default]
+    SharedBucket,
+    /// Let them through unlimited, without rate-limit headers.
+    Allow,
+}
+
+/// What to do when the store cannot decide (a remote store is slow or down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnStoreError {
+    /// Let the request through, without rate-limit headers (default).
+    #[default]
+    FailOpen,
+    /// Refuse it with 503 (gRPC 14, UNAVAILABLE).
+    FailClosed,
+    /// Refuse it with this status (gRPC 14, UNAVAILABLE).
+    FailClosedWith(http::StatusCode),
+}
 
 pub(crate) type Predicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
 
