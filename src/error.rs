@@ -86,6 +86,9 @@ pub enum AuthErrorKind {
     /// The token is valid but the authorisation hook refused it
     /// (`insufficient_scope`).
     Forbidden,
+    /// The token was revoked: by its `jti`, or as one of its subject's
+    /// tokens issued before a logout everywhere (`revoked`).
+    Revoked,
 }
 
 impl AuthErrorKind {
@@ -104,6 +107,7 @@ impl AuthErrorKind {
             Self::InvalidClaim => "invalid_claim",
             Self::InvalidHeader => "invalid_header",
             Self::Forbidden => "insufficient_scope",
+            Self::Revoked => "revoked",
         }
     }
 

@@ -29,6 +29,15 @@ pub struct Identity {
     subject: Option<Arc<str>>,
     issuer: Option<Arc<str>>,
     source: CredentialSource,
+    token: TokenFacts,
+}
+
+/// What a handler needs to revoke the token it was called with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TokenFacts {
+    pub(crate) jti: Option<Arc<str>>,
+    pub(crate) iat: Option<u64>,
+    pub(crate) exp: Option<u64>,
 }
 
 impl Identity {
@@ -41,7 +50,13 @@ impl Identity {
             subject,
             issuer,
             source,
+            token: TokenFacts::default(),
         }
+    }
+
+    pub(crate) fn with_token(mut self, token: TokenFacts) -> Self {
+        self.token = token;
+        self
     }
 
     /// The token's `sub`, if it had one.
@@ -57,6 +72,21 @@ impl Identity {
     /// Where the token came from.
     pub fn source(&self) -> CredentialSource {
         self.source
+    }
+
+    /// The token's `jti`, if it had one (to revoke just this token).
+    pub fn token_id(&self) -> Option<&str> {
+        self.token.jti.as_deref()
+    }
+
+    /// The token's `iat`, in seconds since the Unix epoch.
+    pub fn issued_at(&self) -> Option<u64> {
+        self.token.iat
+    }
+
+    /// The token's `exp`, in seconds since the Unix epoch.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.token.exp
     }
 }
 

@@ -1173,3 +1173,59 @@ async fn testing_kit_signs_tokens_the_layer_accepts() {
     }
     assert!(Signer::rsa_pem(b"not a key").is_err());
 }
+
+/// Logout for stateless tokens: a revoked `jti` or a subject's older tokens
+/// are refused on the next request, verified-token cache hits included.
+#[tokio::test]
+async fn revoked_tokens_are_refused_on_cache_hits_too() {
+    use tollgate::auth::Revocations;
+    let revocations = Revocations::new().clock(|| NOW);
+    let layer = builder()
+        .cache(16)
+        .revocations(revocations.clone())
+        .build()
+        .unwrap();
+    let session = |jti: &str, iat: u64| {
+        mint(
+            Algorithm::HS256,
+            &with(&[("jti", json!(jti)), ("iat", json!(iat))]),
+        )
+    };
+    let (a, b) = (session("a", NOW - 100), session("b", NOW - 50));
+    for token in [&a, &a, &b] {
+        send(&layer, bearer(token)).await.assert_ok("user-1");
+    }
+    // Logout of session a, from a handler that holds the caller's Identity.
+    let svc = layer.clone().layer(tower::service_fn(|req: Request<()>| {
+        let revocations = revocations.clone();
+        async move {
+            let identity = req.extensions().get::<tollgate::Identity>().unwrap();
+            assert_eq!(identity.token_id(), Some("a"));
+            assert!(revocations.revoke_token_of(identity));
+            Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
+        }
+    }));
+    assert_eq!(
+        svc.oneshot(bearer(&a)).await.unwrap().status(),
+        StatusCode::OK
+    );
+    send(&layer, bearer(&a))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Revoked);
+    send(&layer, bearer(&b)).await.assert_ok("user-1");
+    // Logout everywhere at NOW - 10: b (issued NOW - 50) goes, a session
+    // issued after the cut-off stays.
+    revocations.revoke_subject(Some(ISSUER), "user-1", NOW - 10);
+    send(&layer, bearer(&b))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Revoked);
+    send(&layer, bearer(&session("c", NOW - 5)))
+        .await
+        .assert_ok("user-1");
+    // Another subject is untouched.
+    let other = mint(
+        Algorithm::HS256,
+        &with(&[("sub", json!("user-2")), ("iat", json!(NOW - 100))]),
+    );
+    send(&layer, bearer(&other)).await.assert_ok("user-2");
+}

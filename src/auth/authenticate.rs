@@ -11,12 +11,13 @@ use super::cache::{Lookup, TokenCache};
 use super::claims::Claims;
 use super::claims_check;
 use super::keys::provider::{self, ProviderState, Wait};
+use super::revocation::Revocations;
 use super::token::Source;
 use super::verify::{self, Verified};
 use crate::clock::WallClock;
 use crate::error::{AuthError, AuthErrorKind};
 use crate::future::Verdict;
-use crate::identity::{Anonymous, Identity};
+use crate::identity::{Anonymous, Identity, TokenFacts};
 use crate::observe;
 use crate::reject::{Refusal, Responder};
 
@@ -49,6 +50,8 @@ pub(crate) struct AuthState<T> {
     pub(crate) authorize: Option<Authorize<T>>,
     pub(crate) cache: Option<TokenCache<T>>,
     pub(crate) trace_subject: bool,
+    /// Revoked tokens and subjects, checked on every request.
+    pub(crate) revocations: Option<Revocations>,
     /// Requests these select are let through as anonymous, unchecked.
     pub(crate) exempt: Vec<Exempt>,
 }
@@ -126,6 +129,21 @@ impl<T: DeserializeOwned> AuthState<T> {
             issuer,
             ..
         } = &*verified;
+        // Cache hits included: a revocation takes effect on the next request.
+        if let Some(revocations) = &self.revocations
+            && revocations.is_revoked(
+                issuer.as_deref(),
+                subject.as_deref(),
+                verified.jti.as_deref(),
+                verified.iat,
+                now,
+            )
+        {
+            return Outcome::Failed(AuthError::new(
+                AuthErrorKind::Revoked,
+                "the token has been revoked",
+            ));
+        }
         if let Some(authorize) = &self.authorize
             && !authorize(claims)
         {
@@ -136,7 +154,13 @@ impl<T: DeserializeOwned> AuthState<T> {
         }
         Outcome::Authenticated(Authenticated {
             claims: Arc::clone(claims),
-            identity: Identity::new(subject.clone(), issuer.clone(), found.source),
+            identity: Identity::new(subject.clone(), issuer.clone(), found.source).with_token(
+                TokenFacts {
+                    jti: verified.jti.clone(),
+                    iat: verified.iat,
+                    exp: verified.exp,
+                },
+            ),
         })
     }
 }

@@ -11,6 +11,7 @@ use super::claims_check::Rules;
 use super::keys::Key;
 use super::keys::provider::{Provider, ProviderKeys, ProviderState};
 use super::layer::JwtAuthLayer;
+use super::revocation::Revocations;
 use super::token::{CookieName, Source};
 use crate::clock::{SystemClock, WallClock};
 use crate::error::ConfigError;
@@ -57,6 +58,7 @@ pub struct JwtAuthBuilder<T> {
     trace_subject: bool,
     shadow: bool,
     exempt: Vec<Exempt>,
+    revocations: Option<Revocations>,
     _claims: PhantomData<fn() -> T>,
 }
 
@@ -95,6 +97,7 @@ impl<T> JwtAuthBuilder<T> {
             trace_subject: false,
             shadow: false,
             exempt: Vec::new(),
+            revocations: None,
             _claims: PhantomData,
         }
     }
@@ -260,6 +263,14 @@ impl<T> JwtAuthBuilder<T> {
         self
     }
 
+    /// Refuses revoked tokens (`revoked`, 401): by `jti`, or every token of
+    /// a subject issued before a time. Checked on every request, cache hits
+    /// included; keep a clone of `revocations` to revoke from handlers.
+    pub fn revocations(mut self, revocations: Revocations) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
     /// Builds the layer in shadow mode (see [`JwtAuthLayer::shadow`]).
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
@@ -384,6 +395,7 @@ impl<T> JwtAuthBuilder<T> {
                     .then(|| TokenCache::new(self.cache_capacity, self.cache_ttl.as_secs())),
                 trace_subject: self.trace_subject,
                 exempt: self.exempt,
+                revocations: self.revocations,
             }),
             mode: self.mode,
             shadow: self.shadow,

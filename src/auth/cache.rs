@@ -161,6 +161,7 @@ mod tests {
             claims: Arc::new(()),
             subject: None,
             issuer: None,
+            jti: None,
             exp,
             nbf: None,
             iat: None,

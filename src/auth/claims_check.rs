@@ -37,6 +37,7 @@ fn err(kind: AuthErrorKind, detail: &'static str) -> AuthError {
 /// What the claims checks yield about a token.
 pub(crate) struct Checked {
     pub(crate) subject: Option<Arc<str>>,
+    pub(crate) jti: Option<Arc<str>>,
     /// The configured issuer the token's `iss` matched.
     pub(crate) issuer: Option<Arc<str>>,
     pub(crate) exp: Option<u64>,
@@ -50,6 +51,7 @@ pub(crate) fn check(payload: &[u8], rules: &Rules, now: u64) -> Result<Checked, 
     let issuer = check_claims(&registered, rules, now)?;
     Ok(Checked {
         subject: registered.sub,
+        jti: registered.jti,
         issuer,
         exp: registered.exp,
         nbf: registered.nbf,
@@ -144,6 +146,7 @@ struct Registered {
     aud_present: bool,
     aud_matched: bool,
     sub: Option<Arc<str>>,
+    jti: Option<Arc<str>>,
     /// Bit i set: required claim i is present.
     required_seen: u64,
 }
@@ -166,6 +169,7 @@ fn read_registered(payload: &[u8], rules: &Rules) -> Result<Registered, AuthErro
                 "iss" => "the iss claim is not a string",
                 "aud" => "the aud claim is not a string or an array of strings",
                 "sub" => "the sub claim is not a string",
+                "jti" => "the jti claim is not a string",
                 "duplicate" => "a registered claim appears twice",
                 "depth" => "a claim nests deeper than 64 levels",
                 _ => "the claims are not a JSON object",
@@ -243,6 +247,12 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                     self.current.set("sub");
                     let Name(sub) = map.next_value::<Name<'de>>()?;
                     r.sub = Some(Arc::from(&*sub));
+                }
+                "jti" => {
+                    duplicate(r.jti.is_some())?;
+                    self.current.set("jti");
+                    let Name(jti) = map.next_value::<Name<'de>>()?;
+                    r.jti = Some(Arc::from(&*jti));
                 }
                 "aud" => {
                     duplicate(r.aud_present)?;

@@ -88,6 +88,7 @@ pub(crate) mod claims_check;
 mod future;
 mod keys;
 mod layer;
+mod revocation;
 mod service;
 mod token;
 mod verify;
@@ -106,6 +107,7 @@ pub use keys::jwks::{
 pub use keys::provider::Provider;
 pub use keys::{Key, MIN_HMAC_SECRET_LEN};
 pub use layer::JwtAuthLayer;
+pub use revocation::{DEFAULT_MAX_TOKEN_LIFETIME, Revocations};
 pub use service::JwtAuth;
 
 pub use crate::error::{AuthError, AuthErrorKind};

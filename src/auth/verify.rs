@@ -26,6 +26,8 @@ pub(crate) struct Verified<T> {
     pub(crate) claims: Arc<T>,
     pub(crate) subject: Option<Arc<str>>,
     pub(crate) issuer: Option<Arc<str>>,
+    /// The token's id, for revocation by `jti`.
+    pub(crate) jti: Option<Arc<str>>,
     pub(crate) exp: Option<u64>,
     /// Checked again on every cache hit, with `iat`: the wall clock may
     /// have stepped back since the token was verified.
@@ -195,6 +197,7 @@ pub(crate) fn verify<T: DeserializeOwned>(
         claims: Arc::new(claims),
         subject: checked.subject,
         issuer: checked.issuer,
+        jti: checked.jti,
         exp: checked.exp,
         nbf: checked.nbf,
         iat: checked.iat,
