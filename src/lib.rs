@@ -113,6 +113,7 @@ pub mod rate_limit;
 pub mod reject;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod trace;
 
 #[cfg(feature = "auth")]
 pub use auth::{Claims, JwtAuthLayer, Key};

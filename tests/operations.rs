@@ -485,3 +485,76 @@ fn invalid_files_name_the_field_and_the_reason() {
         assert!(message.contains(field), "{text:?}: {message}");
     }
 }
+
+/// The decision and (opt-in) the subject are recorded on the request's span
+/// when it declares the fields; the refusing policy is the one named.
+#[test]
+fn decisions_and_the_subject_are_recorded_on_the_current_span() {
+    use tracing::field::Empty;
+    let token = mint(Algorithm::HS256, &good_claims());
+    for trace_subject in [false, true] {
+        let logs = capture_logs(|| {
+            run(async {
+                let auth = JwtAuthLayer::<Value>::builder()
+                    .key(Key::hmac(SECRET).unwrap())
+                    .cookie("da3")
+                    .issuer(ISSUER)
+                    .audience(AUDIENCE)
+                    .clock(|| NOW)
+                    .trace_subject(trace_subject)
+                    .build()
+                    .unwrap();
+                let limit = RateLimitLayer::builder("per-user", Quota::per_hour(1))
+                    .key(KeyBy::global())
+                    .build()
+                    .unwrap();
+                let svc = ServiceBuilder::new()
+                    .layer(auth)
+                    .layer(limit)
+                    .service(Counter::default().service());
+                for _ in 0..2 {
+                    let span = tracing::info_span!(
+                        "request",
+                        "tollgate.auth.outcome" = Empty,
+                        "tollgate.auth.reason" = Empty,
+                        "enduser.id" = Empty,
+                        "tollgate.rate_limit.policy" = Empty,
+                        "tollgate.rate_limit.decision" = Empty,
+                    );
+                    let _entered = span.enter();
+                    svc.clone()
+                        .oneshot(request("192.0.2.9", Some(&token)))
+                        .await
+                        .unwrap();
+                    tracing::info!("request done");
+                }
+            });
+        });
+        let done: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("request done"))
+            .collect();
+        assert_eq!(done.len(), 2, "{logs}");
+        assert!(
+            done[0].contains("tollgate.auth.outcome=\"authenticated\""),
+            "{logs}"
+        );
+        assert!(
+            done[0].contains("tollgate.rate_limit.policy=\"per-user\""),
+            "{logs}"
+        );
+        assert!(
+            done[0].contains("tollgate.rate_limit.decision=\"allowed\""),
+            "{logs}"
+        );
+        assert!(
+            done[1].contains("tollgate.rate_limit.decision=\"limited\""),
+            "{logs}"
+        );
+        assert_eq!(
+            done[0].contains("enduser.id=\"user-1\""),
+            trace_subject,
+            "{logs}"
+        );
+    }
+}

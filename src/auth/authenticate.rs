@@ -18,8 +18,8 @@ use crate::clock::WallClock;
 use crate::error::{AuthError, AuthErrorKind};
 use crate::future::Verdict;
 use crate::identity::{Anonymous, Identity, TokenFacts};
-use crate::observe;
 use crate::reject::{Refusal, Responder};
+use crate::{observe, trace};
 
 /// What the layer does with requests that carry no valid token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -194,7 +194,9 @@ where
     let error = match state.authenticate(req.headers(), allow_refresh) {
         Outcome::Authenticated(Authenticated { claims, identity }) => {
             observe::auth_outcome("authenticated", "none", true);
+            trace::auth("authenticated", "none");
             if state.trace_subject {
+                trace::end_user(identity.subject());
                 tracing::trace!(
                     outcome = "authenticated",
                     subject = identity.subject(),
@@ -214,12 +216,14 @@ where
         }
         Outcome::NoToken => {
             observe::auth_outcome("anonymous", AuthErrorKind::Missing.reason(), true);
+            trace::auth("anonymous", AuthErrorKind::Missing.reason());
             tracing::trace!(outcome = "anonymous", reason = "missing", "tollgate: auth");
             req.extensions_mut().insert(Anonymous::new(None));
             return Verdict::Pass(req);
         }
         Outcome::Failed(e) if mode == AuthMode::Lenient && e.kind() != AuthErrorKind::Forbidden => {
             observe::auth_outcome("anonymous", e.kind().reason(), true);
+            trace::auth("anonymous", e.kind().reason());
             tracing::debug!(
                 outcome = "anonymous",
                 reason = e.kind().reason(),
@@ -232,6 +236,7 @@ where
     };
     let reason = error.kind().reason();
     observe::auth_outcome("refused", reason, !shadow);
+    trace::auth("refused", reason);
     if shadow {
         tracing::debug!(
             outcome = "refused",

@@ -15,8 +15,8 @@ use super::quota::Policy;
 use super::store::{Decision, RateLimitStore, StoreError};
 use crate::future::Verdict;
 use crate::identity::{Anonymous, Identity};
-use crate::observe;
 use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
+use crate::{observe, trace};
 
 /// What to do with a request whose key cannot be found (e.g. no peer
 /// address was recorded, or the keying header is absent).
@@ -174,11 +174,13 @@ impl<St: RateLimitStore> Shared<St> {
         let refusal = match result {
             Ok(decision) if decision.allowed => {
                 observe::rate_decision(name, "allowed", true);
+                trace::rate_limit(name, "allowed");
                 tracing::trace!(policy = %name, outcome = "allowed", remaining = decision.remaining, "tollgate: rate limit");
                 return Verdict::Pass(Some((policy, decision)));
             }
             Ok(decision) => {
                 observe::rate_decision(name, "limited", !self.shadow);
+                trace::rate_limit(name, "limited");
                 if self.shadow {
                     tracing::debug!(policy = %name, outcome = "limited", enforced = false, "tollgate: would limit (shadow mode)");
                     return Verdict::Pass(None);
@@ -204,6 +206,7 @@ impl<St: RateLimitStore> Shared<St> {
                 match self.on_store_error {
                     OnStoreError::FailOpen => {
                         observe::rate_decision(name, "failed_open", true);
+                        trace::rate_limit(name, "failed_open");
                         return Verdict::Pass(None);
                     }
                     OnStoreError::FailClosed => StatusCode::SERVICE_UNAVAILABLE,
@@ -212,6 +215,7 @@ impl<St: RateLimitStore> Shared<St> {
             }
         };
         observe::rate_decision(name, "failed_closed", !self.shadow);
+        trace::rate_limit(name, "failed_closed");
         if self.shadow {
             return Verdict::Pass(None);
         }

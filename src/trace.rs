@@ -1,0 +1,71 @@
+//! Who made the request and what tollgate decided, on the current span.
+//!
+//! With the gateway gone, each service's spans must say who called and why a
+//! request was refused. The layers record into these fields of the span the
+//! request runs in — when that span declares them (tracing records only
+//! declared fields, so undeclared ones cost nothing but a look-up):
+//!
+//! | field | recorded by | value |
+//! |---|---|---|
+//! | `tollgate.auth.outcome` | auth | `authenticated`, `anonymous`, `refused` |
+//! | `tollgate.auth.reason` | auth | `none` or the refusal reason (`expired`, `revoked`, ...) |
+//! | `enduser.id` | auth, with `.trace_subject(true)` | the verified subject (personal data: opt-in) |
+//! | `tollgate.rate_limit.policy` | rate limit | the policy that decided (the innermost limiter's, or the one that refused) |
+//! | `tollgate.rate_limit.decision` | rate limit | `allowed`, `limited`, `failed_open`, `failed_closed` |
+//!
+//! `enduser.id` is OpenTelemetry's semantic-convention name, so with
+//! `tracing-opentelemetry` the subject becomes the span attribute tracing
+//! back ends show as the end user. Declare the fields where the request span
+//! is made, e.g. with tower-http's `TraceLayer::make_span_with`:
+//!
+//! ```
+//! use tracing::field::Empty;
+//!
+//! let span = tracing::info_span!(
+//!     "request",
+//!     "tollgate.auth.outcome" = Empty,
+//!     "tollgate.auth.reason" = Empty,
+//!     "enduser.id" = Empty,
+//!     "tollgate.rate_limit.policy" = Empty,
+//!     "tollgate.rate_limit.decision" = Empty,
+//! );
+//! # let _ = span;
+//! ```
+
+use tracing::Span;
+
+/// The field names, for declaring them on a span.
+pub mod fields {
+    /// The auth layer's outcome.
+    pub const AUTH_OUTCOME: &str = "tollgate.auth.outcome";
+    /// The auth layer's reason (`none` when authenticated).
+    pub const AUTH_REASON: &str = "tollgate.auth.reason";
+    /// The verified subject (opt-in: `trace_subject(true)`).
+    pub const END_USER: &str = "enduser.id";
+    /// The rate-limit policy that decided.
+    pub const RATE_LIMIT_POLICY: &str = "tollgate.rate_limit.policy";
+    /// The rate-limit decision.
+    pub const RATE_LIMIT_DECISION: &str = "tollgate.rate_limit.decision";
+}
+
+pub(crate) fn auth(outcome: &'static str, reason: &'static str) {
+    let span = Span::current();
+    if !span.is_disabled() {
+        span.record(fields::AUTH_OUTCOME, outcome);
+        span.record(fields::AUTH_REASON, reason);
+    }
+}
+
+pub(crate) fn end_user(subject: Option<&str>) {
+    if let Some(subject) = subject {
+        Span::current().record(fields::END_USER, subject);
+    }
+}
+
+pub(crate) fn rate_limit(policy: &str, decision: &'static str) {
+    let span = Span::current();
+    if !span.is_disabled() {
+        span.record(fields::RATE_LIMIT_POLICY, policy);
+        span.record(fields::RATE_LIMIT_DECISION, decision);
+    }
+}
