@@ -198,8 +198,6 @@ pub struct RedisStore {
     deny_cache: Option<Arc<DenyCache>>,
     sync_interval: Option<Duration>,
     max_local_keys: usize,
-    /// The runtime the store was made in, for the background task.
-    runtime: Option<Handle>,
     params: Vec<Params>,
     names: Vec<Arc<str>>,
     local: Option<Arc<LocalFirst>>,
@@ -278,7 +276,6 @@ impl RedisStore {
             deny_cache: Some(Arc::new(DenyCache::new(DEFAULT_DENY_CACHE_KEYS))),
             sync_interval: None,
             max_local_keys: DEFAULT_MAX_KEYS,
-            runtime: Handle::try_current().ok(),
             params: Vec::new(),
             names: Vec::new(),
             local: None,
@@ -315,9 +312,10 @@ impl RedisStore {
     /// argument is the trade-off: shorter means tighter limits and more
     /// (but never more than one per node) calls per interval.
     ///
-    /// The sync runs on a tokio task started when the layer is built (inside
-    /// a tokio runtime, or the one `connect` ran in) and ended when the store
-    /// is dropped. An interval under 1 ms is refused when the layer is built.
+    /// The sync runs on a tokio task started when the layer is built, on the
+    /// runtime building it, and ended when the store is dropped. Building the
+    /// layer outside a tokio runtime, or with an interval under 1 ms, is a
+    /// [`ConfigError`].
     #[must_use]
     pub fn local_first(mut self, sync_interval: Duration) -> Self {
         self.sync_interval = Some(sync_interval);
@@ -375,17 +373,15 @@ impl RedisStore {
         )
     }
 
-    fn runtime(&self) -> Result<Handle, ConfigError> {
-        Handle::try_current()
-            .ok()
-            .or_else(|| self.runtime.clone())
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "redis",
-                    "this Redis store runs a background task (local-first sync, or a cluster's \
-                     slot map): build the layer inside a tokio runtime",
-                )
-            })
+    /// The runtime of the background task: the one building the layer.
+    fn runtime() -> Result<Handle, ConfigError> {
+        Handle::try_current().map_err(|_| {
+            ConfigError::new(
+                "redis",
+                "this Redis store runs a background task (local-first sync, or a cluster's \
+                 slot map): build the layer inside a tokio runtime, e.g. in async main",
+            )
+        })
     }
 }
 
@@ -426,7 +422,7 @@ impl RateLimitStore for RedisStore {
             .collect::<Result<_, _>>()?;
         self.names = policies.iter().map(|p| Arc::clone(&p.name)).collect();
         if self.sync_interval.is_some() {
-            let runtime = self.runtime()?;
+            let runtime = Self::runtime()?;
             let state = LocalState::new(
                 self.params.clone(),
                 self.max_local_keys,
@@ -443,7 +439,7 @@ impl RateLimitStore for RedisStore {
             sync::spawn_sync(&runtime, &engine);
             self.local = Some(engine);
         } else if self.backend.is_cluster() {
-            let runtime = self.runtime()?;
+            let runtime = Self::runtime()?;
             sync::spawn_upkeep(&runtime, Arc::downgrade(&self.backend));
         }
         Ok(())
