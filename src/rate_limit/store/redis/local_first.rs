@@ -469,7 +469,7 @@ mod tests {
             if !world.decide((tick % 2) as usize, &key).allowed {
                 refused += 1;
             }
-            if tick % 5 == 0 {
+            if tick.is_multiple_of(5) {
                 world.sync(0);
             }
             if tick % 5 == 2 {
@@ -498,12 +498,12 @@ mod tests {
         while t < duration {
             world.set(SEC + t);
             for replica in 0..3u64 {
-                if (t + replica * MS) % (3 * MS) == 0
+                if (t + replica * MS).is_multiple_of(3 * MS)
                     && world.decide(replica as usize, &key).allowed
                 {
                     admitted.push(t);
                 }
-                if (t + replica * 16_750) % interval == 0 {
+                if (t + replica * 16_750).is_multiple_of(interval) {
                     world.sync(replica as usize);
                 }
             }
