@@ -1,89 +1,13 @@
 //! Rate-limit state in Redis, shared by every replica of a service, on one
 //! server or a Redis Cluster — in one of two modes.
 //!
-//! # Exact mode (the default)
+//! The modes, the over-admission bound of local-first mode and the cluster
+//! support are documented on [`RedisStore`], the module's public face.
 //!
-//! One atomic Lua script per decision (GCRA, the same semantics as the local
-//! store): `EVALSHA`, reloaded on `NOSCRIPT`; time from Redis `TIME`, so the
-//! replicas' clocks do not matter. Replicas together admit exactly the quota,
-//! at the price of one network round trip on every request (a refused hot key
-//! is answered from the local deny cache without one).
-//!
-//! Each call carries the request's deadline translated to the server's clock
-//! (the offset between this process's monotonic clock and `TIME` is learned
-//! from earlier replies, as a lower bound, so the translated deadline is never
-//! later than the real one). Past it the script does nothing: a request whose
-//! call timed out (and was failed open or closed) never spends quota when a
-//! stalled Redis catches up.
-//!
-//! # Local-first mode
-//!
-//! [`RedisStore::local_first`]: requests never wait on Redis; the store
-//! answers at once ([`Check::Ready`]) from a GCRA state per (policy, key) in
-//! this process. A background task syncs every interval: for all keys
-//! admitted since the last sync, in **one pipelined call per node**, it merges
-//! this replica's admissions into the shared state (the shared TAT advances by
-//! T per admission, starting no earlier than they happened) and pulls the
-//! shared state back, as "TAT − now" on the server's clock, so replica clocks
-//! do not matter. A key's local state only moves forward: a sync can only
-//! make it stricter.
-//!
-//! **Over-admission bound.** With R replicas, a rate of r per second
-//! (emission interval T = 1/r), a burst of b, and I the sync interval plus
-//! one sync round trip, the replicas together admit in any window at most
-//!
-//! > (R − 1) · (b + ⌊r·I⌋) requests more than one GCRA would (b + r·W in a window W).
-//!
-//! Why: a replica decides from the shared state as of its last sync (at most I
-//! old) plus its own admissions since. What it cannot see is what the others
-//! admitted in that time, and within one interval each of them admits at most
-//! what its own GCRA allows: a full burst plus the refill, b + ⌊r·I⌋. The
-//! worst case is all replicas starting full at once (a key new to all of them,
-//! or after an outage): each spends b + ⌊r·I⌋ before the first sync tells it
-//! about the others. Everything admitted is merged into the shared TAT, which
-//! then runs ahead of now, and every replica refuses until that debt is paid:
-//! over windows much longer than I, the rate stays r. Example: 3 replicas,
-//! 100/s, burst 10, 50 ms: at most 2 × (10 + 5) = 30 extra, 3 % of a 10-second
-//! quota of 1,010.
-//!
-//! Propagation: a replica's admissions reach Redis at its next sync; from the
-//! next sync of any other replica on (within one interval), that replica
-//! refuses the key too.
-//!
-//! Local state is bounded: keys whose bucket is full again and that have
-//! nothing left to sync are removed every second, and at most
-//! [`RedisStore::max_local_keys`] keys are held (beyond, new keys share one
-//! overflow bucket per policy, as in the local store).
-//!
-//! When Redis is unreachable, every replica goes on deciding alone (each then
-//! enforces the whole quota by itself): the failures are counted
-//! ([`RedisStore::sync_failures`]) and logged at `warn` — the first one, then
-//! at most one line per 10 s — and the admissions are merged when Redis
-//! answers again, at most one interval's worth per key (charging a whole
-//! outage would lock keys out long after Redis returned).
-//!
-//! # Redis Cluster
-//!
-//! [`RedisStore::connect`] asks the server (`INFO`) whether it is a cluster
-//! node; if so, it uses redis-rs's cluster client, which follows `MOVED` and
-//! `ASK`, so a plain `redis://host:port` to any node works.
-//! `redis+cluster://host:port,host:port` and `redis://host:port,host:port`
-//! (seed nodes) are accepted too, as is [`RedisStore::connect_cluster`]. Every
-//! call touches one key, so there is no `CROSSSLOT`; a local-first sync groups
-//! its keys by the node that owns their slot (from `CLUSTER SLOTS`, read again
-//! every 10 s and when a reply says the map changed). With a node down, the
-//! keys it owns fail (exact mode: the layer's fail-open or fail-closed policy;
-//! local-first: decided locally), and the others keep working as long as the
-//! cluster serves them (`cluster-require-full-coverage no`).
-//!
-//! # Redis version
-//!
-//! The scripts read `TIME` and then write with `SET`. Redis allows a write
-//! after such a non-deterministic command only when a script is replicated by
-//! its effects rather than as source: opt-in per script from 3.2, the default
-//! from 5.0 and the only mode from 7.0. Hence [`RedisStore::MIN_REDIS_VERSION`]
-//! (on 5.x and 6.x, leave `lua-replicate-commands` at its default, `yes`),
-//! checked at connect on every primary.
+//! Layout: `connection` (one server or a cluster, the version check, the slot
+//! map's upkeep), `exact` (one script call per decision, the deny cache),
+//! `local_first` (in-process state) and `sync` (its background task),
+//! `scripts`, `topology` (slots to nodes), `clock` (local and Redis clocks).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -151,9 +75,8 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// A [`RateLimitStore`] on Redis or Redis Cluster (feature `redis`); see the
-/// [module docs](self) for the two modes and the over-admission bound of
-/// local-first mode.
+/// A [`RateLimitStore`] on Redis or Redis Cluster (feature `redis`), in one
+/// of two modes: exact (the default) or local-first.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -190,6 +113,91 @@ fn micros(d: Duration) -> u64 {
 /// - **Background task**: local-first mode, and exact mode on a cluster (to
 ///   keep the slot map fresh), run one tokio task per store, started when the
 ///   layer is built and ended when the store is dropped.
+///
+/// # Exact mode (the default)
+///
+/// One atomic Lua script per decision (GCRA, the same semantics as the local
+/// store): `EVALSHA`, reloaded on `NOSCRIPT`; time from Redis `TIME`, so the
+/// replicas' clocks do not matter. Replicas together admit exactly the quota,
+/// at the price of one network round trip on every request (a refused hot key
+/// is answered from the local deny cache without one).
+///
+/// Each call carries the request's deadline translated to the server's clock
+/// (the offset between this process's monotonic clock and `TIME` is learned
+/// from earlier replies, as a lower bound, so the translated deadline is never
+/// later than the real one). Past it the script does nothing: a request whose
+/// call timed out (and was failed open or closed) never spends quota when a
+/// stalled Redis catches up.
+///
+/// # Local-first mode
+///
+/// [`RedisStore::local_first`]: requests never wait on Redis; the store
+/// answers at once ([`Check::Ready`]) from a GCRA state per (policy, key) in
+/// this process. A background task syncs every interval: for all keys
+/// admitted since the last sync, in **one pipelined call per node**, it merges
+/// this replica's admissions into the shared state (the shared TAT advances by
+/// T per admission, starting no earlier than they happened) and pulls the
+/// shared state back, as "TAT − now" on the server's clock, so replica clocks
+/// do not matter. A key's local state only moves forward: a sync can only
+/// make it stricter.
+///
+/// **Over-admission bound.** With R replicas, a rate of r per second
+/// (emission interval T = 1/r), a burst of b, and I the sync interval plus
+/// one sync round trip, the replicas together admit in any window at most
+///
+/// > (R − 1) · (b + ⌊r·I⌋) requests more than one GCRA would (b + r·W in a window W).
+///
+/// Why: a replica decides from the shared state as of its last sync (at most I
+/// old) plus its own admissions since. What it cannot see is what the others
+/// admitted in that time, and within one interval each of them admits at most
+/// what its own GCRA allows: a full burst plus the refill, b + ⌊r·I⌋. The
+/// worst case is all replicas starting full at once (a key new to all of them,
+/// or after an outage): each spends b + ⌊r·I⌋ before the first sync tells it
+/// about the others. Everything admitted is merged into the shared TAT, which
+/// then runs ahead of now, and every replica refuses until that debt is paid:
+/// over windows much longer than I, the rate stays r. Example: 3 replicas,
+/// 100/s, burst 10, 50 ms: at most 2 × (10 + 5) = 30 extra, 3 % of a 10-second
+/// quota of 1,010.
+///
+/// Propagation: a replica's admissions reach Redis at its next sync. Once a
+/// key is limited there, any other replica refuses it from its next sync on:
+/// within one interval of its first request for the key (a replica syncs the
+/// keys it admitted), having admitted at most b + ⌊r·I⌋ on its own until then.
+///
+/// Local state is bounded: keys whose bucket is full again and that have
+/// nothing left to sync are removed every second, and at most
+/// [`RedisStore::max_local_keys`] keys are held (beyond, new keys share one
+/// overflow bucket per policy, as in the local store).
+///
+/// When Redis is unreachable, every replica goes on deciding alone (each then
+/// enforces the whole quota by itself): the failures are counted
+/// ([`RedisStore::sync_failures`]) and logged at `warn` — the first one, then
+/// at most one line per 10 s — and the admissions are merged when Redis
+/// answers again, at most one interval's worth per key (charging a whole
+/// outage would lock keys out long after Redis returned).
+///
+/// # Redis Cluster
+///
+/// [`RedisStore::connect`] asks the server (`INFO`) whether it is a cluster
+/// node; if so, it uses redis-rs's cluster client, which follows `MOVED` and
+/// `ASK`, so a plain `redis://host:port` to any node works.
+/// `redis+cluster://host:port,host:port` and `redis://host:port,host:port`
+/// (seed nodes) are accepted too, as is [`RedisStore::connect_cluster`]. Every
+/// call touches one key, so there is no `CROSSSLOT`; a local-first sync groups
+/// its keys by the node that owns their slot (from `CLUSTER SLOTS`, read again
+/// every 10 s and when a reply says the map changed). With a node down, the
+/// keys it owns fail (exact mode: the layer's fail-open or fail-closed policy;
+/// local-first: decided locally), and the others keep working as long as the
+/// cluster serves them (`cluster-require-full-coverage no`).
+///
+/// # Redis version
+///
+/// The scripts read `TIME` and then write with `SET`. Redis allows a write
+/// after such a non-deterministic command only when a script is replicated by
+/// its effects rather than as source: opt-in per script from 3.2, the default
+/// from 5.0 and the only mode from 7.0. Hence [`RedisStore::MIN_REDIS_VERSION`]
+/// (on 5.x and 6.x, leave `lua-replicate-commands` at its default, `yes`),
+/// checked at connect on every primary.
 pub struct RedisStore {
     backend: Arc<Backend>,
     script: Arc<Script>,
@@ -308,7 +316,7 @@ impl RedisStore {
     /// Local-first mode, synced with Redis every `sync_interval` (e.g.
     /// 50 ms): decisions never wait on Redis, and replicas together may admit
     /// up to (R − 1)(b + r·I) more than the quota in a window (see the
-    /// [module docs](self)). Named after what changes for requests; the
+    /// [type docs](Self)). Named after what changes for requests; the
     /// argument is the trade-off: shorter means tighter limits and more
     /// (but never more than one per node) calls per interval.
     ///
