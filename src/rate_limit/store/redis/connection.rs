@@ -288,8 +288,10 @@ pub(super) async fn connect(url: &str) -> Result<Backend, ConfigError> {
             }
             check_server_version(&info)?;
             let backend = Backend::single(conn);
-            let node = Arc::clone(&backend.topology.load());
-            backend.sample_clock(&node.nodes[0]).await;
+            let topology = backend.topology.load_full();
+            if let Some(node) = topology.nodes.first() {
+                backend.sample_clock(node).await;
+            }
             Ok(backend)
         }
     }

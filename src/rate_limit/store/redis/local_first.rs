@@ -482,7 +482,7 @@ mod tests {
         );
     }
 
-    /// The bound of the module docs: in any window, replicas admit at most
+    /// The bound of the `RedisStore` docs: in any window, replicas admit at most
     /// (R − 1)(b + r·I) more than one GCRA would; repaid as debt over time.
     #[test]
     fn three_replicas_at_ten_times_the_rate_stay_within_the_bound() {
