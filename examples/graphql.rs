@@ -22,6 +22,8 @@
 //! - `TOLLGATE_LAYERS=off`: serve without tollgate (for throughput comparisons only)
 //!
 //! `GET /metrics` serves tollgate's statistics in the Prometheus text format.
+//! Logs go to stderr: `warn`, and `info` for tollgate, unless `RUST_LOG` says
+//! otherwise.
 //!
 //! The stack, outermost first, on every route: a coarse limit per client IP
 //! (`/healthz` exempt) → JWT auth → CSRF guard (`/graphql`) → a limit per
@@ -331,6 +333,14 @@ async fn from_env(config: &Config) -> Result<Layers, Box<dyn std::error::Error>>
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // tollgate's warnings (a Redis store failing, a misordered stack) and
+    // notices on stderr; RUST_LOG overrides, e.g. `RUST_LOG=tollgate=debug`.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tollgate=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let config = Config::from_env()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [cmd, subject] = args.as_slice()

@@ -12,8 +12,12 @@
 
 #[cfg(feature = "metrics")]
 use std::sync::Arc;
+#[cfg(feature = "rate-limit")]
+use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(feature = "metrics")]
 use std::time::Duration;
+#[cfg(feature = "rate-limit")]
+use std::time::Instant;
 
 /// Metric names, for dashboards and tests.
 pub mod names {
@@ -72,6 +76,41 @@ pub(crate) fn rate_decision(
 pub(crate) fn rate_keys(layer: &Arc<str>, keys: usize) {
     #[allow(clippy::cast_precision_loss)]
     metrics::gauge!(names::RATE_LIMIT_KEYS, "layer" => metrics::SharedString::from(Arc::clone(layer))).set(keys as f64);
+}
+
+/// Lets a repeated warning through the first time and then at most once per
+/// period, so an outage logs a line every 10 s rather than one per request.
+#[cfg(feature = "rate-limit")]
+#[derive(Debug)]
+pub(crate) struct WarnEvery {
+    created: Instant,
+    period_secs: u64,
+    /// Seconds since `created`, plus one period, of the last warning let
+    /// through (0: none yet).
+    last: AtomicU64,
+}
+
+#[cfg(feature = "rate-limit")]
+impl WarnEvery {
+    /// At most one warning per `period_secs` (at least 1).
+    pub(crate) fn new(period_secs: u64) -> Self {
+        Self {
+            created: Instant::now(),
+            period_secs: period_secs.max(1),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether to log now; true for one caller per period.
+    pub(crate) fn due(&self) -> bool {
+        let now = self.created.elapsed().as_secs() + self.period_secs;
+        let last = self.last.load(Ordering::Relaxed);
+        now >= last + self.period_secs
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 /// Runs a closure when dropped (times a scope on every exit path).

@@ -1,125 +1,21 @@
-//! The Redis store against a real Redis: REDIS_URL (default
+//! The Redis store against a real Redis server: REDIS_URL (default
 //! redis://127.0.0.1:6379); if nothing answers there, a `redis-server` from
-//! PATH on a free loopback port. The outage test always starts its own server;
-//! the version tests talk to a stand-in that reports whatever version they set.
+//! PATH on a free loopback port. Tests that stop, freeze or count the
+//! connections of a server start their own; the version tests talk to a
+//! stand-in that reports whatever version they set. Redis Cluster:
+//! `tests/redis_cluster.rs`.
 #![allow(clippy::unwrap_used)]
 
-use std::convert::Infallible;
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod redis_support;
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use tollgate::rate_limit::store::RedisStore;
-use tollgate::rate_limit::{KeyBy, OnStoreError, Quota, RateLimitLayer};
+use http::{Request, StatusCode};
+use redis_support::{Server, ok_service, prefix, raw, shared_url};
+use tollgate::rate_limit::store::{Check, Decision, RedisStore, StoreError};
+use tollgate::rate_limit::{KeyBy, OnStoreError, Quota, RateLimitLayer, RateLimitStore};
 use tower::{Layer, ServiceExt};
-
-fn ok_service() -> impl tower::Service<
-    Request<()>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-+ Send {
-    tower::service_fn(|_req: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-    })
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start_on(port: u16) -> Option<Self> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let server = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        Self::start_on(port)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn shared_url() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-        let answers = redis::Client::open(url.as_str())
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_ok();
-        if answers {
-            return url;
-        }
-        let server = Server::start().unwrap_or_else(|| {
-            panic!("no Redis at {url} and no redis-server on PATH: install Redis (apt-get install redis-server) or set REDIS_URL")
-        });
-        let url = server.url();
-        // Kept running for the rest of the test process.
-        std::mem::forget(server);
-        url
-    })
-}
-
-/// A prefix no other test or run shares.
-fn prefix(test: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!(
-        "tollgate-test:{test}:{nanos}:{}",
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 async fn store(url: &str, prefix: &str) -> RedisStore {
     RedisStore::connect(url)
@@ -143,14 +39,6 @@ fn layer(store: RedisStore, quota: Quota) -> RateLimitLayer<RedisStore> {
         .key(KeyBy::global())
         .store(store)
         .build()
-        .unwrap()
-}
-
-async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
         .unwrap()
 }
 
@@ -317,11 +205,7 @@ async fn ten_thousand_concurrent_requests_admit_no_more_than_the_quota() {
 
 #[tokio::test]
 async fn redis_down_follows_the_policy_within_the_timeout_and_recovers() {
-    let Some(mut server) = Server::start() else {
-        panic!(
-            "this test starts its own redis-server: install Redis (apt-get install redis-server)"
-        );
-    };
+    let mut server = Server::started();
     let port = server.port;
     let p = prefix("outage");
     let open = layer(
@@ -482,4 +366,293 @@ async fn connect_refuses_a_server_whose_version_is_unreadable() {
     assert_eq!(err.setting(), "redis");
     assert!(err.reason().contains("redis_version"), "{err}");
     assert!(err.reason().contains("5.0.0"), "{err}");
+}
+
+/// One decision straight from the store (no layer), with its error.
+async fn decide(
+    store: &RedisStore,
+    policy: &tollgate::rate_limit::Policy,
+) -> Result<Decision, StoreError> {
+    match store.check(policy, &tollgate::rate_limit::RateKey::global()) {
+        Check::Ready(decision) => decision,
+        Check::Pending(future) => future.await,
+    }
+}
+
+/// Regression (issue 15): with Redis stalled, a call that timed out was
+/// executed when Redis caught up and spent quota the caller never used.
+#[tokio::test]
+async fn a_call_that_timed_out_spends_nothing_when_redis_catches_up() {
+    let server = Server::started();
+    let p = prefix("late");
+    let layer = layer(
+        RedisStore::connect(&server.url())
+            .await
+            .unwrap()
+            .prefix(&p)
+            .timeout(Duration::from_millis(100))
+            .deny_cache(false),
+        Quota::per_hour(10),
+    );
+    let policy = &layer.policies()[0];
+    // The first reply also teaches the store Redis's clock.
+    assert_eq!(decide(layer.store(), policy).await.unwrap().remaining, 9);
+
+    let mut conn = raw(&server.url()).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(400)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let timed_out = decide(layer.store(), policy).await;
+    assert_eq!(timed_out, Err(StoreError::new("redis: timed out")));
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    // Redis runs the queued call after the pause, past its deadline.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let next = decide(layer.store(), policy).await.unwrap();
+    assert!(next.allowed);
+    assert_eq!(next.remaining, 8, "the timed-out call spent nothing");
+}
+
+async fn local_first(url: &str, prefix: &str, interval_ms: u64) -> RedisStore {
+    RedisStore::connect(url)
+        .await
+        .unwrap()
+        .prefix(prefix)
+        .timeout(Duration::from_millis(50))
+        .local_first(Duration::from_millis(interval_ms))
+}
+
+/// Polls `done` every 10 ms for at most `limit`.
+async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+/// Log lines, captured from the thread that runs the test (and, on a
+/// current-thread runtime, its tasks).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let logs = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || logs.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn count(&self, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|line| line.contains(text))
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn local_first_decides_alone_while_redis_is_down_then_resyncs() {
+    let logs = Logs::default();
+    let _guard = logs.capture();
+    let mut server = Server::started();
+    let port = server.port;
+    let p = prefix("lf-outage");
+    let quota = Quota::per_hour(100);
+    let a = layer(local_first(&server.url(), &p, 50).await, quota);
+    let b = layer(local_first(&server.url(), &p, 50).await, quota);
+
+    server.stop();
+    for _ in 0..60 {
+        let started = Instant::now();
+        assert_eq!(status(&a).await, (StatusCode::OK, true), "decided locally");
+        assert!(
+            started.elapsed() < Duration::from_millis(20),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || a.store().sync_failures() >= 3).await,
+        "sync failures are counted: {}",
+        a.store().sync_failures()
+    );
+    assert_eq!(a.store_failures(), 0, "no decision failed");
+    assert_eq!(
+        logs.count("Redis sync failed"),
+        1,
+        "the first failure, then one per 10 s"
+    );
+
+    let _server = Server::start_on(port).expect("restart redis-server on the same port");
+    assert!(
+        eventually(Duration::from_secs(10), || a.store().syncs() >= 1).await,
+        "no re-sync within 10 s of Redis returning"
+    );
+    assert_eq!(logs.count("Redis sync recovered"), 1);
+    // B never saw the key: its first sync tells it A spent 60 of 100.
+    let mut admitted = 0;
+    for _ in 0..150 {
+        if status(&b).await.0 == StatusCode::OK {
+            admitted += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        (38..=42).contains(&admitted),
+        "B admitted {admitted}, expected 40"
+    );
+}
+
+#[tokio::test]
+async fn local_first_keys_expire_when_full_again() {
+    let p = prefix("lf-ttl");
+    let store = local_first(shared_url(), &p, 20).await;
+    let layer = layer(store, Quota::per_minute(6).burst(3));
+    for _ in 0..2 {
+        assert_eq!(status(&layer).await, (StatusCode::OK, true));
+    }
+    assert!(eventually(Duration::from_secs(2), || layer.store().syncs() >= 1).await);
+    let mut conn = raw(shared_url()).await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{p}:p:global"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // two spent at one per 10 s: full again within 20 s
+    assert!(ttl > 10_000 && ttl <= 20_000, "{ttl}");
+}
+
+#[tokio::test]
+async fn dropping_a_local_first_store_ends_its_sync_task() {
+    let server = Server::started();
+    let conn = raw(&server.url()).await;
+    let clients = || {
+        let mut conn = conn.clone();
+        async move {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            list.lines().count()
+        }
+    };
+    let layer = layer(
+        local_first(&server.url(), &prefix("lf-drop"), 10).await,
+        Quota::per_hour(10),
+    );
+    assert_eq!(status(&layer).await.0, StatusCode::OK);
+    assert!(eventually(Duration::from_secs(2), || layer.store().syncs() >= 1).await);
+    assert_eq!(clients().await, 2, "this test's and the store's");
+    drop(layer);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while clients().await > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the store's connection outlived it"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn building_a_local_first_layer_outside_a_runtime_is_a_config_error() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = runtime
+        .block_on(RedisStore::connect(shared_url()))
+        .unwrap()
+        .local_first(Duration::from_millis(50));
+    let err = RateLimitLayer::builder("p", Quota::per_hour(10))
+        .key(KeyBy::global())
+        .store(store)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.setting(), "redis");
+    assert!(err.reason().contains("tokio runtime"), "{err}");
+}
+
+#[tokio::test]
+async fn a_sync_interval_under_a_millisecond_is_refused() {
+    let store = RedisStore::connect(shared_url())
+        .await
+        .unwrap()
+        .local_first(Duration::from_micros(500));
+    let err = RateLimitLayer::builder("p", Quota::per_hour(10))
+        .store(store)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.setting(), "redis");
+    assert!(err.reason().contains("1 ms"), "{err}");
+}
+
+#[tokio::test]
+async fn a_configuration_file_chooses_the_mode() {
+    use tollgate::config::TollgateConfig;
+    use tollgate::rate_limit::store::AnyStore;
+    let toml = |extra: &str| {
+        format!(
+            "[rate_limit]\ndefault = {{ name = \"p\", per_minute = 60 }}\nmax_keys = 1000\n\
+             [rate_limit.redis]\nurl = \"{}\"\nprefix = \"{}\"\n{extra}",
+            shared_url(),
+            prefix("config")
+        )
+    };
+    let layer = |text: String| async move {
+        TollgateConfig::from_toml(&text)
+            .unwrap()
+            .rate_limit
+            .unwrap()
+            .layer()
+            .await
+    };
+    let local = layer(toml("sync_interval_ms = 50")).await.unwrap();
+    let AnyStore::Redis(store) = local.store() else {
+        panic!("not a Redis store")
+    };
+    assert_eq!(store.sync_interval(), Some(Duration::from_millis(50)));
+    let exact = layer(toml("")).await.unwrap();
+    let AnyStore::Redis(store) = exact.store() else {
+        panic!("not a Redis store")
+    };
+    assert_eq!(store.sync_interval(), None, "absent: exact mode");
+    let err = layer(toml("sync_interval_ms = 0")).await.unwrap_err();
+    assert_eq!(err.setting(), "rate_limit.redis.sync_interval_ms");
+}
+
+#[tokio::test]
+async fn cluster_urls_to_a_standalone_server_are_refused_clearly() {
+    let server = Server::started();
+    let err = RedisStore::connect(&format!("redis+cluster://127.0.0.1:{}", server.port))
+        .await
+        .unwrap_err();
+    assert_eq!(err.setting(), "redis");
+    assert!(err.reason().contains("Cluster"), "{err}");
 }

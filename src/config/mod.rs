@@ -20,7 +20,12 @@
 //! headers = "ietf"                    # ietf | legacy | both | off
 //! default = { name = "anonymous", per_minute = 60, burst = 20 }
 //! authenticated = { name = "registered", per_minute = 600, burst = 100 }
-//! # redis = { url = "redis://127.0.0.1:6379", prefix = "myapi", timeout_ms = 50 }
+//!
+//! # [rate_limit.redis]                # state shared by replicas (feature `redis`)
+//! # url = "redis://127.0.0.1:6379"    # one server or any cluster node; redis+cluster://a:7000,b:7001
+//! # prefix = "myapi"
+//! # timeout_ms = 50
+//! # sync_interval_ms = 50             # local-first mode; leave out for exact mode
 //! ```
 //!
 //! Claim-based tiers, exemptions and authorisation hooks are code: the

@@ -88,18 +88,23 @@ pub struct QuotaConfig {
     pub burst: Option<u32>,
 }
 
-/// Redis settings (feature `redis`).
+/// Redis settings (feature `redis`): see
+/// [`RedisStore`](crate::rate_limit::store::RedisStore).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db` (one server, or any node of a cluster), or
+    /// `redis+cluster://host:port,host:port` (a cluster's seed nodes).
     pub url: String,
     /// Key prefix (default `tollgate`).
     pub prefix: Option<String>,
     /// Per-decision timeout in milliseconds (default 50).
     pub timeout_ms: Option<u64>,
-    /// The local deny cache (default true).
+    /// The local deny cache of exact mode (default true).
     pub deny_cache: Option<bool>,
+    /// Local-first mode, synced every this many milliseconds (at least 1);
+    /// absent: exact mode, one round trip per decision.
+    pub sync_interval_ms: Option<u64>,
 }
 
 /// The `[rate_limit]` table.
@@ -126,7 +131,8 @@ pub struct RateLimitConfig {
     pub default: QuotaConfig,
     /// The policy for authenticated callers.
     pub authenticated: Option<QuotaConfig>,
-    /// Local store key cap.
+    /// Cap on keys held in this process: the local store's, or the Redis
+    /// store's in local-first mode.
     pub max_keys: Option<usize>,
     /// `shared_bucket` (default) or `allow`.
     pub on_missing_key: Option<MissingKeyConfig>,
@@ -259,6 +265,18 @@ impl RateLimitConfig {
                 }
                 if let Some(on) = redis.deny_cache {
                     store = store.deny_cache(on);
+                }
+                if let Some(ms) = redis.sync_interval_ms {
+                    if ms == 0 {
+                        return Err(invalid(
+                            "rate_limit.redis.sync_interval_ms",
+                            "give at least 1 (milliseconds), or leave it out for exact mode",
+                        ));
+                    }
+                    store = store.local_first(std::time::Duration::from_millis(ms));
+                }
+                if let Some(max) = self.max_keys {
+                    store = store.max_local_keys(max);
                 }
                 AnyStore::Redis(store)
             }

@@ -4,7 +4,6 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::time::Instant;
 
 use http::request::Parts;
 
@@ -201,8 +200,7 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
                 store_failures: AtomicU64::new(0),
                 shadow: self.shadow,
                 decisions: AtomicU64::new(0),
-                last_warning: AtomicU64::new(0),
-                created: Instant::now(),
+                store_warnings: crate::observe::WarnEvery::new(10),
                 warned_no_peer: AtomicBool::new(false),
                 warned_no_auth: AtomicBool::new(false),
             }),

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
 
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -62,9 +61,8 @@ pub(crate) struct Shared<St> {
     pub(crate) store_failures: AtomicU64,
     pub(crate) shadow: bool,
     pub(crate) decisions: AtomicU64,
-    /// Seconds (since `created`) of the last store warning logged.
-    pub(crate) last_warning: AtomicU64,
-    pub(crate) created: Instant,
+    /// Store failures are logged at most every 10 s.
+    pub(crate) store_warnings: observe::WarnEvery,
     /// Each misconfiguration seen at run time is logged once per layer.
     pub(crate) warned_no_peer: AtomicBool,
     pub(crate) warned_no_auth: AtomicBool,
@@ -85,21 +83,11 @@ fn warn_once(flag: &AtomicBool, policy: &str, message: &str) {
     }
 }
 
-/// At most one store-failure warning per this many seconds.
-const WARN_EVERY_SECS: u64 = 10;
-
 impl<St> Shared<St> {
     /// Counts a store failure; logs a warning at most every 10 s.
     pub(crate) fn store_failed(&self, error: &super::store::StoreError) {
         let failures = self.store_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = self.created.elapsed().as_secs() + WARN_EVERY_SECS;
-        let last = self.last_warning.load(Ordering::Relaxed);
-        if now >= last + WARN_EVERY_SECS
-            && self
-                .last_warning
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.store_warnings.due() {
             tracing::warn!(%error, failures, on_error = ?self.on_store_error, "tollgate: rate-limit store failed");
         }
     }
