@@ -1,38 +1,4 @@
-//! Revoked tokens and sessions: logout for stateless tokens.
-//!
-//! A JWT stays valid until its `exp` wherever it is verified. [`Revocations`]
-//! lets a service refuse one token (by `jti`) or every token of a subject
-//! issued before a time (logout everywhere, password change), checked by the
-//! auth layer on every request — verified-token cache hits included.
-//!
-//! ```
-//! use std::time::Duration;
-//! use tollgate::auth::{JwtAuthLayer, Key, Revocations};
-//!
-//! # fn main() -> Result<(), tollgate::ConfigError> {
-//! let revocations = Revocations::new().max_token_lifetime(Duration::from_secs(15 * 60));
-//! let auth = JwtAuthLayer::<serde_json::Value>::builder()
-//!     .key(Key::hmac(b"0123456789abcdef0123456789abcdef")?)
-//!     .cookie("da3")
-//!     .revocations(revocations.clone())
-//!     .build()?;
-//!
-//! // In a logout handler, with the caller's `Identity`:
-//! // revocations.revoke_token_of(&identity);           // this session
-//! // revocations.revoke_subject_of(&identity, now);    // every session
-//! revocations.revoke_token("a-jti", 1_900_000_000);
-//! assert!(revocations.is_revoked(None, Some("alice"), Some("a-jti"), Some(1), 1_800_000_000));
-//! # let _ = auth;
-//! # Ok(()) }
-//! ```
-//!
-//! Memory is bounded by time: a revoked `jti` is kept until the token would
-//! have expired anyway (its `exp` plus the leeway), a revoked subject until
-//! the longest token it can affect would have expired (the time given plus
-//! [`max_token_lifetime`](Revocations::max_token_lifetime)). Expired entries
-//! are removed a shard at a time as revocations are added.
-//!
-//! With no revocations at all the check is one atomic load.
+//! Revoked tokens and sessions: see [`Revocations`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -79,9 +45,43 @@ struct Inner {
     clock: Arc<dyn WallClock>,
 }
 
-/// Revoked tokens (by `jti`) and subjects (tokens issued before a time),
-/// shared by every clone and every layer given a clone. See the
-/// [module docs](self).
+/// Revoked tokens and sessions: logout for stateless tokens.
+///
+/// A JWT stays valid until its `exp` wherever it is verified. [`Revocations`]
+/// lets a service refuse one token (by `jti`) or every token of a subject
+/// issued before a time (logout everywhere, password change), checked by the
+/// auth layer on every request — verified-token cache hits included.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::auth::{JwtAuthLayer, Key, Revocations};
+///
+/// # fn main() -> Result<(), tollgate::ConfigError> {
+/// let revocations = Revocations::new().max_token_lifetime(Duration::from_secs(15 * 60));
+/// let auth = JwtAuthLayer::<serde_json::Value>::builder()
+///     .key(Key::hmac(b"0123456789abcdef0123456789abcdef")?)
+///     .cookie("da3")
+///     .revocations(revocations.clone())
+///     .build()?;
+///
+/// // In a logout handler, with the caller's `Identity`:
+/// // revocations.revoke_token_of(&identity);           // this session
+/// // revocations.revoke_subject_of(&identity, now);    // every session
+/// revocations.revoke_token("a-jti", 1_900_000_000);
+/// assert!(revocations.is_revoked(None, Some("alice"), Some("a-jti"), Some(1), 1_800_000_000));
+/// # let _ = auth;
+/// # Ok(()) }
+/// ```
+///
+/// Memory is bounded by time: a revoked `jti` is kept until the token would
+/// have expired anyway (its `exp` plus the leeway), a revoked subject until
+/// the longest token it can affect would have expired (the time given plus
+/// [`max_token_lifetime`](Revocations::max_token_lifetime)). Expired entries
+/// are removed a shard at a time as revocations are added.
+///
+/// With no revocations at all the check is one atomic load.
+///
+/// Shared by every clone and every layer given a clone.
 #[derive(Clone)]
 pub struct Revocations {
     inner: Arc<Inner>,
