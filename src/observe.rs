@@ -3,6 +3,7 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `tollgate_auth_requests_total` | counter | `outcome` (`authenticated`, `anonymous`, `refused`), `reason` (an [`AuthErrorKind::reason`](crate::auth::AuthErrorKind::reason), or `none`), `enforced` (`true`, or `false` in shadow mode) |
+//! | `tollgate_auth_refreshes_total` | counter | `outcome` (`refreshed`, `vetoed` by the hook, the handler or a revocation, `failed`): sliding refreshes of cookie sessions |
 //! | `tollgate_auth_verify_seconds` | histogram | — (time to find and verify a token, cache hits included) |
 //! | `tollgate_rate_limit_decisions_total` | counter | `policy`, `decision` (`allowed`, `limited`, `failed_open`, `failed_closed`), `enforced` |
 //! | `tollgate_rate_limit_keys` | gauge | `layer` (the layer's default policy name) |
@@ -23,6 +24,8 @@ use std::time::Instant;
 pub mod names {
     /// Counter of authentication outcomes.
     pub const AUTH_REQUESTS: &str = "tollgate_auth_requests_total";
+    /// Counter of sliding cookie refreshes, by outcome.
+    pub const AUTH_REFRESHES: &str = "tollgate_auth_refreshes_total";
     /// Histogram of token verification time in seconds.
     pub const AUTH_VERIFY_SECONDS: &str = "tollgate_auth_verify_seconds";
     /// Counter of rate-limit decisions.
@@ -46,6 +49,15 @@ pub(crate) fn auth_outcome(outcome: &'static str, reason: &'static str, enforced
 pub(crate) fn auth_outcome(_outcome: &'static str, _reason: &'static str, enforced: bool) {
     let _ = enforced_label(enforced);
 }
+
+#[cfg(all(feature = "metrics", feature = "auth"))]
+pub(crate) fn auth_refresh(outcome: &'static str) {
+    metrics::counter!(names::AUTH_REFRESHES, "outcome" => outcome).increment(1);
+}
+
+#[cfg(all(not(feature = "metrics"), feature = "auth"))]
+#[inline]
+pub(crate) fn auth_refresh(_outcome: &'static str) {}
 
 #[cfg(feature = "metrics")]
 pub(crate) fn verify_time(elapsed: Duration) {

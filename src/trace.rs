@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `tollgate.auth.outcome` | auth | `authenticated`, `anonymous`, `refused` |
 //! | `tollgate.auth.reason` | auth | `none` or the refusal reason (`expired`, `revoked`, ...) |
+//! | `tollgate.auth.refresh` | auth, with a sliding refresh | `refreshed`, `vetoed`, `failed` (only when a refresh was due) |
 //! | `enduser.id` | auth, with `.trace_subject(true)` | the verified subject (personal data: opt-in) |
 //! | `tollgate.rate_limit.policy` | rate limit | the policy that decided (the innermost limiter's, or the one that refused) |
 //! | `tollgate.rate_limit.decision` | rate limit | `allowed`, `limited`, `failed_open`, `failed_closed` |
@@ -25,6 +26,7 @@
 //!     "request",
 //!     "tollgate.auth.outcome" = Empty,
 //!     "tollgate.auth.reason" = Empty,
+//!     "tollgate.auth.refresh" = Empty,
 //!     "enduser.id" = Empty,
 //!     "tollgate.rate_limit.policy" = Empty,
 //!     "tollgate.rate_limit.decision" = Empty,
@@ -40,6 +42,8 @@ pub mod fields {
     pub const AUTH_OUTCOME: &str = "tollgate.auth.outcome";
     /// The auth layer's reason (`none` when authenticated).
     pub const AUTH_REASON: &str = "tollgate.auth.reason";
+    /// What a due sliding refresh did.
+    pub const AUTH_REFRESH: &str = "tollgate.auth.refresh";
     /// The verified subject (opt-in: `trace_subject(true)`).
     pub const END_USER: &str = "enduser.id";
     /// The rate-limit policy that decided.
@@ -54,6 +58,10 @@ pub(crate) fn auth(outcome: &'static str, reason: &'static str) {
         span.record(fields::AUTH_OUTCOME, outcome);
         span.record(fields::AUTH_REASON, reason);
     }
+}
+
+pub(crate) fn refresh(outcome: &'static str) {
+    Span::current().record(fields::AUTH_REFRESH, outcome);
 }
 
 pub(crate) fn end_user(subject: Option<&str>) {

@@ -11,13 +11,14 @@ use super::cache::{Lookup, TokenCache};
 use super::claims::Claims;
 use super::claims_check;
 use super::keys::provider::{self, ProviderState, Wait};
+use super::refresh::{Due, Refresher};
 use super::revocation::Revocations;
 use super::token::Source;
 use super::verify::{self, Verified};
 use crate::clock::WallClock;
 use crate::error::{AuthError, AuthErrorKind};
 use crate::future::Verdict;
-use crate::identity::{Anonymous, Identity, TokenFacts};
+use crate::identity::{Anonymous, CredentialSource, Identity, TokenFacts};
 use crate::reject::{Refusal, Responder};
 use crate::{observe, trace};
 
@@ -54,11 +55,15 @@ pub(crate) struct AuthState<T> {
     pub(crate) revocations: Option<Revocations>,
     /// Requests these select are let through as anonymous, unchecked.
     pub(crate) exempt: Vec<Exempt>,
+    /// Sliding refresh of cookie sessions (off: `None`, no work at all).
+    pub(crate) refresh: Option<Arc<Refresher>>,
 }
 
 pub(crate) struct Authenticated<T> {
     pub(crate) claims: Arc<T>,
     pub(crate) identity: Identity,
+    /// A re-mint for the response, when the cookie's token is near `exp`.
+    pub(crate) refresh: Option<Box<Due>>,
 }
 
 /// What [`AuthState::authenticate`] found.
@@ -152,20 +157,30 @@ impl<T: DeserializeOwned> AuthState<T> {
                 "the token does not grant access to this resource",
             ));
         }
+        let identity =
+            Identity::new(subject.clone(), issuer.clone(), found.source).with_token(TokenFacts {
+                jti: verified.jti.clone(),
+                iat: verified.iat,
+                exp: verified.exp,
+            });
+        // Cookies only: a bearer token belongs to a client that refreshes
+        // it itself.
+        let refresh = match &self.refresh {
+            Some(refresher) if found.source == CredentialSource::Cookie => {
+                refresher.due(&found.token, verified.exp, now, &identity)
+            }
+            _ => None,
+        };
         Outcome::Authenticated(Authenticated {
             claims: Arc::clone(claims),
-            identity: Identity::new(subject.clone(), issuer.clone(), found.source).with_token(
-                TokenFacts {
-                    jti: verified.jti.clone(),
-                    iat: verified.iat,
-                    exp: verified.exp,
-                },
-            ),
+            identity,
+            refresh,
         })
     }
 }
 
 /// The per-request decision, shared by `call` and the retry after a key fetch.
+/// A request that goes on carries the refresh due for its response, if any.
 ///
 /// In shadow mode a refusal is computed, counted and logged, and the request
 /// goes on as anonymous.
@@ -176,7 +191,7 @@ pub(crate) fn step<T, R, B>(
     responder: &R,
     mut req: Request<B>,
     allow_refresh: bool,
-) -> Verdict<Request<B>, (Wait, Request<B>)>
+) -> Verdict<(Request<B>, Option<Box<Due>>), (Wait, Request<B>)>
 where
     T: DeserializeOwned + Send + Sync + 'static,
     R: Responder,
@@ -188,11 +203,15 @@ where
         if exempt {
             // Later layers see that the auth layer looked: anonymous.
             req.extensions_mut().insert(Anonymous::new(None));
-            return Verdict::Pass(req);
+            return Verdict::Pass((req, None));
         }
     }
     let error = match state.authenticate(req.headers(), allow_refresh) {
-        Outcome::Authenticated(Authenticated { claims, identity }) => {
+        Outcome::Authenticated(Authenticated {
+            claims,
+            identity,
+            refresh,
+        }) => {
             observe::auth_outcome("authenticated", "none", true);
             trace::auth("authenticated", "none");
             if state.trace_subject {
@@ -208,7 +227,7 @@ where
             let extensions = req.extensions_mut();
             extensions.insert(Claims(claims));
             extensions.insert(identity);
-            return Verdict::Pass(req);
+            return Verdict::Pass((req, refresh));
         }
         Outcome::Retry(wait) => return Verdict::Wait((wait, req)),
         Outcome::NoToken if mode == AuthMode::Required => {
@@ -219,7 +238,7 @@ where
             trace::auth("anonymous", AuthErrorKind::Missing.reason());
             tracing::trace!(outcome = "anonymous", reason = "missing", "tollgate: auth");
             req.extensions_mut().insert(Anonymous::new(None));
-            return Verdict::Pass(req);
+            return Verdict::Pass((req, None));
         }
         Outcome::Failed(e) if mode == AuthMode::Lenient && e.kind() != AuthErrorKind::Forbidden => {
             observe::auth_outcome("anonymous", e.kind().reason(), true);
@@ -230,7 +249,7 @@ where
                 "tollgate: token ignored (lenient)"
             );
             req.extensions_mut().insert(Anonymous::new(Some(e.kind())));
-            return Verdict::Pass(req);
+            return Verdict::Pass((req, None));
         }
         Outcome::Failed(e) => e,
     };
@@ -247,7 +266,7 @@ where
         );
         req.extensions_mut()
             .insert(Anonymous::new(Some(error.kind())));
-        return Verdict::Pass(req);
+        return Verdict::Pass((req, None));
     }
     tracing::debug!(
         outcome = "refused",

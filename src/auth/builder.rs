@@ -11,6 +11,7 @@ use super::claims_check::Rules;
 use super::keys::Key;
 use super::keys::provider::{Provider, ProviderKeys, ProviderState};
 use super::layer::JwtAuthLayer;
+use super::refresh::{self, Refresh};
 use super::revocation::Revocations;
 use super::token::{CookieName, Source};
 use crate::clock::{SystemClock, WallClock};
@@ -59,6 +60,7 @@ pub struct JwtAuthBuilder<T> {
     shadow: bool,
     exempt: Vec<Exempt>,
     revocations: Option<Revocations>,
+    refresh: Option<Refresh>,
     _claims: PhantomData<fn() -> T>,
 }
 
@@ -98,6 +100,7 @@ impl<T> JwtAuthBuilder<T> {
             shadow: false,
             exempt: Vec::new(),
             revocations: None,
+            refresh: None,
             _claims: PhantomData,
         }
     }
@@ -271,6 +274,15 @@ impl<T> JwtAuthBuilder<T> {
         self
     }
 
+    /// Slides cookie sessions: a verified token from the cookie with little
+    /// time left gets a re-minted successor in a `Set-Cookie` on the
+    /// response (see the [module docs](crate::auth#sliding-refresh)). Off by
+    /// default; when off it costs nothing.
+    pub fn refresh(mut self, refresh: Refresh) -> Self {
+        self.refresh = Some(refresh);
+        self
+    }
+
     /// Builds the layer in shadow mode (see [`JwtAuthLayer::shadow`]).
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
@@ -284,7 +296,9 @@ impl<T> JwtAuthBuilder<T> {
     ///
     /// # Errors
     /// No key, no token source, an invalid cookie name, an empty issuer or
-    /// audience, or more than 64 required claims.
+    /// audience, or more than 64 required claims. With a refresh: not
+    /// exactly one cookie source, invalid cookie attributes, or a signing
+    /// key whose tokens the layer's static keys would refuse.
     pub fn build(self) -> Result<JwtAuthLayer<T>, ConfigError> {
         if self.sources.is_empty() {
             return Err(ConfigError::new(
@@ -384,6 +398,17 @@ impl<T> JwtAuthBuilder<T> {
             }
             states
         };
+        let refresh = match self.refresh {
+            None => None,
+            Some(refresh) => Some(Arc::new(refresh.build(&refresh::Context {
+                sources: &sources,
+                providers: &providers,
+                clock: &self.clock,
+                revocations: self.revocations.as_ref(),
+                leeway: self.leeway.as_secs(),
+                max_lifetime: self.max_lifetime.map(|d| d.as_secs()),
+            })?)),
+        };
         Ok(JwtAuthLayer {
             state: Arc::new(AuthState {
                 providers,
@@ -396,6 +421,7 @@ impl<T> JwtAuthBuilder<T> {
                 trace_subject: self.trace_subject,
                 exempt: self.exempt,
                 revocations: self.revocations,
+                refresh,
             }),
             mode: self.mode,
             shadow: self.shadow,

@@ -12,6 +12,7 @@ use tower_service::Service;
 use super::authenticate::AuthMode;
 use super::authenticate::{AuthState, step};
 use super::keys::provider::Wait;
+use super::refresh::Due;
 use crate::body::ResponseBody;
 use crate::future::Respond;
 use crate::future::Verdict;
@@ -37,6 +38,8 @@ pin_project! {
     {
         #[pin]
         kind: Kind<S::Future, S, B, T, R>,
+        // A sliding refresh for the response, when one is due.
+        refresh: Option<Box<Due>>,
     }
 }
 
@@ -52,11 +55,12 @@ impl<S, B, T, R> ResponseFuture<S, B, T, R>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn inner(future: S::Future) -> Self {
+    pub(crate) fn inner(future: S::Future, refresh: Option<Box<Due>>) -> Self {
         Self {
             kind: Kind::Ready {
                 respond: Respond::inner(future),
             },
+            refresh,
         }
     }
 
@@ -65,6 +69,7 @@ where
             kind: Kind::Ready {
                 respond: Respond::refused(response),
             },
+            refresh: None,
         }
     }
 
@@ -89,6 +94,7 @@ where
                     responder,
                 }),
             },
+            refresh: None,
         }
     }
 }
@@ -105,7 +111,15 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.kind.as_mut().project() {
-                KindProj::Ready { respond } => return respond.poll(cx),
+                KindProj::Ready { respond } => {
+                    let mut output = ready!(respond.poll(cx));
+                    if let Some(refresh) = this.refresh.take()
+                        && let Ok(response) = &mut output
+                    {
+                        refresh.apply(response.status(), response.headers_mut());
+                    }
+                    return Poll::Ready(output);
+                }
                 KindProj::Waiting { wait, parked } => {
                     ready!(wait.as_mut().poll(cx));
                     let Some(Parked {
@@ -122,7 +136,10 @@ where
                     };
                     // Second and last try: no further fetch.
                     let respond = match step(&state, mode, shadow, &responder, request, false) {
-                        Verdict::Pass(request) => Respond::inner(inner.call(request)),
+                        Verdict::Pass((request, refresh)) => {
+                            *this.refresh = refresh;
+                            Respond::inner(inner.call(request))
+                        }
                         Verdict::Refuse(response) => Respond::refused(response),
                         // `step` does not ask to wait when refresh is not allowed.
                         Verdict::Wait(_) => {

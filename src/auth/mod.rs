@@ -73,6 +73,67 @@
 //! memory, and a service with static keys gains most from it. Call
 //! [`JwtAuthLayer::clear_cache`] after changing keys.
 //!
+//! # Sliding refresh
+//!
+//! Without a gateway to re-mint the session cookie, a session would end at
+//! its token's `exp` mid-use. With [`JwtAuthBuilder::refresh`], a verified
+//! token that came from the cookie (never `Authorization: Bearer`: such a
+//! client refreshes its own tokens) and has at most `within` left gets a
+//! successor in a `Set-Cookie` on the response: the same claims (`jti`
+//! included, so revoking either revokes both), a new `iat` and `exp` (the
+//! original lifetime, or [`Refresh::lifetime`]), signed by a
+//! [`SigningKey`] with its `kid`, checked at build to verify under the
+//! layer's own keys.
+//!
+//! - Only on success: a response with a 2xx or 3xx status. Refusals by
+//!   tollgate and 4xx/5xx answers of the inner service (a rate limit, a CSRF
+//!   refusal, a failed handler) get no new cookie; a later request will.
+//! - Once per token per replica: concurrent requests carrying the same old
+//!   cookie mint one successor (a bounded set remembers re-minted tokens
+//!   until they expire). Replicas do not share it, so with N replicas a
+//!   token may be re-minted up to N times — each successor is valid.
+//! - Never over the handler: a response that sets the cookie itself (a
+//!   logout clearing it) keeps its own, and a token revoked while the
+//!   request ran is not re-minted.
+//! - A [`Refresh::hook`] may adjust the claims or veto.
+//! - Cost: nothing when off; when on, one comparison of `exp − now` per
+//!   cookie request until the window is reached. The claims are decoded
+//!   again (as JSON) only to re-mint. Outcomes are counted in
+//!   `tollgate_auth_refreshes_total` ([`observe`](crate::observe)).
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{Request, Response, header};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tollgate::auth::{JwtAuthLayer, Key, Refresh, SigningKey};
+//! use tollgate::testing::Signer;
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let secret = b"0123456789abcdef0123456789abcdef";
+//! let now = 1_700_000_000;
+//! let auth = JwtAuthLayer::<serde_json::Value>::builder()
+//!     .key(Key::hmac(secret)?)
+//!     .cookie("da3")
+//!     .clock(move || now)
+//!     .refresh(Refresh::new(SigningKey::hmac(secret)?, Duration::from_secs(180)))
+//!     .build()?;
+//! let svc = ServiceBuilder::new().layer(auth).service(service_fn(|_req: Request<()>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+//! }));
+//!
+//! // 2 minutes left of 15: the response re-mints the session.
+//! let token = Signer::hmac(secret).sign(&serde_json::json!({
+//!     "sub": "alice", "iat": now - 780, "exp": now + 120,
+//! }))?;
+//! let req = Request::builder().header(header::COOKIE, format!("da3={token}")).body(())?;
+//! let res = svc.oneshot(req).await?;
+//! let cookie = res.headers()[header::SET_COOKIE].to_str()?;
+//! assert!(cookie.starts_with("da3=ey"));
+//! assert!(cookie.ends_with("; Max-Age=900; Path=/; Secure; HttpOnly; SameSite=Lax"));
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
 //! # Rejections
 //!
 //! See [`DefaultResponder`] for the exact responses and [`AuthErrorKind`] for
@@ -88,6 +149,7 @@ pub(crate) mod claims_check;
 mod future;
 mod keys;
 mod layer;
+mod refresh;
 mod revocation;
 mod service;
 mod token;
@@ -107,6 +169,7 @@ pub use keys::jwks::{
 pub use keys::provider::Provider;
 pub use keys::{Key, MIN_HMAC_SECRET_LEN};
 pub use layer::JwtAuthLayer;
+pub use refresh::{DEFAULT_REFRESHED_CAPACITY, Refresh, SameSite, SigningKey};
 pub use revocation::{DEFAULT_MAX_TOKEN_LIFETIME, Revocations};
 pub use service::JwtAuth;
 

@@ -73,7 +73,7 @@ where
             req,
             true,
         ) {
-            Verdict::Pass(req) => ResponseFuture::inner(self.inner.call(req)),
+            Verdict::Pass((req, refresh)) => ResponseFuture::inner(self.inner.call(req), refresh),
             Verdict::Refuse(response) => ResponseFuture::refused(response),
             Verdict::Wait((wait, req)) => {
                 // The request waits for a key fetch: the future takes the

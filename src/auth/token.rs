@@ -23,6 +23,10 @@ pub(crate) struct CookieName {
 }
 
 impl CookieName {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     pub(crate) fn new(name: &str) -> Result<Self, ConfigError> {
         validate_cookie_name(name)?;
         Ok(Self {

@@ -149,40 +149,7 @@ pub(crate) fn verify<T: DeserializeOwned>(
 
     let signature = b64(signature_b64, "the signature is not base64url")?;
     let message = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-    match header.kid.as_deref() {
-        Some(kid) => {
-            let key = keys
-                .by_kid(kid)
-                .ok_or_else(|| err(AuthErrorKind::UnknownKey, "no key matches the token's kid"))?;
-            if !key.algorithms.contains(&alg) {
-                return Err(err(
-                    AuthErrorKind::UnsupportedAlgorithm,
-                    "the token's alg is not allowed for its key",
-                ));
-            }
-            check_signature(key, alg, message, &signature)?;
-        }
-        None if keys.all_named() => {
-            // Every key has a kid: a token without one names no key, and
-            // trying each key in turn only multiplies the work of a forgery.
-            return Err(err(
-                AuthErrorKind::InvalidHeader,
-                "the token has no kid and every key of this service has one",
-            ));
-        }
-        None => {
-            let mut candidates = keys.allowing(alg).peekable();
-            if candidates.peek().is_none() {
-                return Err(err(
-                    AuthErrorKind::UnsupportedAlgorithm,
-                    "no key allows the token's alg",
-                ));
-            }
-            if !candidates.any(|key| check_signature(key, alg, message, &signature).is_ok()) {
-                return Err(bad_signature());
-            }
-        }
-    }
+    check_signed(header.kid.as_deref(), alg, keys, message, &signature)?;
 
     // Only now, with the signature good, look at the claims.
     let payload = b64(payload_b64, "the payload is not base64url")?;
@@ -202,6 +169,78 @@ pub(crate) fn verify<T: DeserializeOwned>(
         nbf: checked.nbf,
         iat: checked.iat,
     })
+}
+
+/// Checks the signature of `message` with the key `kid` names, or with each
+/// key allowing `alg` when the token names none.
+fn check_signed(
+    kid: Option<&str>,
+    alg: Algorithm,
+    keys: &KeySet,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), AuthError> {
+    match kid {
+        Some(kid) => {
+            let key = keys
+                .by_kid(kid)
+                .ok_or_else(|| err(AuthErrorKind::UnknownKey, "no key matches the token's kid"))?;
+            if !key.algorithms.contains(&alg) {
+                return Err(err(
+                    AuthErrorKind::UnsupportedAlgorithm,
+                    "the token's alg is not allowed for its key",
+                ));
+            }
+            check_signature(key, alg, message, signature)?;
+        }
+        None if keys.all_named() => {
+            // Every key has a kid: a token without one names no key, and
+            // trying each key in turn only multiplies the work of a forgery.
+            return Err(err(
+                AuthErrorKind::InvalidHeader,
+                "the token has no kid and every key of this service has one",
+            ));
+        }
+        None => {
+            let mut candidates = keys.allowing(alg).peekable();
+            if candidates.peek().is_none() {
+                return Err(err(
+                    AuthErrorKind::UnsupportedAlgorithm,
+                    "no key allows the token's alg",
+                ));
+            }
+            if !candidates.any(|key| check_signature(key, alg, message, signature).is_ok()) {
+                return Err(bad_signature());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `keys` would accept the signature of `token` (its header's `alg`
+/// and `kid`), claims aside: the refresh's build-time check of its signing
+/// key.
+pub(crate) fn signature_accepted(token: &str, keys: &KeySet) -> Result<(), AuthError> {
+    let (message, signature_b64) = token
+        .rsplit_once('.')
+        .ok_or_else(|| malformed("a JWT has three dot-separated segments"))?;
+    let header_b64 = message.split('.').next().unwrap_or_default();
+    let header_json = b64(header_b64, "the header is not base64url")?;
+    let header = parse_header(&header_json)?;
+    let alg = Algorithm::from_str(&header.alg).map_err(|_| {
+        err(
+            AuthErrorKind::UnsupportedAlgorithm,
+            "the token's alg is not a supported signature algorithm",
+        )
+    })?;
+    let signature = b64(signature_b64, "the signature is not base64url")?;
+    check_signed(
+        header.kid.as_deref(),
+        alg,
+        keys,
+        message.as_bytes(),
+        &signature,
+    )
 }
 
 fn bad_signature() -> AuthError {

@@ -1,0 +1,638 @@
+//! Sliding refresh of cookie sessions: who gets a re-minted cookie, what it
+//! holds, and that the layer accepts it — on a fake clock.
+
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+use tollgate::Identity;
+use tollgate::auth::{
+    JwtAuthBuilder, JwtAuthLayer, Key, Refresh, Revocations, SameSite, SigningKey,
+};
+use tower::{Layer, Service, ServiceExt};
+
+const WITHIN: Duration = Duration::from_secs(180);
+
+/// A clock the test moves.
+#[derive(Clone)]
+struct Clock(Arc<AtomicU64>);
+
+impl Clock {
+    fn at(now: u64) -> Self {
+        Self(Arc::new(AtomicU64::new(now)))
+    }
+    fn set(&self, now: u64) {
+        self.0.store(now, Ordering::SeqCst);
+    }
+    fn now(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let at = Arc::clone(&self.0);
+        move || at.load(Ordering::SeqCst)
+    }
+}
+
+fn hs_key() -> SigningKey {
+    SigningKey::hmac(SECRET).unwrap().kid("hs1")
+}
+
+fn builder(clock: &Clock) -> JwtAuthBuilder<Value> {
+    JwtAuthLayer::<Value>::builder()
+        .key(Key::hmac(SECRET).unwrap().kid("hs1"))
+        .key(Key::ec_pem(EC256_PUBLIC).unwrap().kid("ec256"))
+        .key(Key::ed_pem(ED_PUBLIC).unwrap().kid("ed"))
+        .key(Key::rsa_pem(RSA_PUBLIC).unwrap().kid("rsa"))
+        .cookie("da3")
+        .bearer()
+        .issuer(ISSUER)
+        .audience(AUDIENCE)
+        .clock(clock.now())
+}
+
+fn layer(clock: &Clock, refresh: Refresh) -> JwtAuthLayer<Value> {
+    builder(clock).refresh(refresh).build().unwrap()
+}
+
+/// A session token of 15 minutes with `left` seconds to go at `NOW`.
+fn session(left: u64) -> Value {
+    json!({
+        "sub": "user-1",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "jti": "session-1",
+        "iat": NOW + left - 900,
+        "exp": NOW + left,
+        "roles": ["reader"],
+    })
+}
+
+fn token(alg: Algorithm, kid: &str, claims: &Value) -> String {
+    mint_with(
+        json!({"alg": format!("{alg:?}"), "typ": "JWT", "kid": kid}),
+        alg,
+        claims,
+    )
+}
+
+fn hs(claims: &Value) -> String {
+    token(Algorithm::HS256, "hs1", claims)
+}
+
+fn cookie(token: &str) -> Request<()> {
+    Request::builder()
+        .header(header::COOKIE, format!("theme=dark; da3={token}"))
+        .body(())
+        .unwrap()
+}
+
+fn bearer(token: &str) -> Request<()> {
+    Request::builder()
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(())
+        .unwrap()
+}
+
+/// What the inner service answers: a status, and optionally its own
+/// `Set-Cookie`.
+#[derive(Clone)]
+struct Answer {
+    status: StatusCode,
+    set_cookie: Option<&'static str>,
+}
+
+fn answering(
+    answer: Answer,
+) -> impl Service<
+    Request<()>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+> + Clone {
+    tower::service_fn(move |req: Request<()>| {
+        let mut res = Response::new(Full::new(Bytes::new()));
+        *res.status_mut() = answer.status;
+        if let Some(value) = answer.set_cookie {
+            res.headers_mut()
+                .insert(header::SET_COOKIE, header::HeaderValue::from_static(value));
+        }
+        assert!(req.extensions().get::<Identity>().is_some());
+        std::future::ready(Ok(res))
+    })
+}
+
+const OK: Answer = Answer {
+    status: StatusCode::OK,
+    set_cookie: None,
+};
+
+/// Sends through `layer` to an inner service answering `answer`; returns the
+/// status and every `Set-Cookie`.
+async fn send_to(
+    layer: &JwtAuthLayer<Value>,
+    answer: Answer,
+    req: Request<()>,
+) -> (StatusCode, Vec<String>) {
+    let res = layer.layer(answering(answer)).oneshot(req).await.unwrap();
+    let cookies = res
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    (res.status(), cookies)
+}
+
+async fn send(layer: &JwtAuthLayer<Value>, req: Request<()>) -> (StatusCode, Vec<String>) {
+    send_to(layer, OK, req).await
+}
+
+/// The token and the attributes of a `da3` Set-Cookie.
+fn parse(set_cookie: &str) -> (String, String) {
+    let (pair, attributes) = set_cookie.split_once("; ").unwrap();
+    let token = pair.strip_prefix("da3=").unwrap().to_owned();
+    (token, attributes.to_owned())
+}
+
+fn segment(token: &str, i: usize) -> Value {
+    let part = token.split('.').nth(i).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_cookie_token_in_the_window_gets_a_successor_the_layer_accepts() {
+    let clock = Clock::at(NOW);
+    let auth = layer(&clock, Refresh::new(hs_key(), WITHIN));
+    let old = hs(&session(120));
+    let (status, cookies) = send(&auth, cookie(&old)).await;
+    assert_eq!(status, StatusCode::OK);
+    let [set_cookie] = cookies.as_slice() else {
+        panic!("one Set-Cookie expected: {cookies:?}")
+    };
+    let (new, attributes) = parse(set_cookie);
+    assert_eq!(
+        attributes,
+        "Max-Age=900; Path=/; Secure; HttpOnly; SameSite=Lax"
+    );
+    assert_ne!(new, old);
+
+    let header = segment(&new, 0);
+    assert_eq!(header, json!({"alg": "HS256", "typ": "JWT", "kid": "hs1"}));
+    let claims = segment(&new, 1);
+    let mut expected = session(120);
+    expected["iat"] = json!(NOW);
+    expected["exp"] = json!(NOW + 900);
+    assert_eq!(
+        claims, expected,
+        "same claims, new iat and exp (same lifetime)"
+    );
+
+    // The layer accepts its successor, which is outside the window.
+    let (status, cookies) = send(&auth, cookie(&new)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(cookies.is_empty(), "{cookies:?}");
+}
+
+#[tokio::test]
+async fn only_tokens_inside_the_window_are_refreshed() {
+    let clock = Clock::at(NOW);
+    let auth = layer(&clock, Refresh::new(hs_key(), WITHIN));
+    assert!(send(&auth, cookie(&hs(&session(181)))).await.1.is_empty());
+    assert!(send(&auth, cookie(&hs(&session(3600)))).await.1.is_empty());
+    assert_eq!(send(&auth, cookie(&hs(&session(180)))).await.1.len(), 1);
+    // Expired but within the leeway: still accepted, and refreshed.
+    let mut late = session(0);
+    late["exp"] = json!(NOW - 30);
+    assert_eq!(send(&auth, cookie(&hs(&late))).await.1.len(), 1);
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_never_refreshed() {
+    let clock = Clock::at(NOW);
+    let auth = layer(&clock, Refresh::new(hs_key(), WITHIN));
+    let (status, cookies) = send(&auth, bearer(&hs(&session(60)))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(cookies.is_empty(), "{cookies:?}");
+}
+
+#[tokio::test]
+async fn refused_and_failed_requests_get_no_cookie_and_keep_the_refresh_for_later() {
+    let clock = Clock::at(NOW);
+    let old = hs(&session(60));
+    // Refused by tollgate (authorisation hook: 403).
+    let forbidding = builder(&clock)
+        .authorize(|_| false)
+        .refresh(Refresh::new(hs_key(), WITHIN))
+        .build()
+        .unwrap();
+    let (status, cookies) = send(&forbidding, cookie(&old)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(cookies.is_empty(), "{cookies:?}");
+
+    // 4xx and 5xx from the inner service: no cookie, and no slot spent.
+    let auth = layer(&clock, Refresh::new(hs_key(), WITHIN));
+    for status in [
+        StatusCode::BAD_REQUEST,
+        StatusCode::FORBIDDEN,
+        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    ] {
+        let answer = Answer {
+            status,
+            set_cookie: None,
+        };
+        let (got, cookies) = send_to(&auth, answer, cookie(&old)).await;
+        assert_eq!(got, status);
+        assert!(cookies.is_empty(), "{status}: {cookies:?}");
+    }
+    // A redirect is a success: the next good response carries it.
+    let redirect = Answer {
+        status: StatusCode::SEE_OTHER,
+        set_cookie: None,
+    };
+    assert_eq!(send_to(&auth, redirect, cookie(&old)).await.1.len(), 1);
+}
+
+#[tokio::test]
+async fn the_same_old_token_is_reminted_once_per_layer() {
+    let clock = Clock::at(NOW);
+    let auth = layer(&clock, Refresh::new(hs_key(), WITHIN));
+    let old = hs(&session(60));
+    assert_eq!(send(&auth, cookie(&old)).await.1.len(), 1);
+    assert!(
+        send(&auth, cookie(&old)).await.1.is_empty(),
+        "second request"
+    );
+    // A clone of the layer shares the set.
+    assert!(send(&auth.clone(), cookie(&old)).await.1.is_empty());
+
+    // Concurrent: both requests pass auth before either answers; one mints.
+    let other = hs(&json!({
+        "sub": "user-2", "iss": ISSUER, "aud": AUDIENCE,
+        "iat": NOW - 800, "exp": NOW + 100,
+    }));
+    let mut a = auth.layer(answering(OK));
+    let mut b = auth.layer(answering(OK));
+    let first = a.call(cookie(&other));
+    let second = b.call(cookie(&other));
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    let minted = [first, second]
+        .iter()
+        .filter(|res| res.headers().contains_key(header::SET_COOKIE))
+        .count();
+    assert_eq!(minted, 1);
+}
+
+#[tokio::test]
+async fn a_successor_is_refreshed_again_when_its_own_window_comes() {
+    // Keyed by the token, not its jti (which the successor keeps).
+    let clock = Clock::at(NOW);
+    let auth = layer(&clock, Refresh::new(hs_key(), WITHIN));
+    let (_, cookies) = send(&auth, cookie(&hs(&session(120)))).await;
+    let (second, _) = parse(&cookies[0]);
+    clock.set(NOW + 900 - 100);
+    let (status, cookies) = send(&auth, cookie(&second)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (third, _) = parse(&cookies[0]);
+    assert_eq!(segment(&third, 1)["exp"], json!(NOW + 800 + 900));
+    assert_eq!(segment(&third, 1)["jti"], "session-1");
+}
+
+#[tokio::test]
+async fn the_hook_can_veto() {
+    let clock = Clock::at(NOW);
+    let auth = layer(
+        &clock,
+        Refresh::new(hs_key(), WITHIN).hook(|claims| claims["sub"] != "user-1"),
+    );
+    let (status, cookies) = send(&auth, cookie(&hs(&session(60)))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(cookies.is_empty(), "{cookies:?}");
+}
+
+#[tokio::test]
+async fn the_hook_can_adjust_claims_and_cap_exp() {
+    let clock = Clock::at(NOW);
+    let auth = layer(
+        &clock,
+        Refresh::new(hs_key(), WITHIN).hook(|claims| {
+            claims.insert("roles".into(), json!(["reader", "writer"]));
+            // An absolute session end: never past NOW + 300.
+            claims.insert("exp".into(), json!(NOW + 300));
+            true
+        }),
+    );
+    let (_, cookies) = send(&auth, cookie(&hs(&session(60)))).await;
+    let (new, attributes) = parse(&cookies[0]);
+    let claims = segment(&new, 1);
+    assert_eq!(claims["roles"], json!(["reader", "writer"]));
+    assert_eq!(claims["exp"], json!(NOW + 300));
+    assert!(attributes.starts_with("Max-Age=300;"), "{attributes}");
+    assert_eq!(send(&auth, cookie(&new)).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn cookie_attributes_and_lifetime_are_configurable() {
+    let clock = Clock::at(NOW);
+    let auth = layer(
+        &clock,
+        Refresh::new(hs_key(), WITHIN)
+            .lifetime(Duration::from_secs(600))
+            .http_only(false)
+            .secure(false)
+            .same_site(SameSite::Strict)
+            .path("/app")
+            .domain("example.com")
+            .max_age(Duration::from_secs(3600)),
+    );
+    let (_, cookies) = send(&auth, cookie(&hs(&session(60)))).await;
+    let (new, attributes) = parse(&cookies[0]);
+    assert_eq!(
+        attributes,
+        "Max-Age=3600; Path=/app; Domain=example.com; SameSite=Strict"
+    );
+    assert_eq!(segment(&new, 1)["exp"], json!(NOW + 600));
+}
+
+#[tokio::test]
+async fn a_token_without_iat_needs_a_configured_lifetime() {
+    let clock = Clock::at(NOW);
+    let mut claims = session(60);
+    claims.as_object_mut().unwrap().remove("iat");
+    let token = hs(&claims);
+    let auth = layer(&clock, Refresh::new(hs_key(), WITHIN));
+    assert!(send(&auth, cookie(&token)).await.1.is_empty());
+    let auth = layer(
+        &clock,
+        Refresh::new(hs_key(), WITHIN).lifetime(Duration::from_secs(600)),
+    );
+    let (_, cookies) = send(&auth, cookie(&token)).await;
+    assert_eq!(segment(&parse(&cookies[0]).0, 1)["iat"], json!(NOW));
+}
+
+#[tokio::test]
+async fn a_response_that_sets_the_cookie_keeps_its_own() {
+    let clock = Clock::at(NOW);
+    let auth = layer(&clock, Refresh::new(hs_key(), WITHIN));
+    let logout = Answer {
+        status: StatusCode::NO_CONTENT,
+        set_cookie: Some("da3=; Max-Age=0; Path=/"),
+    };
+    let (_, cookies) = send_to(&auth, logout, cookie(&hs(&session(60)))).await;
+    assert_eq!(cookies, ["da3=; Max-Age=0; Path=/"]);
+    // Another cookie's name that starts like it does not count.
+    let other = Answer {
+        status: StatusCode::OK,
+        set_cookie: Some("da3x=1"),
+    };
+    assert_eq!(
+        send_to(&auth, other, cookie(&hs(&session(60))))
+            .await
+            .1
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_token_revoked_while_the_request_runs_is_not_reminted() {
+    let clock = Clock::at(NOW);
+    let revocations = Revocations::new().clock(clock.now());
+    let auth = builder(&clock)
+        .revocations(revocations.clone())
+        .refresh(Refresh::new(hs_key(), WITHIN))
+        .build()
+        .unwrap();
+    // A logout handler: revokes the caller's token, answers 204.
+    let logout = tower::service_fn(move |req: Request<()>| {
+        let identity = req.extensions().get::<Identity>().unwrap();
+        assert!(revocations.revoke_token_of(identity));
+        let mut res = Response::new(Full::new(Bytes::new()));
+        *res.status_mut() = StatusCode::NO_CONTENT;
+        std::future::ready(Ok::<_, Infallible>(res))
+    });
+    let old = hs(&session(60));
+    let res = auth.layer(logout).oneshot(cookie(&old)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert!(!res.headers().contains_key(header::SET_COOKIE));
+    assert_eq!(send(&auth, cookie(&old)).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn every_algorithm_family_signs_with_its_kid() {
+    let cases = [
+        (
+            SigningKey::ec_pem(EC256_PRIVATE).unwrap().kid("ec256"),
+            Algorithm::ES256,
+            "ec256",
+        ),
+        (
+            SigningKey::ed_pem(ED_PRIVATE).unwrap().kid("ed"),
+            Algorithm::EdDSA,
+            "ed",
+        ),
+        (
+            SigningKey::rsa_pem(RSA_PRIVATE).unwrap().kid("rsa"),
+            Algorithm::RS256,
+            "rsa",
+        ),
+        (
+            SigningKey::rsa_pem(RSA_PRIVATE)
+                .unwrap()
+                .algorithm(Algorithm::PS384)
+                .unwrap()
+                .kid("rsa"),
+            Algorithm::PS384,
+            "rsa",
+        ),
+        (hs_key(), Algorithm::HS256, "hs1"),
+    ];
+    for (key, alg, kid) in cases {
+        let clock = Clock::at(NOW);
+        let auth = layer(&clock, Refresh::new(key, WITHIN));
+        // The original may be signed by another key of the layer.
+        let old = token(Algorithm::ES256, "ec256", &session(60));
+        let (status, cookies) = send(&auth, cookie(&old)).await;
+        assert_eq!(status, StatusCode::OK);
+        let (new, _) = parse(&cookies[0]);
+        assert_eq!(segment(&new, 0)["alg"], format!("{alg:?}"), "{alg:?}");
+        assert_eq!(segment(&new, 0)["kid"], kid, "{alg:?}");
+        assert_eq!(segment(&new, 1)["sub"], "user-1");
+        let (status, cookies) = send(&auth, cookie(&new)).await;
+        assert_eq!(status, StatusCode::OK, "{alg:?}: the layer accepts it");
+        assert!(cookies.is_empty());
+    }
+}
+
+#[test]
+fn misconfigurations_fail_at_build() {
+    let clock = Clock::at(NOW);
+    let fails = |b: JwtAuthBuilder<Value>, setting: &str, words: &str| {
+        let err = b.build().unwrap_err();
+        assert_eq!(err.setting(), setting, "{err}");
+        assert!(err.reason().contains(words), "{err}");
+    };
+    let base = || {
+        JwtAuthLayer::<Value>::builder()
+            .key(Key::hmac(SECRET).unwrap().kid("hs1"))
+            .clock(clock.now())
+    };
+    let refresh = || Refresh::new(hs_key(), WITHIN);
+    fails(
+        base().bearer().refresh(refresh()),
+        "refresh",
+        ".cookie(name)",
+    );
+    fails(
+        base().cookie("a").cookie("b").refresh(refresh()),
+        "refresh",
+        "single",
+    );
+    // A key the layer would refuse: another secret, an unknown kid.
+    let other = SigningKey::hmac([7u8; 32]).unwrap().kid("hs1");
+    fails(
+        base().cookie("da3").refresh(Refresh::new(other, WITHIN)),
+        "refresh.key",
+        "refused",
+    );
+    let unknown = SigningKey::hmac(SECRET).unwrap().kid("nope");
+    fails(
+        base().cookie("da3").refresh(Refresh::new(unknown, WITHIN)),
+        "refresh.key",
+        "kid",
+    );
+    // A P-384 key signing as ES256.
+    fails(
+        base()
+            .key(Key::ec_pem(EC384_PUBLIC).unwrap().kid("ec384"))
+            .cookie("da3")
+            .refresh(Refresh::new(
+                SigningKey::ec_pem(EC384_PRIVATE).unwrap().kid("ec384"),
+                WITHIN,
+            )),
+        "refresh.key",
+        "ES384",
+    );
+    fails(
+        base().cookie("da3").refresh(refresh().lifetime(WITHIN)),
+        "refresh",
+        "longer than within",
+    );
+    fails(
+        base()
+            .cookie("da3")
+            .max_lifetime(Duration::from_secs(600))
+            .refresh(refresh().lifetime(Duration::from_secs(900))),
+        "refresh",
+        "max_lifetime",
+    );
+    fails(
+        base()
+            .cookie("da3")
+            .refresh(refresh().same_site(SameSite::None).secure(false)),
+        "refresh",
+        "Secure",
+    );
+    fails(
+        base()
+            .cookie("__Host-s")
+            .refresh(refresh().domain("example.com")),
+        "refresh",
+        "__Host-",
+    );
+    fails(
+        base().cookie("da3").refresh(refresh().path("/a;b")),
+        "refresh",
+        "path",
+    );
+    fails(
+        base().cookie("da3").refresh(refresh().domain("a b")),
+        "refresh",
+        "domain",
+    );
+    fails(
+        base()
+            .cookie("da3")
+            .refresh(Refresh::new(hs_key(), Duration::ZERO)),
+        "refresh",
+        "within",
+    );
+    // The P-384 pair signs once the algorithm says so.
+    base()
+        .key(Key::ec_pem(EC384_PUBLIC).unwrap().kid("ec384"))
+        .cookie("da3")
+        .refresh(Refresh::new(
+            SigningKey::ec_pem(EC384_PRIVATE)
+                .unwrap()
+                .kid("ec384")
+                .algorithm(Algorithm::ES384)
+                .unwrap(),
+            WITHIN,
+        ))
+        .build()
+        .unwrap();
+}
+
+#[test]
+fn outcomes_are_counted_and_tokens_never_logged() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let clock = Clock::at(NOW);
+    let old = hs(&session(60));
+    let logs = capture_logs(|| {
+        metrics::with_local_recorder(&recorder, || {
+            run(async {
+                let auth = layer(&clock, Refresh::new(hs_key(), WITHIN));
+                let (_, cookies) = send(&auth, cookie(&old)).await;
+                assert_eq!(cookies.len(), 1);
+                let veto = layer(&clock, Refresh::new(hs_key(), WITHIN).hook(|_| false));
+                assert!(send(&veto, cookie(&old)).await.1.is_empty());
+                let mut claims = session(60);
+                claims.as_object_mut().unwrap().remove("iat");
+                assert!(send(&auth, cookie(&hs(&claims))).await.1.is_empty());
+            });
+        });
+    });
+    let mut counted: Vec<(String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "tollgate_auth_refreshes_total")
+        .map(|(key, _, _, value)| {
+            let outcome = key
+                .key()
+                .labels()
+                .find(|l| l.key() == "outcome")
+                .unwrap()
+                .value()
+                .to_owned();
+            let DebugValue::Counter(n) = value else {
+                panic!("a counter")
+            };
+            (outcome, n)
+        })
+        .collect();
+    counted.sort();
+    assert_eq!(
+        counted,
+        [
+            ("failed".to_owned(), 1),
+            ("refreshed".to_owned(), 1),
+            ("vetoed".to_owned(), 1)
+        ]
+    );
+    assert!(logs.contains("refresh"), "{logs}");
+    let signature = old.rsplit('.').next().unwrap();
+    assert!(!logs.contains(signature), "a token was logged: {logs}");
+    assert!(!logs.contains("eyJ"), "a token was logged: {logs}");
+}
