@@ -17,35 +17,45 @@
 //! - `TOLLGATE_JWKS_URL` or `TOLLGATE_OIDC_ISSUER`: trust an identity provider's
 //!   keys (fetched and rotated in the background) instead of `TOLLGATE_SECRET`;
 //!   `mint` then needs the secret anyway, as the provider signs real tokens
+//! - `TOLLGATE_REFRESH_WITHIN_SECS`: sliding refresh (default off): a session
+//!   cookie with at most this many seconds left gets a re-minted successor
+//!   (same claims, new `iat`/`exp`, signed with `TOLLGATE_SECRET`) in a
+//!   `Set-Cookie` on successful responses; needs the secret, not remote keys
 //! - `TOLLGATE_CONFIG`: a TOML file with `[auth]` and `[rate_limit]` tables (see
 //!   `examples/tollgate.toml`); it replaces the key and quota variables above
 //! - `TOLLGATE_LAYERS=off`: serve without tollgate (for throughput comparisons only)
+//!
+//! `POST /logout` revokes the caller's token (its `jti`) and `POST
+//! /logout-everywhere` every token of the caller's subject issued until now;
+//! both answer 204 and clear the cookie, need a token (401 without) and are
+//! behind the CSRF guard. Revocations are kept in this process.
 //!
 //! `GET /metrics` serves tollgate's statistics in the Prometheus text format.
 //! Logs go to stderr: `warn`, and `info` for tollgate, unless `RUST_LOG` says
 //! otherwise.
 //!
 //! The stack, outermost first, on every route: a coarse limit per client IP
-//! (`/healthz` exempt) → JWT auth → CSRF guard (`/graphql`) → a limit per
-//! verified subject (per client IP for anonymous callers).
+//! (`/healthz` exempt) → JWT auth → CSRF guard (`/graphql`, `/logout*`) → a
+//! limit per verified subject (per client IP for anonymous callers).
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_graphql::{
     Context, EmptyMutation, EmptySubscription, ErrorExtensions, Object, Schema, SimpleObject,
 };
 use axum::extract::State;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
-use tollgate::Claims;
-use tollgate::auth::{JwtAuthLayer, Key, RemoteKeys};
+use tollgate::auth::{JwtAuthLayer, Key, Refresh, RemoteKeys, Revocations, SigningKey};
 use tollgate::config::TollgateConfig;
 use tollgate::csrf::CsrfGuardLayer;
 use tollgate::rate_limit::store::AnyStore;
 use tollgate::rate_limit::{KeyBy, LocalStore, Quota, RateLimitLayer, TrustedProxies};
+use tollgate::{Claims, Identity};
 use tower::ServiceBuilder;
 
 const DEV_SECRET: &str = "tollgate-example-dev-secret-not-for-production";
@@ -57,6 +67,13 @@ struct User {
     iss: String,
     aud: Audience,
     exp: u64,
+    /// Issue time: what logout-everywhere cuts at, and the lifetime a
+    /// refresh keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+    /// Token id: what logout revokes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
     #[serde(default)]
     roles: Vec<String>,
 }
@@ -161,6 +178,55 @@ async fn me(Claims(user): Claims<User>) -> impl IntoResponse {
     Json(user.as_ref().clone())
 }
 
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// 204, and the browser drops the session cookie.
+fn logged_out() -> impl IntoResponse {
+    (
+        StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            "da3=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite=Lax",
+        )],
+    )
+}
+
+/// `POST /logout`: this session's token is refused from now on, on this
+/// process (until it would have expired anyway).
+async fn logout(
+    State(revocations): State<Revocations>,
+    identity: Identity,
+) -> axum::response::Response {
+    if revocations.revoke_token_of(&identity) {
+        logged_out().into_response()
+    } else {
+        // A token without `jti` cannot be revoked alone.
+        (
+            StatusCode::CONFLICT,
+            "this token has no jti: use /logout-everywhere",
+        )
+            .into_response()
+    }
+}
+
+/// `POST /logout-everywhere`: every token of the caller's subject issued
+/// until now is refused; tokens issued later are not.
+async fn logout_everywhere(
+    State(revocations): State<Revocations>,
+    identity: Identity,
+) -> axum::response::Response {
+    if revocations.revoke_subject_of(&identity, unix_now()) {
+        logged_out().into_response()
+    } else {
+        (StatusCode::CONFLICT, "this token has no subject").into_response()
+    }
+}
+
 struct Config {
     addr: String,
     secret: String,
@@ -175,6 +241,7 @@ struct Config {
     jwks_url: Option<String>,
     oidc_issuer: Option<String>,
     file: Option<TollgateConfig>,
+    refresh_within: Option<Duration>,
 }
 
 fn env_u32(name: &str, default: u32) -> Result<u32, String> {
@@ -220,17 +287,24 @@ impl Config {
                 Ok(path) if !path.is_empty() => Some(TollgateConfig::from_file(path)?),
                 _ => None,
             },
+            refresh_within: match env_u32("TOLLGATE_REFRESH_WITHIN_SECS", 0)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs.into())),
+            },
         })
     }
 
     fn mint(&self, subject: &str) -> Result<String, Box<dyn std::error::Error>> {
         tollgate::crypto::install_default_provider();
-        let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
         let claims = User {
             sub: subject.to_owned(),
             iss: self.issuer.clone(),
             aud: Audience::One(self.audience.clone()),
-            exp,
+            exp: now.as_secs() + 3600,
+            iat: Some(now.as_secs()),
+            // Unique enough for an example: the issue time in nanoseconds.
+            jti: Some(format!("{subject}-{:x}", now.as_nanos())),
             roles: vec!["reader".to_owned()],
         };
         let key = jsonwebtoken::EncodingKey::from_secret(self.secret.as_bytes());
@@ -255,10 +329,29 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
             .route("/metrics", metrics)
             .with_state(schema));
     }
+    // Logged-out tokens, checked by the auth layer on every request (in
+    // this process; `max_token_lifetime` bounds how long a logout-everywhere
+    // is kept: the example's tokens live an hour).
+    let revocations = Revocations::new().max_token_lifetime(Duration::from_secs(3600));
     let (auth, limit) = match &config.file {
-        Some(file) => from_file(file).await?,
-        None => from_env(config).await?,
+        Some(file) => from_file(file, &revocations).await?,
+        None => from_env(config, &revocations).await?,
     };
+    // Logout needs a token (401 without), and a cookie-authenticated POST
+    // from another site is refused by the CSRF guard.
+    let session = || {
+        ServiceBuilder::new()
+            .layer(auth.clone().required())
+            .layer(CsrfGuardLayer::new())
+            .layer(limit.clone())
+    };
+    let logout_routes = Router::new()
+        .route("/logout", post(logout).route_layer(session()))
+        .route(
+            "/logout-everywhere",
+            post(logout_everywhere).route_layer(session()),
+        )
+        .with_state(revocations);
     // Outermost, on every route: a coarse limit per client IP, so that a
     // flood of junk tokens is refused before any signature is checked.
     let per_ip = RateLimitLayer::builder("per-ip", config.per_ip)
@@ -286,15 +379,19 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
         // never rate limited
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", metrics)
+        .with_state(schema)
+        .merge(logout_routes)
         // `Router::layer` wraps every route, outside the route layers above.
-        .layer(per_ip)
-        .with_state(schema))
+        .layer(per_ip))
 }
 
 type Layers = (JwtAuthLayer<User>, RateLimitLayer<AnyStore>);
 
 /// The policy from `TOLLGATE_CONFIG`.
-async fn from_file(file: &TollgateConfig) -> Result<Layers, Box<dyn std::error::Error>> {
+async fn from_file(
+    file: &TollgateConfig,
+    revocations: &Revocations,
+) -> Result<Layers, Box<dyn std::error::Error>> {
     let auth = file
         .auth
         .as_ref()
@@ -303,25 +400,45 @@ async fn from_file(file: &TollgateConfig) -> Result<Layers, Box<dyn std::error::
         .rate_limit
         .as_ref()
         .ok_or("TOLLGATE_CONFIG has no [rate_limit] table")?;
-    Ok((auth.layer::<User>().await?, limit.layer().await?))
+    let auth = auth
+        .builder::<User>()
+        .await?
+        .revocations(revocations.clone())
+        .build()?;
+    Ok((auth, limit.layer().await?))
 }
 
 /// The policy from the environment variables.
-async fn from_env(config: &Config) -> Result<Layers, Box<dyn std::error::Error>> {
+async fn from_env(
+    config: &Config,
+    revocations: &Revocations,
+) -> Result<Layers, Box<dyn std::error::Error>> {
     let builder = JwtAuthLayer::<User>::builder();
     let builder = match (&config.jwks_url, &config.oidc_issuer) {
         (Some(url), _) => builder.remote_keys(RemoteKeys::jwks(url).start().await?),
         (None, Some(issuer)) => builder.remote_keys(RemoteKeys::oidc_issuer(issuer).start().await?),
         (None, None) => builder.key(Key::hmac(&config.secret)?),
     };
-    let auth = builder
+    let mut builder = builder
         .cookie("da3")
         .bearer()
         .issuer(&config.issuer)
         .audience(&config.audience)
         // a browser sends the same session cookie on every request
         .cache(10_000)
-        .build()?;
+        .revocations(revocations.clone());
+    if let Some(within) = config.refresh_within {
+        if config.jwks_url.is_some() || config.oidc_issuer.is_some() {
+            return Err(
+                "TOLLGATE_REFRESH_WITHIN_SECS re-mints with TOLLGATE_SECRET: \
+                        not with keys of an identity provider"
+                    .into(),
+            );
+        }
+        // Re-mint near-expiry session cookies with the same secret.
+        builder = builder.refresh(Refresh::new(SigningKey::hmac(&config.secret)?, within));
+    }
+    let auth = builder.build()?;
     // Anonymous callers by client IP, registered callers by verified subject.
     let limit = RateLimitLayer::builder("anonymous", config.anon)
         .key(KeyBy::subject_or_client_ip(config.proxies.clone()))

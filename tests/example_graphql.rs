@@ -36,7 +36,9 @@ fn command() -> Command {
         .env("TOLLGATE_USER_PER_MIN", "600")
         .env("TOLLGATE_USER_BURST", "50")
         .env_remove("TOLLGATE_TRUSTED_PROXIES")
-        .env_remove("TOLLGATE_LAYERS");
+        .env_remove("TOLLGATE_LAYERS")
+        .env_remove("TOLLGATE_REFRESH_WITHIN_SECS")
+        .env_remove("TOLLGATE_CONFIG");
     cmd
 }
 
@@ -376,4 +378,152 @@ async fn audience_array_is_accepted() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["sub"], "array-user");
+}
+
+/// A token signed with the smoke-test secret, with chosen claims.
+fn token_with(subject: &str, jti: &str, iat: u64, exp: u64) -> String {
+    tollgate::crypto::install_default_provider();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({
+            "sub": subject,
+            "iss": "tollgate-example",
+            "aud": "tollgate-example",
+            "jti": jti,
+            "iat": iat,
+            "exp": exp,
+        }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn da3(token: &str) -> Vec<(&'static str, String)> {
+    vec![("cookie", format!("da3={token}"))]
+}
+
+/// `POST /logout` revokes the caller's token; `/logout-everywhere` every
+/// token of the subject issued until then, not later ones; both need a
+/// token and are behind the CSRF guard.
+#[tokio::test]
+async fn logout_and_logout_everywhere() {
+    let (_child, addr) = start();
+    let http = http(addr);
+    let now = unix_now();
+
+    // Anonymous: 401.
+    for path in ["/logout", "/logout-everywhere"] {
+        let (status, _, body) = http.send(Method::POST, path, &[], None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(body["reason"], "missing");
+    }
+
+    // Cross-site POST with the session cookie: refused by CSRF, not revoked.
+    let session = mint("logout-user");
+    let mut cross = da3(&session);
+    cross.push(("sec-fetch-site", "cross-site".to_owned()));
+    let (status, _, body) = http.send(Method::POST, "/logout", &cross, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["reason"], "csrf");
+    assert_eq!(
+        http.send(Method::GET, "/me", &da3(&session), None).await.0,
+        StatusCode::OK
+    );
+
+    // Logout: 204, the cookie is cleared, and the same token is refused.
+    let other_session = mint("logout-user");
+    let (status, headers, _) = http
+        .send(Method::POST, "/logout", &da3(&session), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        headers["set-cookie"].to_str().unwrap().starts_with("da3=;"),
+        "{headers:?}"
+    );
+    let (status, _, body) = http.send(Method::GET, "/me", &da3(&session), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["reason"], "revoked");
+    // Another session of the same user is untouched.
+    assert_eq!(
+        http.send(Method::GET, "/me", &da3(&other_session), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // Logout everywhere: a token issued earlier is refused, one issued
+    // later (iat in the next seconds, within the leeway) is not.
+    let earlier = token_with("everywhere-user", "e1", now - 100, now + 3000);
+    let caller = token_with("everywhere-user", "e2", now - 50, now + 3000);
+    let later = token_with("everywhere-user", "e3", now + 5, now + 3600);
+    let (status, _, _) = http
+        .send(Method::POST, "/logout-everywhere", &da3(&caller), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for token in [&earlier, &caller] {
+        let (status, _, body) = http.send(Method::GET, "/me", &da3(token), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["reason"], "revoked");
+    }
+    let (status, _, body) = http.send(Method::GET, "/me", &da3(&later), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["sub"], "everywhere-user");
+}
+
+/// With `TOLLGATE_REFRESH_WITHIN_SECS`, a session cookie near its `exp`
+/// gets a successor; without it, never.
+#[tokio::test]
+async fn near_expiry_cookie_is_refreshed_when_configured() {
+    let now = unix_now();
+    let near = token_with("sliding-user", "s1", now - 3500, now + 100);
+    for (within, expect) in [(None, false), (Some("300"), true)] {
+        let mut cmd = command();
+        match within {
+            Some(secs) => cmd.env("TOLLGATE_REFRESH_WITHIN_SECS", secs),
+            None => cmd.env_remove("TOLLGATE_REFRESH_WITHIN_SECS"),
+        };
+        let (_child, addr) = start_with(cmd);
+        let http = http(addr);
+        let (status, headers, _) = http.send(Method::GET, "/me", &da3(&near), None).await;
+        assert_eq!(status, StatusCode::OK);
+        let set_cookie = headers.get("set-cookie");
+        assert_eq!(set_cookie.is_some(), expect, "{within:?}: {headers:?}");
+        let Some(set_cookie) = set_cookie else {
+            continue;
+        };
+        let set_cookie = set_cookie.to_str().unwrap();
+        assert!(
+            set_cookie.ends_with("; Max-Age=3600; Path=/; Secure; HttpOnly; SameSite=Lax"),
+            "{set_cookie}"
+        );
+        let successor = set_cookie
+            .strip_prefix("da3=")
+            .and_then(|rest| rest.split(';').next())
+            .unwrap();
+        // The successor works, carries the same subject and is not refreshed.
+        let (status, headers, body) = http.send(Method::GET, "/me", &da3(successor), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["sub"], "sliding-user");
+        assert_eq!(body["jti"], "s1");
+        assert!(body["exp"].as_u64().unwrap() >= now + 3600);
+        assert!(headers.get("set-cookie").is_none());
+        // A bearer token near expiry is not refreshed.
+        let (status, headers, _) = http
+            .send(
+                Method::GET,
+                "/me",
+                &[("authorization", format!("Bearer {near}"))],
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(headers.get("set-cookie").is_none());
+    }
 }
