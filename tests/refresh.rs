@@ -636,3 +636,69 @@ fn outcomes_are_counted_and_tokens_never_logged() {
     assert!(!logs.contains(signature), "a token was logged: {logs}");
     assert!(!logs.contains("eyJ"), "a token was logged: {logs}");
 }
+
+#[tokio::test]
+async fn the_auth_refresh_table_configures_it_with_the_hmac_key() {
+    use tollgate::config::TollgateConfig;
+    let secret = std::str::from_utf8(SECRET).unwrap();
+    let text = format!(
+        r#"
+[auth]
+cookie = "da3"
+issuers = ["{ISSUER}"]
+audiences = ["{AUDIENCE}"]
+keys = [{{ type = "hmac", secret = "{secret}", kid = "hs1" }}]
+
+[auth.refresh]
+within_secs = 180
+same_site = "strict"
+domain = "example.com"
+max_age_secs = 1200
+"#
+    );
+    let config = TollgateConfig::from_toml(&text).unwrap();
+    let clock = Clock::at(NOW);
+    let auth = config
+        .auth
+        .as_ref()
+        .unwrap()
+        .builder::<Value>()
+        .await
+        .unwrap()
+        .clock(clock.now())
+        .build()
+        .unwrap();
+    let (_, cookies) = send(&auth, cookie(&hs(&session(60)))).await;
+    let (new, attributes) = parse(&cookies[0]);
+    assert_eq!(
+        attributes,
+        "Max-Age=1200; Path=/; Domain=example.com; Secure; HttpOnly; SameSite=Strict"
+    );
+    assert_eq!(segment(&new, 0)["kid"], "hs1");
+
+    // A typo lists the accepted values; a table without an hmac key to
+    // sign with names the table.
+    let typo = text.replace("\"strict\"", "\"relaxed\"");
+    let err = TollgateConfig::from_toml(&typo).unwrap_err().to_string();
+    assert!(
+        err.contains("unknown variant `relaxed`, expected one of `strict`, `lax`, `none`"),
+        "{err}"
+    );
+    let ec_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ec256_public.pem"
+    );
+    let no_hmac = text.replace(
+        &format!("{{ type = \"hmac\", secret = \"{secret}\", kid = \"hs1\" }}"),
+        &format!("{{ type = \"ec_pem\", path = \"{ec_path}\" }}"),
+    );
+    let config = TollgateConfig::from_toml(&no_hmac).unwrap();
+    let err = config
+        .auth
+        .as_ref()
+        .unwrap()
+        .builder::<Value>()
+        .await
+        .unwrap_err();
+    assert_eq!(err.setting(), "auth.refresh", "{err}");
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::invalid;
-use crate::auth::{AuthMode, JwtAuthBuilder, JwtAuthLayer, Key};
+use crate::auth::{AuthMode, JwtAuthBuilder, JwtAuthLayer, Key, Refresh, SameSite, SigningKey};
 use crate::error::ConfigError;
 
 /// `required` (default), `optional` or `lenient`: see [`AuthMode`].
@@ -76,6 +76,88 @@ pub enum KeyConfig {
     },
 }
 
+/// `strict`, `lax` (default) or `none`: see [`SameSite`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SameSiteConfig {
+    /// [`SameSite::Strict`].
+    Strict,
+    /// [`SameSite::Lax`].
+    Lax,
+    /// [`SameSite::None`] (needs `secure`).
+    None,
+}
+
+impl From<SameSiteConfig> for SameSite {
+    fn from(same_site: SameSiteConfig) -> Self {
+        match same_site {
+            SameSiteConfig::Strict => Self::Strict,
+            SameSiteConfig::Lax => Self::Lax,
+            SameSiteConfig::None => Self::None,
+        }
+    }
+}
+
+/// The `[auth.refresh]` table: sliding refresh of the session cookie (see
+/// [`Refresh`]). The signing key is not here: [`AuthConfig::builder`]
+/// re-mints with the single `hmac` key of `auth.keys`; for any other key,
+/// take the table out of the config and call [`RefreshConfig::refresh`]
+/// with a [`SigningKey`] in code.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// Re-mint when the cookie's token has at most this many seconds left.
+    pub within_secs: u64,
+    /// Lifetime of re-minted tokens (default: the original's `exp - iat`).
+    pub lifetime_secs: Option<u64>,
+    /// `HttpOnly` (default true).
+    pub http_only: Option<bool>,
+    /// `Secure` (default true).
+    pub secure: Option<bool>,
+    /// `strict`, `lax` (default) or `none`.
+    pub same_site: Option<SameSiteConfig>,
+    /// `Path` (default `/`).
+    pub path: Option<String>,
+    /// `Domain` (default none).
+    pub domain: Option<String>,
+    /// `Max-Age` in seconds (default: the new token's lifetime).
+    pub max_age_secs: Option<u64>,
+    /// Re-minted tokens remembered, so one old cookie mints once (default 10000).
+    pub capacity: Option<usize>,
+}
+
+impl RefreshConfig {
+    /// The refresh this table describes, signing with `key`.
+    pub fn refresh(&self, key: SigningKey) -> Refresh {
+        let mut refresh = Refresh::new(key, Duration::from_secs(self.within_secs));
+        if let Some(secs) = self.lifetime_secs {
+            refresh = refresh.lifetime(Duration::from_secs(secs));
+        }
+        if let Some(on) = self.http_only {
+            refresh = refresh.http_only(on);
+        }
+        if let Some(on) = self.secure {
+            refresh = refresh.secure(on);
+        }
+        if let Some(same_site) = self.same_site {
+            refresh = refresh.same_site(same_site.into());
+        }
+        if let Some(path) = &self.path {
+            refresh = refresh.path(path.as_str());
+        }
+        if let Some(domain) = &self.domain {
+            refresh = refresh.domain(domain.as_str());
+        }
+        if let Some(secs) = self.max_age_secs {
+            refresh = refresh.max_age(Duration::from_secs(secs));
+        }
+        if let Some(capacity) = self.capacity {
+            refresh = refresh.capacity(capacity);
+        }
+        refresh
+    }
+}
+
 /// The `[auth]` table.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,10 +206,31 @@ pub struct AuthConfig {
     /// published HMAC secret lets anyone mint tokens).
     #[serde(default)]
     pub jwks_allow_symmetric_keys: bool,
+    /// Sliding refresh of the session cookie (`[auth.refresh]`).
+    pub refresh: Option<RefreshConfig>,
 }
 
 fn read_pem(path: &str) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|e| invalid("auth.keys", format!("cannot read {path}: {e}")))
+}
+
+fn hmac_secret(
+    secret_env: Option<&String>,
+    secret: Option<&String>,
+) -> Result<String, ConfigError> {
+    match (secret_env, secret) {
+        (Some(var), None) => std::env::var(var).map_err(|_| {
+            invalid(
+                "auth.keys",
+                format!("environment variable {var} is not set"),
+            )
+        }),
+        (None, Some(secret)) => Ok(secret.clone()),
+        _ => Err(invalid(
+            "auth.keys",
+            "an hmac key needs exactly one of secret_env, secret",
+        )),
+    }
 }
 
 impl KeyConfig {
@@ -137,24 +240,10 @@ impl KeyConfig {
                 secret_env,
                 secret,
                 kid,
-            } => {
-                let secret = match (secret_env, secret) {
-                    (Some(var), None) => std::env::var(var).map_err(|_| {
-                        invalid(
-                            "auth.keys",
-                            format!("environment variable {var} is not set"),
-                        )
-                    })?,
-                    (None, Some(secret)) => secret.clone(),
-                    _ => {
-                        return Err(invalid(
-                            "auth.keys",
-                            "an hmac key needs exactly one of secret_env, secret",
-                        ));
-                    }
-                };
-                (Key::hmac(secret)?, kid)
-            }
+            } => (
+                Key::hmac(hmac_secret(secret_env.as_ref(), secret.as_ref())?)?,
+                kid,
+            ),
             Self::RsaPem { path, kid } => (Key::rsa_pem(read_pem(path)?)?, kid),
             Self::EcPem { path, kid } => (Key::ec_pem(read_pem(path)?)?, kid),
             Self::EdPem { path, kid } => (Key::ed_pem(read_pem(path)?)?, kid),
@@ -167,6 +256,30 @@ impl KeyConfig {
 }
 
 impl AuthConfig {
+    /// The signing key of `[auth.refresh]`: the single hmac key of `keys`.
+    fn refresh_key(&self) -> Result<SigningKey, ConfigError> {
+        let mut hmac = self.keys.iter().filter_map(|key| match key {
+            KeyConfig::Hmac {
+                secret_env,
+                secret,
+                kid,
+            } => Some((secret_env, secret, kid)),
+            _ => None,
+        });
+        let (Some((secret_env, secret, kid)), None) = (hmac.next(), hmac.next()) else {
+            return Err(invalid(
+                "auth.refresh",
+                "re-minting needs one hmac key in auth.keys to sign with; for other keys leave \
+                 [auth.refresh] to code: RefreshConfig::refresh(signing_key)",
+            ));
+        };
+        let key = SigningKey::hmac(hmac_secret(secret_env.as_ref(), secret.as_ref())?)?;
+        Ok(match kid {
+            Some(kid) => key.kid(kid.as_str()),
+            None => key,
+        })
+    }
+
     /// A builder with everything the file says; add hooks, then `build()`.
     /// Async because remote keys are fetched once here.
     ///
@@ -235,6 +348,9 @@ impl AuthConfig {
         b = b.shadow(self.shadow);
         for key in &self.keys {
             b = b.key(key.key()?);
+        }
+        if let Some(refresh) = &self.refresh {
+            b = b.refresh(refresh.refresh(self.refresh_key()?));
         }
         match (&self.jwks_url, &self.oidc_issuer) {
             (None, None) => {}

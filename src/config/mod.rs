@@ -14,6 +14,10 @@
 //! # jwks_url = "https://auth.example.com/.well-known/jwks.json"
 //! # oidc_issuer = "https://auth.example.com"
 //!
+//! # [auth.refresh]                    # sliding refresh of the session cookie
+//! # within_secs = 180                 # re-mint with 3 minutes or less left (signed by the hmac key above)
+//! # same_site = "lax"                 # strict | lax | none; also http_only, secure, path, domain, max_age_secs
+//!
 //! [rate_limit]
 //! key = "subject_or_client_ip"        # global | peer_ip | client_ip | subject_or_client_ip | header
 //! trusted_proxies = ["10.0.0.0/8"]
@@ -42,7 +46,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ConfigError;
 
-pub use auth::{AuthConfig, KeyConfig, ModeConfig, SourceConfig};
+pub use auth::{AuthConfig, KeyConfig, ModeConfig, RefreshConfig, SameSiteConfig, SourceConfig};
 pub use rate_limit::{
     ForwardedHeaderConfig, HeaderStyleConfig, KeyByConfig, MissingKeyConfig, OnStoreErrorConfig,
     QuotaConfig, RateLimitConfig, RedisConfig,
