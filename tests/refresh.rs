@@ -702,3 +702,18 @@ max_age_secs = 1200
         .unwrap_err();
     assert_eq!(err.setting(), "auth.refresh", "{err}");
 }
+
+#[tokio::test]
+async fn a_grpc_error_in_the_headers_gets_no_cookie() {
+    let clock = Clock::at(NOW);
+    let auth = layer(&clock, Refresh::new(hs_key(), WITHIN));
+    let svc = auth.layer(tower::service_fn(|_req: Request<()>| async {
+        let mut res = Response::new(Full::new(Bytes::new()));
+        res.headers_mut()
+            .insert("grpc-status", header::HeaderValue::from_static("16"));
+        Ok::<_, Infallible>(res)
+    }));
+    let res = svc.oneshot(cookie(&hs(&session(60)))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(!res.headers().contains_key(header::SET_COOKIE));
+}

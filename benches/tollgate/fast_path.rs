@@ -9,7 +9,7 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion};
 use http::{Request, Response, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tollgate::auth::{JwtAuthLayer, Key};
+use tollgate::auth::{JwtAuthLayer, Key, Refresh, SigningKey};
 use tollgate::rate_limit::{PeerAddr, Quota, RateLimitLayer};
 use tower::{Layer, Service, ServiceBuilder};
 
@@ -188,5 +188,75 @@ pub fn bench(c: &mut Criterion) {
             )
         });
     }
+
+    // Sliding refresh on a cached HS256 cookie: outside the window (one
+    // comparison; compare with HS256/auth_hit), and a request that mints
+    // (each iteration a token the layer has not re-minted yet, so the
+    // once-per-token set never short-cuts it).
+    let refresh = || {
+        Refresh::new(
+            SigningKey::hmac(SECRET).expect("key"),
+            Duration::from_secs(180),
+        )
+        .capacity(1_000_000)
+    };
+    let auth = JwtAuthLayer::<User>::builder()
+        .key(Key::hmac(SECRET).expect("key"))
+        .cookie("da3")
+        .issuer("https://auth.example")
+        .audience("api")
+        .cache(10_000)
+        .refresh(refresh())
+        .build()
+        .expect("layer");
+    let mut svc = auth.layer(noop);
+    group.bench_function("HS256/auth_hit_refresh_outside_window", |b| {
+        b.iter_batched(
+            request,
+            |req| {
+                let res = ready(svc.call(req)).expect("infallible");
+                assert!(!res.headers().contains_key(header::SET_COOKIE));
+                res
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let near = |i: u64| {
+        let claims = serde_json::json!({
+            "sub": "user-1", "iss": "https://auth.example", "aud": "api",
+            "iat": now - 800 - i % 100, "exp": now + 100, "jti": format!("j{i}"),
+            "roles": ["reader"],
+        });
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &hs).expect("token");
+        Request::builder()
+            .header(header::COOKIE, format!("theme=dark; da3={token}; lang=en"))
+            .body(())
+            .expect("request")
+    };
+    let auth = JwtAuthLayer::<User>::builder()
+        .key(Key::hmac(SECRET).expect("key"))
+        .cookie("da3")
+        .issuer("https://auth.example")
+        .audience("api")
+        .refresh(refresh())
+        .build()
+        .expect("layer");
+    let mut svc = auth.layer(noop);
+    let mut i = 0_u64;
+    group.bench_function("HS256/auth_miss_refresh_mint", |b| {
+        b.iter_batched(
+            || {
+                i += 1;
+                near(i)
+            },
+            |req| {
+                let res = ready(svc.call(req)).expect("infallible");
+                assert!(res.headers().contains_key(header::SET_COOKIE));
+                res
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }

@@ -85,9 +85,11 @@
 //! [`SigningKey`] with its `kid`, checked at build to verify under the
 //! layer's own keys.
 //!
-//! - Only on success: a response with a 2xx or 3xx status. Refusals by
-//!   tollgate and 4xx/5xx answers of the inner service (a rate limit, a CSRF
-//!   refusal, a failed handler) get no new cookie; a later request will.
+//! - Only on success: a response with a 2xx or 3xx status (and, for gRPC, no
+//!   error `grpc-status` in its headers; one sent in trailers is not seen).
+//!   Refusals by tollgate and 4xx/5xx answers of the inner service (a rate
+//!   limit, a CSRF refusal, a failed handler) get no new cookie; a later
+//!   request will.
 //! - Once per token per replica: concurrent requests carrying the same old
 //!   cookie mint one successor (a bounded set remembers re-minted tokens
 //!   until they expire). Replicas do not share it, so with N replicas a

@@ -349,10 +349,17 @@ fn outcome(outcome: &'static str) {
 }
 
 impl Due {
-    /// Adds the re-minted cookie to a successful (2xx/3xx) response, once
-    /// per token per replica.
+    /// Adds the re-minted cookie to a successful response (2xx/3xx, and no
+    /// gRPC error status in its headers), once per token per replica.
     pub(crate) fn apply(self: Box<Self>, status: StatusCode, headers: &mut HeaderMap) {
         if !(status.is_success() || status.is_redirection()) {
+            return;
+        }
+        // A gRPC error answered with HTTP 200 (trailers-only response).
+        if headers
+            .get("grpc-status")
+            .is_some_and(|code| code.as_bytes() != b"0")
+        {
             return;
         }
         let refresher = &*self.refresher;
