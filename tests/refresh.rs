@@ -112,12 +112,7 @@ struct Answer {
 
 fn answering(
     answer: Answer,
-) -> impl Service<
-    Request<()>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
-> + Clone {
+) -> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone {
     tower::service_fn(move |req: Request<()>| {
         let mut res = Response::new(Full::new(Bytes::new()));
         *res.status_mut() = answer.status;

@@ -179,6 +179,9 @@ impl<T: DeserializeOwned> AuthState<T> {
     }
 }
 
+/// A request that goes on, and the refresh due for its response.
+pub(crate) type Passed<B> = (Request<B>, Option<Box<Due>>);
+
 /// The per-request decision, shared by `call` and the retry after a key fetch.
 /// A request that goes on carries the refresh due for its response, if any.
 ///
@@ -191,7 +194,7 @@ pub(crate) fn step<T, R, B>(
     responder: &R,
     mut req: Request<B>,
     allow_refresh: bool,
-) -> Verdict<(Request<B>, Option<Box<Due>>), (Wait, Request<B>)>
+) -> Verdict<Passed<B>, (Wait, Request<B>)>
 where
     T: DeserializeOwned + Send + Sync + 'static,
     R: Responder,

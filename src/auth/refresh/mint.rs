@@ -351,7 +351,7 @@ fn outcome(outcome: &'static str) {
 impl Due {
     /// Adds the re-minted cookie to a successful response (2xx/3xx, and no
     /// gRPC error status in its headers), once per token per replica.
-    pub(crate) fn apply(self: Box<Self>, status: StatusCode, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, status: StatusCode, headers: &mut HeaderMap) {
         if !(status.is_success() || status.is_redirection()) {
             return;
         }
