@@ -15,6 +15,7 @@ use super::revocation::Revocations;
 use super::token::{CookieName, Source};
 use crate::clock::{SystemClock, WallClock};
 use crate::error::ConfigError;
+use crate::observe::AuthMetrics;
 use crate::reject::DefaultResponder;
 
 /// Default cap on a token's length, checked before any decoding.
@@ -59,6 +60,7 @@ pub struct JwtAuthBuilder<T> {
     shadow: bool,
     exempt: Vec<Exempt>,
     revocations: Option<Revocations>,
+    time_cache_hits: bool,
     _claims: PhantomData<fn() -> T>,
 }
 
@@ -98,6 +100,7 @@ impl<T> JwtAuthBuilder<T> {
             shadow: false,
             exempt: Vec::new(),
             revocations: None,
+            time_cache_hits: false,
             _claims: PhantomData,
         }
     }
@@ -271,6 +274,15 @@ impl<T> JwtAuthBuilder<T> {
         self
     }
 
+    /// Whether verified-token cache hits are timed in
+    /// `tollgate_auth_verify_seconds` (feature `metrics`; default off: the
+    /// histogram shows what verification costs, and a hit is a look-up that
+    /// costs less than recording it).
+    pub fn time_cache_hits(mut self, timed: bool) -> Self {
+        self.time_cache_hits = timed;
+        self
+    }
+
     /// Builds the layer in shadow mode (see [`JwtAuthLayer::shadow`]).
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
@@ -396,6 +408,8 @@ impl<T> JwtAuthBuilder<T> {
                 trace_subject: self.trace_subject,
                 exempt: self.exempt,
                 revocations: self.revocations,
+                metrics: AuthMetrics::new(),
+                time_cache_hits: self.time_cache_hits,
             }),
             mode: self.mode,
             shadow: self.shadow,
