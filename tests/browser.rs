@@ -190,6 +190,8 @@ impl Browser {
                     "--disable-background-networking",
                     "--disable-component-update",
                     "--disable-sync",
+                    // Loopback only: every other host name fails at once.
+                    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
                 ],
                 // Chrome's default: third-party cookies allowed.
                 "prefs": { "profile.cookie_controls_mode": 0 },
@@ -514,22 +516,10 @@ async fn the_example_in_headless_chromium() {
     assert_eq!(feed.len(), 3, "{result}");
     assert_eq!(feed[0]["title"], "Break the gateway");
     assert_eq!(feed[0]["personalized"], false);
-    // GraphiQL's scripts come from a CDN: the UI renders only where the
-    // browser reaches it. The screenshot shows what rendered.
-    let rendered = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if browser
-                .eval("!!document.querySelector('.graphiql-container')")
-                .await
-                == true
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .is_ok();
+    // GraphiQL's own scripts come from a CDN, which the browser may not
+    // reach (loopback only): the page then stays at "Loading...". The
+    // screenshot shows what rendered.
+    let rendered = browser.eval("typeof GraphiQL !== 'undefined'").await == true;
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
@@ -542,7 +532,7 @@ async fn the_example_in_headless_chromium() {
         if rendered {
             "GraphiQL UI rendered"
         } else {
-            "GraphiQL UI not rendered: its scripts are on a CDN the browser did not reach"
+            "GraphiQL UI not rendered: its scripts are on a CDN, out of the browser's reach"
         },
         shot.display()
     );
