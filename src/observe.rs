@@ -3,9 +3,10 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `tollgate_auth_requests_total` | counter | `outcome` (`authenticated`, `anonymous`, `refused`), `reason` (an [`AuthErrorKind::reason`](crate::auth::AuthErrorKind::reason), or `none`), `enforced` (`true`, or `false` in shadow mode) |
-//! | `tollgate_auth_verify_seconds` | histogram | — (time to find and verify a token, cache hits included) |
+//! | `tollgate_auth_verify_seconds` | histogram | — (time to find and verify a token; cache hits only with `time_cache_hits(true)`) |
 //! | `tollgate_rate_limit_decisions_total` | counter | `policy`, `decision` (`allowed`, `limited`, `failed_open`, `failed_closed`), `enforced` |
-//! | `tollgate_rate_limit_keys` | gauge | `layer` (the layer's default policy name) |
+//! | `tollgate_rate_limit_keys` | gauge | `layer` (the layer's default policy name); sampled every 1,024 decisions of a thread |
+//! | `tollgate_rate_limit_max_keys` | gauge | `layer`; the store's cap (stores without one: absent) |
 //!
 //! No label carries a token, subject or address: their cardinality is
 //! bounded by the configuration.
@@ -25,6 +26,8 @@ pub mod names {
     pub const RATE_LIMIT_DECISIONS: &str = "tollgate_rate_limit_decisions_total";
     /// Gauge of keys held by a rate limiter's store.
     pub const RATE_LIMIT_KEYS: &str = "tollgate_rate_limit_keys";
+    /// Gauge of the most keys a rate limiter's store holds (its cap).
+    pub const RATE_LIMIT_MAX_KEYS: &str = "tollgate_rate_limit_max_keys";
 }
 
 #[cfg(all(feature = "metrics", feature = "auth"))]
@@ -101,7 +104,7 @@ mod noop {
         ) {
         }
         #[inline]
-        pub(crate) fn keys(&self, _keys: usize) {}
+        pub(crate) fn keys(&self, _keys: usize, _max: Option<usize>) {}
         #[inline]
         pub(crate) fn keys_unset(&self) -> bool {
             false
@@ -271,12 +274,19 @@ mod handles {
                 .increment(1);
         }
 
-        /// Sets the key-count gauge.
+        /// Sets the key-count gauge (and, the first time, the cap's).
         #[allow(clippy::cast_precision_loss)]
-        pub(crate) fn keys(&self, keys: usize) {
+        pub(crate) fn keys(&self, keys: usize, max: Option<usize>) {
             self.keys
                 .get_or_init(|| {
                     let layer = self.names.first().cloned().unwrap_or_else(|| Arc::from(""));
+                    if let Some(max) = max {
+                        metrics::gauge!(
+                            names::RATE_LIMIT_MAX_KEYS,
+                            "layer" => SharedString::from(Arc::clone(&layer))
+                        )
+                        .set(max as f64);
+                    }
                     metrics::gauge!(names::RATE_LIMIT_KEYS, "layer" => SharedString::from(layer))
                 })
                 .set(keys as f64);

@@ -203,6 +203,11 @@ fn metrics_count_outcomes_by_reason_and_policy_without_personal_labels() {
             .any(|(k, _, _, v)| k.key().name() == "tollgate_rate_limit_keys"
                 && matches!(v, DebugValue::Gauge(_)))
     );
+    // The cap, for an alert to compare the count with (LocalStore default).
+    assert!(snapshot.iter().any(|(k, _, _, v)| {
+        k.key().name() == "tollgate_rate_limit_max_keys"
+            && matches!(v, DebugValue::Gauge(g) if g.into_inner() == 1_000_000.0)
+    }));
     // Labels never carry tokens, subjects or addresses.
     let rendered = format!("{snapshot:?}");
     for secret in ["user-1", "192.0.2", &token[..20]] {

@@ -167,7 +167,8 @@ impl<St: RateLimitStore> Shared<St> {
     ) -> Verdict<Option<Stamp>> {
         #[cfg(feature = "metrics")]
         if sample_keys() || self.metrics.keys_unset() {
-            self.metrics.keys(self.store.key_count());
+            self.metrics
+                .keys(self.store.key_count(), self.store.max_keys());
         }
         let name = &self.policies[policy].name;
         let refusal = match result {

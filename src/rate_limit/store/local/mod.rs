@@ -211,6 +211,13 @@ impl LocalStore {
         .next_multiple_of(8);
 }
 
+impl<C: Clock> LocalStore<C> {
+    /// The cap on keys held (see [`max_keys`](LocalStore::max_keys)).
+    pub(crate) fn max_keys_held(&self) -> Option<usize> {
+        Some(self.budget.cap)
+    }
+}
+
 impl<C: Clock + Clone> LocalStore<C> {
     /// A store on `clock`.
     pub fn with_clock(clock: C) -> Self {
@@ -402,5 +409,9 @@ where
 
     fn key_count(&self) -> usize {
         self.budget.len.load(Ordering::Relaxed)
+    }
+
+    fn max_keys(&self) -> Option<usize> {
+        self.max_keys_held()
     }
 }
