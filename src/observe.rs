@@ -6,6 +6,7 @@
 //! | `tollgate_auth_verify_seconds` | histogram | — (time to find and verify a token, cache hits included) |
 //! | `tollgate_rate_limit_decisions_total` | counter | `policy`, `decision` (`allowed`, `limited`, `failed_open`, `failed_closed`), `enforced` |
 //! | `tollgate_rate_limit_keys` | gauge | `layer` (the layer's default policy name) |
+//! | `tollgate_revocation_sync_failures_total` | counter | — (failed calls of revocations shared through Redis) |
 //!
 //! No label carries a token, subject or address: their cardinality is
 //! bounded by the configuration.
@@ -29,6 +30,8 @@ pub mod names {
     pub const RATE_LIMIT_DECISIONS: &str = "tollgate_rate_limit_decisions_total";
     /// Gauge of keys held by a rate limiter's store.
     pub const RATE_LIMIT_KEYS: &str = "tollgate_rate_limit_keys";
+    /// Counter of failed calls to Redis by shared revocations.
+    pub const REVOCATION_SYNC_FAILURES: &str = "tollgate_revocation_sync_failures_total";
 }
 
 fn enforced_label(enforced: bool) -> &'static str {
@@ -77,6 +80,15 @@ pub(crate) fn rate_keys(layer: &Arc<str>, keys: usize) {
     #[allow(clippy::cast_precision_loss)]
     metrics::gauge!(names::RATE_LIMIT_KEYS, "layer" => metrics::SharedString::from(Arc::clone(layer))).set(keys as f64);
 }
+
+#[cfg(all(feature = "metrics", feature = "auth", feature = "redis"))]
+pub(crate) fn revocation_sync_failure() {
+    metrics::counter!(names::REVOCATION_SYNC_FAILURES).increment(1);
+}
+
+#[cfg(all(not(feature = "metrics"), feature = "auth", feature = "redis"))]
+#[inline]
+pub(crate) fn revocation_sync_failure() {}
 
 /// Lets a repeated warning through the first time and then at most once per
 /// period, so an outage logs a line every 10 s rather than one per request.
