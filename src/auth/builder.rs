@@ -59,6 +59,7 @@ pub struct JwtAuthBuilder<T> {
     shadow: bool,
     exempt: Vec<Exempt>,
     revocations: Option<Revocations>,
+    forward_identity: bool,
     _claims: PhantomData<fn() -> T>,
 }
 
@@ -98,6 +99,7 @@ impl<T> JwtAuthBuilder<T> {
             shadow: false,
             exempt: Vec::new(),
             revocations: None,
+            forward_identity: false,
             _claims: PhantomData,
         }
     }
@@ -271,6 +273,15 @@ impl<T> JwtAuthBuilder<T> {
         self
     }
 
+    /// Forwards the verified token to the calls the inner service makes
+    /// while serving the request, through clients wrapped in
+    /// [`ForwardIdentityLayer`](super::ForwardIdentityLayer) (default
+    /// `false`; off, nothing is copied). See [`forward`](super::forward).
+    pub fn forward_identity(mut self, forward: bool) -> Self {
+        self.forward_identity = forward;
+        self
+    }
+
     /// Builds the layer in shadow mode (see [`JwtAuthLayer::shadow`]).
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
@@ -396,6 +407,7 @@ impl<T> JwtAuthBuilder<T> {
                 trace_subject: self.trace_subject,
                 exempt: self.exempt,
                 revocations: self.revocations,
+                forward_identity: self.forward_identity,
             }),
             mode: self.mode,
             shadow: self.shadow,

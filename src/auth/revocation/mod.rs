@@ -22,7 +22,8 @@ mod tests;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{
-    DEFAULT_PREFIX, DEFAULT_SYNC_INTERVAL, RedisRevocations, RevocationSyncError,
+    DEFAULT_REVOCATION_PREFIX, DEFAULT_REVOCATION_SYNC_INTERVAL, RedisRevocations,
+    RevocationSyncError,
 };
 
 /// Default bound on how long a token lives, for subject revocations.

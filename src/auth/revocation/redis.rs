@@ -30,10 +30,10 @@ use crate::error::ConfigError;
 use crate::observe::WarnEvery;
 
 /// Default prefix of the keys and the channel.
-pub const DEFAULT_PREFIX: &str = "tollgate:revoked";
+pub const DEFAULT_REVOCATION_PREFIX: &str = "tollgate:revoked";
 
 /// Default interval of the periodic read.
-pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_REVOCATION_SYNC_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Default per-call timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -139,8 +139,8 @@ impl RedisRevocations {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            prefix: DEFAULT_PREFIX.to_owned(),
-            sync_interval: DEFAULT_SYNC_INTERVAL,
+            prefix: DEFAULT_REVOCATION_PREFIX.to_owned(),
+            sync_interval: DEFAULT_REVOCATION_SYNC_INTERVAL,
             timeout: DEFAULT_TIMEOUT,
             pubsub: true,
         }
