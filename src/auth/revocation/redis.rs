@@ -17,7 +17,7 @@
 //! starting reads the set before its first request.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -487,13 +487,16 @@ impl Revocations {
             .map_or(0, |link| link.failures.load(Ordering::Relaxed))
     }
 
-    /// Revocations made here that have not reached Redis yet.
+    /// Revocations made here that have not reached Redis yet (queued or
+    /// being sent).
     pub fn unsent(&self) -> usize {
         self.inner.link.get().map_or(0, |link| {
-            link.unsent
+            let queued = link
+                .unsent
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .len()
+                .len();
+            queued + link.in_flight.load(Ordering::Relaxed)
         })
     }
 }
@@ -512,6 +515,8 @@ pub(super) struct Link {
     script: Script,
     /// Encoded members not yet written.
     unsent: Mutex<Vec<String>>,
+    /// Members being written now.
+    in_flight: AtomicUsize,
     /// Wakes the task when something is queued.
     pub(super) wake: Arc<Notify>,
     /// Every revocation up to this version has been applied here.
@@ -535,6 +540,7 @@ impl Link {
             pubsub: settings.pubsub,
             script: Script::new(WRITE),
             unsent: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
             wake: Arc::new(Notify::new()),
             seen: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -557,63 +563,44 @@ impl Link {
         }
         let mut unsent = self.unsent.lock().unwrap_or_else(PoisonError::into_inner);
         unsent.extend(members);
-        if unsent.len() > MAX_UNSENT {
-            unsent.retain(|member| until_of(member) > now);
-            let excess = unsent.len().saturating_sub(MAX_UNSENT);
-            if excess > 0 {
-                unsent.drain(..excess);
-                tracing::warn!(
-                    dropped = excess,
-                    "tollgate: too many revocations waiting for Redis; the oldest are kept \
-                     only in this process"
-                );
-            }
-        }
+        trim(&mut unsent, now);
         drop(unsent);
         self.wake.notify_one();
     }
 
-    /// Sends what is queued. On failure, what was not sent is queued again.
+    /// Sends what is queued. What is not sent (a failure, or the caller
+    /// dropping this future) goes back in the queue.
     pub(super) async fn push(&self, set: &Revocations) -> Result<(), RevocationSyncError> {
-        let queued =
+        let taken =
             std::mem::take(&mut *self.unsent.lock().unwrap_or_else(PoisonError::into_inner));
-        if queued.is_empty() {
+        if taken.is_empty() {
             return Ok(());
         }
         let now = set.now();
-        let mut queued: Vec<String> = queued
+        let members: Vec<String> = taken
             .into_iter()
             .filter(|member| until_of(member) > now)
             .collect();
-        while !queued.is_empty() {
-            let rest = queued.split_off(queued.len().min(BATCH));
+        let mut flight = InFlight::new(self, members, now);
+        while flight.sent < flight.members.len() {
+            let end = flight.members.len().min(flight.sent + BATCH);
             let mut invocation = self.script.prepare_invoke();
             invocation
                 .key(&self.entries)
                 .key(&self.version)
                 .arg(&self.channel)
                 .arg(now);
-            for member in &queued {
+            for member in &flight.members[flight.sent..end] {
                 invocation.arg(member);
             }
             let mut conn = self.conn.clone();
             let reply =
                 tokio::time::timeout(self.timeout, invocation.invoke_async::<u64>(&mut conn)).await;
-            let error = match reply {
-                Ok(Ok(_)) => {
-                    queued = rest;
-                    continue;
-                }
-                Ok(Err(e)) => RevocationSyncError::new("write", &e),
-                Err(_) => RevocationSyncError::timed_out("write"),
-            };
-            let mut unsent = self.unsent.lock().unwrap_or_else(PoisonError::into_inner);
-            let newer = std::mem::take(&mut *unsent);
-            *unsent = queued;
-            unsent.extend(rest);
-            drop(unsent);
-            self.enqueue(newer, now);
-            return Err(error);
+            match reply {
+                Ok(Ok(_)) => flight.sent = end,
+                Ok(Err(e)) => return Err(RevocationSyncError::new("write", &e)),
+                Err(_) => return Err(RevocationSyncError::timed_out("write")),
+            }
         }
         Ok(())
     }
@@ -727,6 +714,64 @@ impl Link {
         if self.failing.swap(false, Ordering::Relaxed) {
             tracing::info!("tollgate: revocations sync with Redis again");
         }
+    }
+}
+
+/// Revocations taken from the queue to be sent; those not sent when this is
+/// dropped go back to its front.
+struct InFlight<'a> {
+    link: &'a Link,
+    members: Vec<String>,
+    sent: usize,
+    now: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(link: &'a Link, members: Vec<String>, now: u64) -> Self {
+        link.in_flight.fetch_add(members.len(), Ordering::Relaxed);
+        Self {
+            link,
+            members,
+            sent: 0,
+            now,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.link
+            .in_flight
+            .fetch_sub(self.members.len(), Ordering::Relaxed);
+        let rest = self.members.split_off(self.sent.min(self.members.len()));
+        if rest.is_empty() {
+            return;
+        }
+        let mut unsent = self
+            .link
+            .unsent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let newer = std::mem::replace(&mut *unsent, rest);
+        unsent.extend(newer);
+        trim(&mut unsent, self.now);
+    }
+}
+
+/// Caps the queue: past it, expired members go first, then the oldest.
+fn trim(unsent: &mut Vec<String>, now: u64) {
+    if unsent.len() <= MAX_UNSENT {
+        return;
+    }
+    unsent.retain(|member| until_of(member) > now);
+    let excess = unsent.len().saturating_sub(MAX_UNSENT);
+    if excess > 0 {
+        unsent.drain(..excess);
+        tracing::warn!(
+            dropped = excess,
+            "tollgate: too many revocations waiting for Redis; the oldest are kept only in \
+             this process"
+        );
     }
 }
 
