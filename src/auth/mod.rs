@@ -73,6 +73,12 @@
 //! memory, and a service with static keys gains most from it. Call
 //! [`JwtAuthLayer::clear_cache`] after changing keys.
 //!
+//! # Forwarding the caller's identity
+//!
+//! With `.forward_identity(true)`, calls made while serving a request through
+//! a client wrapped in [`ForwardIdentityLayer`] carry the request's verified
+//! token: see [`forward`].
+//!
 //! # Rejections
 //!
 //! See [`DefaultResponder`] for the exact responses and [`AuthErrorKind`] for

@@ -102,7 +102,9 @@ struct Inner {
 ///
 /// With no revocations at all the check is one atomic load.
 ///
-/// Shared by every clone and every layer given a clone.
+/// Shared by every clone and every layer given a clone; shared by the
+/// replicas of a service through Redis with [`share`](Revocations::share)
+/// (feature `redis`, see `RedisRevocations`).
 #[derive(Clone)]
 pub struct Revocations {
     inner: Arc<Inner>,
