@@ -9,33 +9,47 @@
 //! the client is called and adds `Authorization: Bearer <token>`.
 //!
 //! ```
-//! # #[cfg(feature = "axum")]
+//! # #[cfg(feature = "test-util")]
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! use std::convert::Infallible;
 //! use http::{Request, Response, header::AUTHORIZATION};
-//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tollgate::auth::{ForwardIdentityLayer, JwtAuthLayer, Key};
 //!
-//! // The client of another service; here it echoes the header it was given.
+//! // The client of another service; here it answers with the header it got.
 //! let client = ServiceBuilder::new().layer(ForwardIdentityLayer::new()).service(service_fn(
 //!     |req: Request<()>| async move {
-//!         Ok::<_, Infallible>(req.headers().get(AUTHORIZATION).is_some())
+//!         Ok::<_, Infallible>(req.headers().get(AUTHORIZATION).cloned())
 //!     },
 //! ));
+//! let secret = b"0123456789abcdef0123456789abcdef";
 //! let auth = JwtAuthLayer::<serde_json::Value>::builder()
-//!     .key(Key::hmac(b"0123456789abcdef0123456789abcdef")?)
+//!     .key(Key::hmac(secret)?)
 //!     .bearer()
 //!     .forward_identity(true)
 //!     .build()?;
+//! let outbound = client.clone();
 //! let service = ServiceBuilder::new().layer(auth).service(service_fn(move |_req: Request<()>| {
-//!     let client = client.clone();
+//!     let client = outbound.clone();
+//!     // Called while serving the request: carries the caller's token.
 //!     async move {
-//!         // Called while serving the request: carries the caller's token.
-//!         let forwarded = client.oneshot(Request::new(())).await?;
-//!         Ok::<_, Infallible>(Response::new(format!("forwarded: {forwarded}")))
+//!         let mut response = Response::new(());
+//!         if let Some(seen) = client.oneshot(Request::new(())).await? {
+//!             response.headers_mut().insert("x-seen", seen);
+//!         }
+//!         Ok::<_, Infallible>(response)
 //!     }
 //! }));
-//! # let _ = service;
+//!
+//! let token = tollgate::testing::Signer::hmac(secret)
+//!     .sign(&serde_json::json!({ "sub": "alice", "exp": 4_000_000_000_u64 }))?;
+//! let request = Request::builder()
+//!     .header(AUTHORIZATION, format!("Bearer {token}"))
+//!     .body(())?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.headers()["x-seen"], format!("Bearer {token}").as_str());
+//! // Outside any request: nothing.
+//! assert_eq!(client.oneshot(Request::new(())).await?, None);
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```
