@@ -19,8 +19,9 @@ use crate::clock::WallClock;
 use crate::error::{AuthError, AuthErrorKind};
 use crate::future::Verdict;
 use crate::identity::{Anonymous, Identity, TokenFacts};
+use crate::observe::AuthMetrics;
 use crate::reject::{Refusal, Responder};
-use crate::{observe, trace};
+use crate::trace;
 
 /// What the layer does with requests that carry no valid token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,6 +58,11 @@ pub(crate) struct AuthState<T> {
     pub(crate) forward_identity: bool,
     /// Requests these select are let through as anonymous, unchecked.
     pub(crate) exempt: Vec<Exempt>,
+    /// Metric handles, registered once.
+    pub(crate) metrics: AuthMetrics,
+    /// Whether verified-token cache hits are timed too.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) time_cache_hits: bool,
 }
 
 pub(crate) struct Authenticated<T> {
@@ -82,9 +88,8 @@ impl<T: DeserializeOwned> AuthState<T> {
             Err(e) => return Outcome::Failed(e),
         };
         #[cfg(feature = "metrics")]
-        let started = std::time::Instant::now();
-        #[cfg(feature = "metrics")]
-        let _timer = crate::observe::OnDrop(move || crate::observe::verify_time(started.elapsed()));
+        #[allow(unused_mut)]
+        let mut timer = self.metrics.verify_timer();
         let (index, provider) = match provider::select(&self.providers, &found.token) {
             Ok(selected) => selected,
             Err(e) => return Outcome::Failed(e),
@@ -99,6 +104,13 @@ impl<T: DeserializeOwned> AuthState<T> {
             None => verify(),
             Some(cache) => match cache.get(&found.token, now, rules.leeway, generation) {
                 Lookup::Hit(verified) => {
+                    // Verification time is the cost of misses; a hit is timed
+                    // only when asked (it is a look-up, and a histogram
+                    // record costs more than it).
+                    #[cfg(feature = "metrics")]
+                    if !self.time_cache_hits {
+                        timer.skip();
+                    }
                     claims_check::check_not_before(verified.nbf, verified.iat, now, rules.leeway)
                         .map(|()| verified)
                 }
@@ -206,7 +218,7 @@ where
             identity,
             forward,
         }) => {
-            observe::auth_outcome("authenticated", "none", true);
+            state.metrics.authenticated();
             trace::auth("authenticated", "none");
             if state.trace_subject {
                 trace::end_user(identity.subject());
@@ -231,14 +243,14 @@ where
             AuthError::new(AuthErrorKind::Missing, "this resource needs a token")
         }
         Outcome::NoToken => {
-            observe::auth_outcome("anonymous", AuthErrorKind::Missing.reason(), true);
+            state.metrics.anonymous(AuthErrorKind::Missing);
             trace::auth("anonymous", AuthErrorKind::Missing.reason());
             tracing::trace!(outcome = "anonymous", reason = "missing", "tollgate: auth");
             req.extensions_mut().insert(Anonymous::new(None));
             return Verdict::Pass(req);
         }
         Outcome::Failed(e) if mode == AuthMode::Lenient && e.kind() != AuthErrorKind::Forbidden => {
-            observe::auth_outcome("anonymous", e.kind().reason(), true);
+            state.metrics.anonymous(e.kind());
             trace::auth("anonymous", e.kind().reason());
             tracing::debug!(
                 outcome = "anonymous",
@@ -251,7 +263,7 @@ where
         Outcome::Failed(e) => e,
     };
     let reason = error.kind().reason();
-    observe::auth_outcome("refused", reason, !shadow);
+    state.metrics.refused(error.kind(), !shadow);
     trace::auth("refused", reason);
     if shadow {
         tracing::debug!(

@@ -15,6 +15,7 @@ use super::revocation::Revocations;
 use super::token::{CookieName, Source};
 use crate::clock::{SystemClock, WallClock};
 use crate::error::ConfigError;
+use crate::observe::AuthMetrics;
 use crate::reject::DefaultResponder;
 
 /// Default cap on a token's length, checked before any decoding.
@@ -59,6 +60,7 @@ pub struct JwtAuthBuilder<T> {
     shadow: bool,
     exempt: Vec<Exempt>,
     revocations: Option<Revocations>,
+    time_cache_hits: bool,
     forward_identity: bool,
     _claims: PhantomData<fn() -> T>,
 }
@@ -99,6 +101,7 @@ impl<T> JwtAuthBuilder<T> {
             shadow: false,
             exempt: Vec::new(),
             revocations: None,
+            time_cache_hits: false,
             forward_identity: false,
             _claims: PhantomData,
         }
@@ -273,6 +276,15 @@ impl<T> JwtAuthBuilder<T> {
         self
     }
 
+    /// Whether verified-token cache hits are timed in
+    /// `tollgate_auth_verify_seconds` (feature `metrics`; default off: the
+    /// histogram shows what verification costs, and a hit is a look-up that
+    /// costs less than recording it).
+    pub fn time_cache_hits(mut self, timed: bool) -> Self {
+        self.time_cache_hits = timed;
+        self
+    }
+
     /// Forwards the verified token to the calls the inner service makes
     /// while serving the request, through clients wrapped in
     /// [`ForwardIdentityLayer`](super::ForwardIdentityLayer) (default
@@ -407,6 +419,8 @@ impl<T> JwtAuthBuilder<T> {
                 trace_subject: self.trace_subject,
                 exempt: self.exempt,
                 revocations: self.revocations,
+                metrics: AuthMetrics::new(),
+                time_cache_hits: self.time_cache_hits,
                 forward_identity: self.forward_identity,
             }),
             mode: self.mode,
