@@ -18,7 +18,10 @@
 //!   keys (fetched and rotated in the background) instead of `TOLLGATE_SECRET`;
 //!   `mint` then needs the secret anyway, as the provider signs real tokens
 //! - `TOLLGATE_CONFIG`: a TOML file with `[auth]` and `[rate_limit]` tables (see
-//!   `examples/tollgate.toml`); it replaces the key and quota variables above
+//!   `examples/tollgate.toml`); it replaces the key and quota variables above.
+//!   Its `[auth.revocation]` table makes the auth layer refuse revoked tokens;
+//!   with `redis_url` the revocations are shared by every replica through
+//!   Redis, without it they are per process
 //! - `TOLLGATE_LAYERS=off`: serve without tollgate (for throughput comparisons only)
 //!
 //! `GET /metrics` serves tollgate's statistics in the Prometheus text format.
@@ -303,6 +306,8 @@ async fn from_file(file: &TollgateConfig) -> Result<Layers, Box<dyn std::error::
         .rate_limit
         .as_ref()
         .ok_or("TOLLGATE_CONFIG has no [rate_limit] table")?;
+    // With `[auth.revocation]`, the layer checks revocations (shared through
+    // Redis when the table names `redis_url`): `auth.revocations()`.
     Ok((auth.layer::<User>().await?, limit.layer().await?))
 }
 

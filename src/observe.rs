@@ -7,6 +7,7 @@
 //! | `tollgate_rate_limit_decisions_total` | counter | `policy`, `decision` (`allowed`, `limited`, `failed_open`, `failed_closed`), `enforced` |
 //! | `tollgate_rate_limit_keys` | gauge | `layer` (the layer's default policy name); sampled every 1,024 decisions of a thread |
 //! | `tollgate_rate_limit_max_keys` | gauge | `layer`; the store's cap (stores without one: absent) |
+//! | `tollgate_revocation_sync_failures_total` | counter | — (failed calls of revocations shared through Redis) |
 //!
 //! No label carries a token, subject or address: their cardinality is
 //! bounded by the configuration.
@@ -28,6 +29,8 @@ pub mod names {
     pub const RATE_LIMIT_KEYS: &str = "tollgate_rate_limit_keys";
     /// Gauge of the most keys a rate limiter's store holds (its cap).
     pub const RATE_LIMIT_MAX_KEYS: &str = "tollgate_rate_limit_max_keys";
+    /// Counter of failed calls to Redis by shared revocations.
+    pub const REVOCATION_SYNC_FAILURES: &str = "tollgate_revocation_sync_failures_total";
 }
 
 #[cfg(all(feature = "metrics", feature = "auth"))]
@@ -298,6 +301,15 @@ mod handles {
         }
     }
 }
+
+#[cfg(all(feature = "metrics", feature = "auth", feature = "redis"))]
+pub(crate) fn revocation_sync_failure() {
+    metrics::counter!(names::REVOCATION_SYNC_FAILURES).increment(1);
+}
+
+#[cfg(all(not(feature = "metrics"), feature = "auth", feature = "redis"))]
+#[inline]
+pub(crate) fn revocation_sync_failure() {}
 
 /// Lets a repeated warning through the first time and then at most once per
 /// period, so an outage logs a line every 10 s rather than one per request.

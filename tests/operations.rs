@@ -520,6 +520,11 @@ fn invalid_files_name_the_field_and_the_reason() {
             "line 2",
         ),
         ("[auth]\nsources = [\"cookie\"]\n", "auth.sources"),
+        (
+            "[auth.revocation]\nredis = \"redis://127.0.0.1\"\n",
+            "unknown field `redis`, expected one of `redis_url`, `prefix`, `max_token_lifetime_secs`, `sync_interval_ms`, `pubsub`",
+        ),
+        ("[auth.revocation]\nprefix = \"p\"\n", "auth.revocation"),
     ];
     for (text, field) in cases {
         let error = match TollgateConfig::from_toml(text) {

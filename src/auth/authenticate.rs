@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use super::cache::{Lookup, TokenCache};
 use super::claims::Claims;
 use super::claims_check;
+use super::forward::ForwardedToken;
 use super::keys::provider::{self, ProviderState, Wait};
 use super::revocation::Revocations;
 use super::token::Source;
@@ -53,6 +54,8 @@ pub(crate) struct AuthState<T> {
     pub(crate) trace_subject: bool,
     /// Revoked tokens and subjects, checked on every request.
     pub(crate) revocations: Option<Revocations>,
+    /// Whether the verified token is forwarded (see `forward`).
+    pub(crate) forward_identity: bool,
     /// Requests these select are let through as anonymous, unchecked.
     pub(crate) exempt: Vec<Exempt>,
     /// Metric handles, registered once.
@@ -65,6 +68,7 @@ pub(crate) struct AuthState<T> {
 pub(crate) struct Authenticated<T> {
     pub(crate) claims: Arc<T>,
     pub(crate) identity: Identity,
+    pub(crate) forward: Option<ForwardedToken>,
 }
 
 /// What [`AuthState::authenticate`] found.
@@ -173,6 +177,11 @@ impl<T: DeserializeOwned> AuthState<T> {
                     exp: verified.exp,
                 },
             ),
+            forward: if self.forward_identity {
+                ForwardedToken::bearer(&found.token)
+            } else {
+                None
+            },
         })
     }
 }
@@ -204,7 +213,11 @@ where
         }
     }
     let error = match state.authenticate(req.headers(), allow_refresh) {
-        Outcome::Authenticated(Authenticated { claims, identity }) => {
+        Outcome::Authenticated(Authenticated {
+            claims,
+            identity,
+            forward,
+        }) => {
             state.metrics.authenticated();
             trace::auth("authenticated", "none");
             if state.trace_subject {
@@ -220,6 +233,9 @@ where
             let extensions = req.extensions_mut();
             extensions.insert(Claims(claims));
             extensions.insert(identity);
+            if let Some(forward) = forward {
+                extensions.insert(forward);
+            }
             return Verdict::Pass(req);
         }
         Outcome::Retry(wait) => return Verdict::Wait((wait, req)),

@@ -61,6 +61,7 @@ pub struct JwtAuthBuilder<T> {
     exempt: Vec<Exempt>,
     revocations: Option<Revocations>,
     time_cache_hits: bool,
+    forward_identity: bool,
     _claims: PhantomData<fn() -> T>,
 }
 
@@ -101,6 +102,7 @@ impl<T> JwtAuthBuilder<T> {
             exempt: Vec::new(),
             revocations: None,
             time_cache_hits: false,
+            forward_identity: false,
             _claims: PhantomData,
         }
     }
@@ -283,6 +285,15 @@ impl<T> JwtAuthBuilder<T> {
         self
     }
 
+    /// Forwards the verified token to the calls the inner service makes
+    /// while serving the request, through clients wrapped in
+    /// [`ForwardIdentityLayer`](super::ForwardIdentityLayer) (default
+    /// `false`; off, nothing is copied). See [`forward`](super::forward).
+    pub fn forward_identity(mut self, forward: bool) -> Self {
+        self.forward_identity = forward;
+        self
+    }
+
     /// Builds the layer in shadow mode (see [`JwtAuthLayer::shadow`]).
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
@@ -410,6 +421,7 @@ impl<T> JwtAuthBuilder<T> {
                 revocations: self.revocations,
                 metrics: AuthMetrics::new(),
                 time_cache_hits: self.time_cache_hits,
+                forward_identity: self.forward_identity,
             }),
             mode: self.mode,
             shadow: self.shadow,

@@ -11,6 +11,7 @@ use tower_service::Service;
 
 use super::authenticate::AuthMode;
 use super::authenticate::{AuthState, step};
+use super::forward::Forwarded;
 use super::keys::provider::Wait;
 use crate::body::ResponseBody;
 use crate::future::Respond;
@@ -43,7 +44,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, S, B, T, R> {
-        Ready { #[pin] respond: Respond<F> },
+        Ready { #[pin] respond: Respond<Forwarded<F>> },
         Waiting { wait: Wait, parked: Option<Parked<S, B, T, R>> },
     }
 }
@@ -52,7 +53,7 @@ impl<S, B, T, R> ResponseFuture<S, B, T, R>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn inner(future: S::Future) -> Self {
+    pub(crate) fn inner(future: Forwarded<S::Future>) -> Self {
         Self {
             kind: Kind::Ready {
                 respond: Respond::inner(future),
@@ -122,7 +123,11 @@ where
                     };
                     // Second and last try: no further fetch.
                     let respond = match step(&state, mode, shadow, &responder, request, false) {
-                        Verdict::Pass(request) => Respond::inner(inner.call(request)),
+                        Verdict::Pass(request) => Respond::inner(super::forward::call(
+                            state.forward_identity,
+                            &mut inner,
+                            request,
+                        )),
                         Verdict::Refuse(response) => Respond::refused(response),
                         // `step` does not ask to wait when refresh is not allowed.
                         Verdict::Wait(_) => {

@@ -73,7 +73,11 @@ where
             req,
             true,
         ) {
-            Verdict::Pass(req) => ResponseFuture::inner(self.inner.call(req)),
+            Verdict::Pass(req) => ResponseFuture::inner(super::forward::call(
+                self.state.forward_identity,
+                &mut self.inner,
+                req,
+            )),
             Verdict::Refuse(response) => ResponseFuture::refused(response),
             Verdict::Wait((wait, req)) => {
                 // The request waits for a key fetch: the future takes the

@@ -14,6 +14,11 @@
 //! # jwks_url = "https://auth.example.com/.well-known/jwks.json"
 //! # oidc_issuer = "https://auth.example.com"
 //!
+//! # [auth.revocation]                 # refuse revoked tokens (JwtAuthLayer::revocations)
+//! # redis_url = "redis://127.0.0.1:6379"  # shared by replicas (feature `redis`); absent: per process
+//! # prefix = "myapi:revoked"
+//! # max_token_lifetime_secs = 900
+//!
 //! [rate_limit]
 //! key = "subject_or_client_ip"        # global | peer_ip | client_ip | subject_or_client_ip | header
 //! trusted_proxies = ["10.0.0.0/8"]
@@ -42,7 +47,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ConfigError;
 
-pub use auth::{AuthConfig, KeyConfig, ModeConfig, SourceConfig};
+pub use auth::{AuthConfig, KeyConfig, ModeConfig, RevocationConfig, SourceConfig};
 pub use rate_limit::{
     ForwardedHeaderConfig, HeaderStyleConfig, KeyByConfig, MissingKeyConfig, OnStoreErrorConfig,
     QuotaConfig, RateLimitConfig, RedisConfig,
