@@ -22,13 +22,17 @@
 //!   (same claims, new `iat`/`exp`, signed with `TOLLGATE_SECRET`) in a
 //!   `Set-Cookie` on successful responses; needs the secret, not remote keys
 //! - `TOLLGATE_CONFIG`: a TOML file with `[auth]` and `[rate_limit]` tables (see
-//!   `examples/tollgate.toml`); it replaces the key and quota variables above
+//!   `examples/tollgate.toml`); it replaces the key and quota variables above.
+//!   Its `[auth.revocation]` table makes the auth layer refuse revoked tokens;
+//!   with `redis_url` the revocations are shared by every replica through
+//!   Redis, without it they are per process
 //! - `TOLLGATE_LAYERS=off`: serve without tollgate (for throughput comparisons only)
 //!
 //! `POST /logout` revokes the caller's token (its `jti`) and `POST
 //! /logout-everywhere` every token of the caller's subject issued until now;
 //! both answer 204 and clear the cookie, need a token (401 without) and are
-//! behind the CSRF guard. Revocations are kept in this process.
+//! behind the CSRF guard. Revocations are kept in this process, or shared
+//! through Redis by `[auth.revocation]` in `TOLLGATE_CONFIG`.
 //!
 //! `GET /metrics` serves tollgate's statistics in the Prometheus text format.
 //! Logs go to stderr: `warn`, and `info` for tollgate, unless `RUST_LOG` says
@@ -330,13 +334,15 @@ async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
             .with_state(schema));
     }
     // Logged-out tokens, checked by the auth layer on every request (in
-    // this process; `max_token_lifetime` bounds how long a logout-everywhere
-    // is kept: the example's tokens live an hour).
-    let revocations = Revocations::new().max_token_lifetime(Duration::from_secs(3600));
+    // this process unless the policy file shares them; `max_token_lifetime`
+    // bounds how long a logout-everywhere is kept: the example's tokens
+    // live an hour).
+    let local = Revocations::new().max_token_lifetime(Duration::from_secs(3600));
     let (auth, limit) = match &config.file {
-        Some(file) => from_file(file, &revocations).await?,
-        None => from_env(config, &revocations).await?,
+        Some(file) => from_file(file, &local).await?,
+        None => from_env(config, &local).await?,
     };
+    let revocations = auth.revocations().cloned().unwrap_or(local);
     // Logout needs a token (401 without), and a cookie-authenticated POST
     // from another site is refused by the CSRF guard.
     let session = || {
@@ -400,12 +406,14 @@ async fn from_file(
         .rate_limit
         .as_ref()
         .ok_or("TOLLGATE_CONFIG has no [rate_limit] table")?;
-    let auth = auth
-        .builder::<User>()
-        .await?
-        .revocations(revocations.clone())
-        .build()?;
-    Ok((auth, limit.layer().await?))
+    // With `[auth.revocation]`, the layer checks the revocations the table
+    // describes (shared through Redis when it names `redis_url`); without
+    // it, the per-process set.
+    let mut builder = auth.builder::<User>().await?;
+    if auth.revocation.is_none() {
+        builder = builder.revocations(revocations.clone());
+    }
+    Ok((builder.build()?, limit.layer().await?))
 }
 
 /// The policy from the environment variables.

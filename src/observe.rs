@@ -4,19 +4,17 @@
 //! |---|---|---|
 //! | `tollgate_auth_requests_total` | counter | `outcome` (`authenticated`, `anonymous`, `refused`), `reason` (an [`AuthErrorKind::reason`](crate::auth::AuthErrorKind::reason), or `none`), `enforced` (`true`, or `false` in shadow mode) |
 //! | `tollgate_auth_refreshes_total` | counter | `outcome` (`refreshed`, `vetoed` by the hook, the handler or a revocation, `failed`): sliding refreshes of cookie sessions |
-//! | `tollgate_auth_verify_seconds` | histogram | — (time to find and verify a token, cache hits included) |
+//! | `tollgate_auth_verify_seconds` | histogram | — (time to find and verify a token; cache hits only with `time_cache_hits(true)`) |
 //! | `tollgate_rate_limit_decisions_total` | counter | `policy`, `decision` (`allowed`, `limited`, `failed_open`, `failed_closed`), `enforced` |
-//! | `tollgate_rate_limit_keys` | gauge | `layer` (the layer's default policy name) |
+//! | `tollgate_rate_limit_keys` | gauge | `layer` (the layer's default policy name); sampled every 1,024 decisions of a thread |
+//! | `tollgate_rate_limit_max_keys` | gauge | `layer`; the store's cap (stores without one: absent) |
+//! | `tollgate_revocation_sync_failures_total` | counter | — (failed calls of revocations shared through Redis) |
 //!
 //! No label carries a token, subject or address: their cardinality is
 //! bounded by the configuration.
 
-#[cfg(feature = "metrics")]
-use std::sync::Arc;
 #[cfg(feature = "rate-limit")]
 use std::sync::atomic::{AtomicU64, Ordering};
-#[cfg(feature = "metrics")]
-use std::time::Duration;
 #[cfg(feature = "rate-limit")]
 use std::time::Instant;
 
@@ -32,23 +30,289 @@ pub mod names {
     pub const RATE_LIMIT_DECISIONS: &str = "tollgate_rate_limit_decisions_total";
     /// Gauge of keys held by a rate limiter's store.
     pub const RATE_LIMIT_KEYS: &str = "tollgate_rate_limit_keys";
+    /// Gauge of the most keys a rate limiter's store holds (its cap).
+    pub const RATE_LIMIT_MAX_KEYS: &str = "tollgate_rate_limit_max_keys";
+    /// Counter of failed calls to Redis by shared revocations.
+    pub const REVOCATION_SYNC_FAILURES: &str = "tollgate_revocation_sync_failures_total";
 }
 
-fn enforced_label(enforced: bool) -> &'static str {
-    if enforced { "true" } else { "false" }
+#[cfg(all(feature = "metrics", feature = "auth"))]
+pub(crate) use handles::AuthMetrics;
+#[cfg(all(feature = "metrics", feature = "rate-limit"))]
+pub(crate) use handles::RateMetrics;
+#[cfg(all(not(feature = "metrics"), feature = "auth"))]
+pub(crate) use noop::AuthMetrics;
+#[cfg(all(not(feature = "metrics"), feature = "rate-limit"))]
+pub(crate) use noop::RateMetrics;
+
+/// A rate-limit decision, as the `decision` label counts it.
+#[cfg(feature = "rate-limit")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RateDecision {
+    Allowed,
+    Limited,
+    FailedOpen,
+    FailedClosed,
 }
 
-#[cfg(feature = "metrics")]
-pub(crate) fn auth_outcome(outcome: &'static str, reason: &'static str, enforced: bool) {
-    metrics::counter!(names::AUTH_REQUESTS, "outcome" => outcome, "reason" => reason, "enforced" => enforced_label(enforced))
-        .increment(1);
+#[cfg(feature = "rate-limit")]
+impl RateDecision {
+    pub(crate) const ALL: [Self; 4] = [
+        Self::Allowed,
+        Self::Limited,
+        Self::FailedOpen,
+        Self::FailedClosed,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Limited => "limited",
+            Self::FailedOpen => "failed_open",
+            Self::FailedClosed => "failed_closed",
+        }
+    }
 }
 
+/// Without the `metrics` feature: the same calls, doing nothing.
 #[cfg(not(feature = "metrics"))]
-#[inline]
-pub(crate) fn auth_outcome(_outcome: &'static str, _reason: &'static str, enforced: bool) {
-    let _ = enforced_label(enforced);
+mod noop {
+    #[cfg(feature = "auth")]
+    pub(crate) struct AuthMetrics;
+
+    #[cfg(feature = "auth")]
+    impl AuthMetrics {
+        pub(crate) fn new() -> Self {
+            Self
+        }
+        #[inline]
+        pub(crate) fn authenticated(&self) {}
+        #[inline]
+        pub(crate) fn anonymous(&self, _reason: crate::error::AuthErrorKind) {}
+        #[inline]
+        pub(crate) fn refused(&self, _reason: crate::error::AuthErrorKind, _enforced: bool) {}
+    }
+
+    #[cfg(feature = "rate-limit")]
+    pub(crate) struct RateMetrics;
+
+    #[cfg(feature = "rate-limit")]
+    impl RateMetrics {
+        pub(crate) fn new(_names: Vec<std::sync::Arc<str>>) -> Self {
+            Self
+        }
+        #[inline]
+        pub(crate) fn decision(
+            &self,
+            _policy: usize,
+            _decision: super::RateDecision,
+            _enforced: bool,
+        ) {
+        }
+        #[inline]
+        pub(crate) fn keys(&self, _keys: usize, _max: Option<usize>) {}
+        #[inline]
+        pub(crate) fn keys_unset(&self) -> bool {
+            false
+        }
+    }
 }
+
+/// Metric handles, registered once per layer and label set.
+///
+/// The `metrics` macros look the metric up in the recorder's registry on
+/// every call (hashing the name and labels, cloning label values). A layer
+/// instead keeps the handle of each label set it can use, registered the
+/// first time that label set occurs — with the recorder installed at that
+/// moment, so install the recorder before serving (as every exporter's
+/// set-up does). An increment is then one atomic add on the recorder's
+/// counter.
+#[cfg(feature = "metrics")]
+mod handles {
+    use std::sync::{Arc, OnceLock};
+    #[cfg(feature = "auth")]
+    use std::time::Instant;
+
+    use metrics::{Counter, Gauge, Histogram, SharedString};
+
+    use super::names;
+    #[cfg(feature = "auth")]
+    use crate::error::AuthErrorKind;
+
+    fn enforced_label(enforced: bool) -> &'static str {
+        if enforced { "true" } else { "false" }
+    }
+
+    /// Room for every [`AuthErrorKind`] (a kind past it is counted through
+    /// the registry instead).
+    #[cfg(feature = "auth")]
+    const REASONS: usize = 16;
+
+    /// The auth layer's handles.
+    #[cfg(feature = "auth")]
+    #[derive(Default)]
+    pub(crate) struct AuthMetrics {
+        authenticated: OnceLock<Counter>,
+        verify: OnceLock<Histogram>,
+        /// `[outcome (anonymous, refused)][enforced][reason]`.
+        by_reason: [[[OnceLock<Counter>; REASONS]; 2]; 2],
+    }
+
+    #[cfg(feature = "auth")]
+    impl AuthMetrics {
+        pub(crate) fn new() -> Self {
+            Self::default()
+        }
+
+        pub(crate) fn authenticated(&self) {
+            self.authenticated
+                .get_or_init(|| counter("authenticated", "none", true))
+                .increment(1);
+        }
+
+        pub(crate) fn anonymous(&self, reason: AuthErrorKind) {
+            self.with_reason(0, reason, true);
+        }
+
+        pub(crate) fn refused(&self, reason: AuthErrorKind, enforced: bool) {
+            self.with_reason(1, reason, enforced);
+        }
+
+        fn with_reason(&self, outcome: usize, reason: AuthErrorKind, enforced: bool) {
+            let name = if outcome == 0 { "anonymous" } else { "refused" };
+            match self.by_reason[outcome][usize::from(enforced)].get(reason as usize) {
+                Some(slot) => slot
+                    .get_or_init(|| counter(name, reason.reason(), enforced))
+                    .increment(1),
+                None => counter(name, reason.reason(), enforced).increment(1),
+            }
+        }
+
+        /// Times a verification until dropped, unless
+        /// [`skip`](VerifyTimer::skip)ped.
+        pub(crate) fn verify_timer(&self) -> VerifyTimer<'_> {
+            VerifyTimer {
+                metrics: self,
+                started: Some(Instant::now()),
+            }
+        }
+    }
+
+    /// Records the time from its creation to its drop in the verification
+    /// histogram (every exit of a verification, failures included).
+    #[cfg(feature = "auth")]
+    pub(crate) struct VerifyTimer<'a> {
+        metrics: &'a AuthMetrics,
+        started: Option<Instant>,
+    }
+
+    #[cfg(feature = "auth")]
+    impl VerifyTimer<'_> {
+        /// Records nothing after all.
+        pub(crate) fn skip(&mut self) {
+            self.started = None;
+        }
+    }
+
+    #[cfg(feature = "auth")]
+    impl Drop for VerifyTimer<'_> {
+        fn drop(&mut self) {
+            if let Some(started) = self.started {
+                self.metrics
+                    .verify
+                    .get_or_init(|| metrics::histogram!(names::AUTH_VERIFY_SECONDS))
+                    .record(started.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    #[cfg(feature = "auth")]
+    fn counter(outcome: &'static str, reason: &'static str, enforced: bool) -> Counter {
+        metrics::counter!(
+            names::AUTH_REQUESTS,
+            "outcome" => outcome,
+            "reason" => reason,
+            "enforced" => enforced_label(enforced)
+        )
+    }
+
+    #[cfg(feature = "rate-limit")]
+    use super::RateDecision;
+
+    /// One policy's decision counters: `[decision][enforced]`.
+    #[cfg(feature = "rate-limit")]
+    type PolicyCounters = [[OnceLock<Counter>; 2]; RateDecision::ALL.len()];
+
+    /// A rate-limit layer's handles.
+    #[cfg(feature = "rate-limit")]
+    pub(crate) struct RateMetrics {
+        names: Vec<Arc<str>>,
+        decisions: Box<[PolicyCounters]>,
+        keys: OnceLock<Gauge>,
+    }
+
+    #[cfg(feature = "rate-limit")]
+    impl RateMetrics {
+        pub(crate) fn new(names: Vec<Arc<str>>) -> Self {
+            let decisions = names.iter().map(|_| Default::default()).collect();
+            Self {
+                names,
+                decisions,
+                keys: OnceLock::new(),
+            }
+        }
+
+        /// Counts `decision` under `policy`.
+        pub(crate) fn decision(&self, policy: usize, decision: RateDecision, enforced: bool) {
+            let (Some(counters), Some(name)) = (self.decisions.get(policy), self.names.get(policy))
+            else {
+                return;
+            };
+            counters[decision as usize][usize::from(enforced)]
+                .get_or_init(|| {
+                    metrics::counter!(
+                        names::RATE_LIMIT_DECISIONS,
+                        "policy" => SharedString::from(Arc::clone(name)),
+                        "decision" => decision.label(),
+                        "enforced" => enforced_label(enforced)
+                    )
+                })
+                .increment(1);
+        }
+
+        /// Sets the key-count gauge (and, the first time, the cap's).
+        #[allow(clippy::cast_precision_loss)]
+        pub(crate) fn keys(&self, keys: usize, max: Option<usize>) {
+            self.keys
+                .get_or_init(|| {
+                    let layer = self.names.first().cloned().unwrap_or_else(|| Arc::from(""));
+                    if let Some(max) = max {
+                        metrics::gauge!(
+                            names::RATE_LIMIT_MAX_KEYS,
+                            "layer" => SharedString::from(Arc::clone(&layer))
+                        )
+                        .set(max as f64);
+                    }
+                    metrics::gauge!(names::RATE_LIMIT_KEYS, "layer" => SharedString::from(layer))
+                })
+                .set(keys as f64);
+        }
+
+        /// Whether the gauge has never been set.
+        pub(crate) fn keys_unset(&self) -> bool {
+            self.keys.get().is_none()
+        }
+    }
+}
+
+#[cfg(all(feature = "metrics", feature = "auth", feature = "redis"))]
+pub(crate) fn revocation_sync_failure() {
+    metrics::counter!(names::REVOCATION_SYNC_FAILURES).increment(1);
+}
+
+#[cfg(all(not(feature = "metrics"), feature = "auth", feature = "redis"))]
+#[inline]
+pub(crate) fn revocation_sync_failure() {}
 
 #[cfg(all(feature = "metrics", feature = "auth"))]
 pub(crate) fn auth_refresh(outcome: &'static str) {
@@ -58,37 +322,6 @@ pub(crate) fn auth_refresh(outcome: &'static str) {
 #[cfg(all(not(feature = "metrics"), feature = "auth"))]
 #[inline]
 pub(crate) fn auth_refresh(_outcome: &'static str) {}
-
-#[cfg(feature = "metrics")]
-pub(crate) fn verify_time(elapsed: Duration) {
-    metrics::histogram!(names::AUTH_VERIFY_SECONDS).record(elapsed.as_secs_f64());
-}
-
-#[cfg(feature = "metrics")]
-pub(crate) fn rate_decision(policy: &Arc<str>, decision: &'static str, enforced: bool) {
-    metrics::counter!(
-        names::RATE_LIMIT_DECISIONS,
-        "policy" => metrics::SharedString::from(Arc::clone(policy)),
-        "decision" => decision,
-        "enforced" => enforced_label(enforced)
-    )
-    .increment(1);
-}
-
-#[cfg(not(feature = "metrics"))]
-#[inline]
-pub(crate) fn rate_decision(
-    _policy: &std::sync::Arc<str>,
-    _decision: &'static str,
-    _enforced: bool,
-) {
-}
-
-#[cfg(feature = "metrics")]
-pub(crate) fn rate_keys(layer: &Arc<str>, keys: usize) {
-    #[allow(clippy::cast_precision_loss)]
-    metrics::gauge!(names::RATE_LIMIT_KEYS, "layer" => metrics::SharedString::from(Arc::clone(layer))).set(keys as f64);
-}
 
 /// Lets a repeated warning through the first time and then at most once per
 /// period, so an outage logs a line every 10 s rather than one per request.
@@ -122,16 +355,5 @@ impl WarnEvery {
                 .last
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
-    }
-}
-
-/// Runs a closure when dropped (times a scope on every exit path).
-#[cfg(feature = "metrics")]
-pub(crate) struct OnDrop<F: FnMut()>(pub(crate) F);
-
-#[cfg(feature = "metrics")]
-impl<F: FnMut()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)();
     }
 }

@@ -203,10 +203,69 @@ fn metrics_count_outcomes_by_reason_and_policy_without_personal_labels() {
             .any(|(k, _, _, v)| k.key().name() == "tollgate_rate_limit_keys"
                 && matches!(v, DebugValue::Gauge(_)))
     );
+    // The cap, for an alert to compare the count with (LocalStore default).
+    assert!(snapshot.iter().any(|(k, _, _, v)| {
+        k.key().name() == "tollgate_rate_limit_max_keys"
+            && matches!(v, DebugValue::Gauge(g) if g.into_inner() == 1_000_000.0)
+    }));
     // Labels never carry tokens, subjects or addresses.
     let rendered = format!("{snapshot:?}");
     for secret in ["user-1", "192.0.2", &token[..20]] {
         assert!(!rendered.contains(secret), "{secret} in metrics");
+    }
+}
+
+#[test]
+fn cache_hits_are_timed_only_when_asked() {
+    // The verification histogram shows what verification costs: a cache hit
+    // is a look-up, recorded only with `time_cache_hits(true)`.
+    let token = mint(Algorithm::HS256, &good_claims());
+    for (timed, samples) in [(false, 1), (true, 3)] {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            run(async {
+                let auth = JwtAuthLayer::<Value>::builder()
+                    .key(Key::hmac(SECRET).unwrap())
+                    .cookie("da3")
+                    .issuer(ISSUER)
+                    .audience(AUDIENCE)
+                    .clock(|| NOW)
+                    .cache(100)
+                    .time_cache_hits(timed)
+                    .build()
+                    .unwrap();
+                let svc = ServiceBuilder::new()
+                    .layer(auth)
+                    .service(Counter::default().service());
+                for _ in 0..3 {
+                    let res = svc
+                        .clone()
+                        .oneshot(request("192.0.2.1", Some(&token)))
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status(), 200);
+                }
+            })
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        let histogram = snapshot
+            .iter()
+            .find(|(k, _, _, _)| k.key().name() == "tollgate_auth_verify_seconds");
+        assert!(
+            matches!(histogram, Some((_, _, _, DebugValue::Histogram(v))) if v.len() == samples),
+            "time_cache_hits({timed}): {samples} samples expected, got {histogram:?}"
+        );
+        let all = counters(&snapshot);
+        assert_eq!(
+            count(
+                &all,
+                "tollgate_auth_requests_total",
+                &[("outcome", "authenticated")]
+            ),
+            3,
+            "every request is counted, hit or miss"
+        );
     }
 }
 
@@ -461,6 +520,11 @@ fn invalid_files_name_the_field_and_the_reason() {
             "line 2",
         ),
         ("[auth]\nsources = [\"cookie\"]\n", "auth.sources"),
+        (
+            "[auth.revocation]\nredis = \"redis://127.0.0.1\"\n",
+            "unknown field `redis`, expected one of `redis_url`, `prefix`, `max_token_lifetime_secs`, `sync_interval_ms`, `pubsub`",
+        ),
+        ("[auth.revocation]\nprefix = \"p\"\n", "auth.revocation"),
     ];
     for (text, field) in cases {
         let error = match TollgateConfig::from_toml(text) {

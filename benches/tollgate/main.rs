@@ -1,12 +1,14 @@
 //! tollgate benches. `cargo bench --bench tollgate` runs them all;
 //! `cargo bench --bench tollgate -- auth` runs one group (`auth`,
-//! `rate_limit`, `fast_path`, `redis`, `proxy_hop`).
+//! `rate_limit`, `fast_path`, `peers`, `multicore`, `redis`, `proxy_hop`).
 
 use criterion::{criterion_group, criterion_main};
 
 mod auth;
 mod fast_path;
 mod fixtures;
+mod multicore;
+mod peers;
 mod proxy_hop;
 mod rate_limit;
 mod redis_store;
@@ -38,7 +40,11 @@ pub fn selected(group: &str) -> bool {
         if WITH_VALUE.contains(&arg.as_str()) {
             args.next();
         } else if !arg.starts_with('-') {
-            return group.contains(arg.as_str()) || arg.starts_with(group);
+            // A regex; alternatives are checked one by one.
+            return arg.split('|').any(|alt| {
+                let alt = alt.trim_start_matches('^').trim_start_matches('(');
+                group.contains(alt) || alt.starts_with(group)
+            });
         }
     }
     true
@@ -49,6 +55,8 @@ criterion_group!(
     auth::bench,
     rate_limit::bench,
     fast_path::bench,
+    peers::bench,
+    multicore::bench,
     redis_store::bench,
     proxy_hop::bench
 );

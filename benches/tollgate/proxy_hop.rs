@@ -9,8 +9,11 @@
 //! - (d) when `nginx` is on PATH: client → nginx `proxy_pass` (keep-alive
 //!   upstream, no JWT check) → bare service.
 //!
-//! After the criterion groups, a fixed run of sequential requests per path
-//! prints p50 / p99 and the ratio (c − a) / (b − a).
+//! Not a criterion group: the paths are measured interleaved, one request
+//! each in turn, 20,000 rounds (`TOLLGATE_HOP_ROUNDS`), and the report is the
+//! median latency each path adds over (a) with a bootstrap 95 % interval
+//! (1,000 resamples of whole rounds), and the ratio (c − a) / (b − a) with
+//! its interval.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command};
@@ -269,57 +272,153 @@ pub fn bench(c: &mut Criterion) {
         ));
     }
 
-    let mut group = c.benchmark_group("proxy_hop");
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(3));
-    group.sample_size(30);
-    for (name, url) in &paths {
-        group.bench_function(*name, |b| {
-            b.to_async(&rt).iter(|| get_once(&client, url, &cookie))
-        });
-    }
-    group.finish();
-
-    // A fixed sequential run for percentiles and the ratio.
-    let mut p50s = Vec::new();
-    for (name, url) in &paths {
-        let mut samples: Vec<Duration> = rt.block_on(async {
-            for _ in 0..500 {
+    // Interleaved: one request per path in turn (a, b, c, d, a, b, ...), so
+    // that whatever drifts (frequency, the other core's load, caches) drifts
+    // for every path alike; sequential blocks per path drifted more than the
+    // effect measured.
+    let _ = c;
+    let rounds: usize = std::env::var("TOLLGATE_HOP_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let samples: Vec<Vec<f64>> = rt.block_on(async {
+        for _ in 0..1_000 {
+            for (_, url) in &paths {
                 get_once(&client, url, &cookie).await;
             }
-            let mut samples = Vec::with_capacity(5000);
-            for _ in 0..5000 {
+        }
+        let mut samples = vec![Vec::with_capacity(rounds); paths.len()];
+        for _ in 0..rounds {
+            for ((_, url), samples) in paths.iter().zip(&mut samples) {
                 let start = Instant::now();
                 get_once(&client, url, &cookie).await;
-                samples.push(start.elapsed());
+                samples.push(micros(start.elapsed()));
             }
-            samples
-        });
-        samples.sort();
-        let p50 = samples[samples.len() / 2];
-        let p99 = samples[samples.len() * 99 / 100];
+        }
+        samples
+    });
+    let report = stats::Paired::new(samples, 1_000);
+    for (i, (name, _)) in paths.iter().enumerate() {
+        let (p50, p99) = report.percentiles(i);
         println!(
-            "proxy_hop/{name}: p50 {:.1} µs, p99 {:.1} µs (5000 sequential requests)",
-            micros(p50),
-            micros(p99)
+            "proxy_hop/{name}: p50 {p50:.1} µs, p99 {p99:.1} µs ({rounds} interleaved requests)"
         );
-        p50s.push(p50);
     }
-    let (a, b, cc) = (micros(p50s[0]), micros(p50s[1]), micros(p50s[2]));
-    println!(
-        "proxy_hop: embedded adds {:.1} µs, the gateway hop adds {:.1} µs; (c − a) / (b − a) = {:.1}",
-        b - a,
-        cc - a,
-        (cc - a) / (b - a)
-    );
-    if let Some(d) = p50s.get(3) {
+    for (i, (name, _)) in paths.iter().enumerate().skip(1) {
+        let (median, low, high) = report.added(i);
         println!(
-            "proxy_hop: an nginx keep-alive hop adds {:.1} µs at p50",
-            micros(*d) - a
+            "proxy_hop/added/{name}: {median:.2} µs (95 % CI {low:.2} – {high:.2}) over a_bare"
+        );
+    }
+    let (ratio, low, high) = report.ratio(2, 1);
+    println!(
+        "proxy_hop/ratio: the gateway hop adds {ratio:.1} × what the embedded layers add (95 % CI {low:.1} – {high:.1})"
+    );
+    if paths.len() > 3 {
+        let (ratio, low, high) = report.ratio(3, 1);
+        println!(
+            "proxy_hop/ratio_nginx: an nginx hop adds {ratio:.1} × what the embedded layers add (95 % CI {low:.1} – {high:.1})"
         );
     }
     drop(nginx);
     drop(servers);
+}
+
+/// Medians of paired latency samples and their bootstrap intervals.
+mod stats {
+    /// Samples in µs per path, index `i` of every path taken in the same
+    /// round.
+    pub struct Paired {
+        samples: Vec<Vec<f64>>,
+        /// Per resample: the median of each path.
+        medians: Vec<Vec<f64>>,
+    }
+
+    /// A small deterministic generator (xorshift64*): the resamples are the
+    /// same from run to run, so only the data varies.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            usize::try_from((u128::from(x) * n as u128) >> 64).unwrap_or(0)
+        }
+    }
+
+    fn median(values: &mut [f64]) -> f64 {
+        let mid = values.len() / 2;
+        let (_, m, _) = values.select_nth_unstable_by(mid, f64::total_cmp);
+        *m
+    }
+
+    /// The 2.5 % and 97.5 % points of `values`.
+    fn interval(mut values: Vec<f64>) -> (f64, f64) {
+        values.sort_by(f64::total_cmp);
+        let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+        (at(0.025), at(0.975))
+    }
+
+    impl Paired {
+        /// Resamples whole rounds (so each resample keeps the pairing) `n`
+        /// times.
+        pub fn new(samples: Vec<Vec<f64>>, n: usize) -> Self {
+            let rounds = samples.first().map_or(0, Vec::len);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+            let mut scratch = vec![0.0; rounds];
+            let mut medians = Vec::with_capacity(n);
+            let mut picks = vec![0; rounds];
+            for _ in 0..n {
+                for pick in &mut picks {
+                    *pick = rng.below(rounds);
+                }
+                medians.push(
+                    samples
+                        .iter()
+                        .map(|path| {
+                            for (slot, &pick) in scratch.iter_mut().zip(&picks) {
+                                *slot = path[pick];
+                            }
+                            median(&mut scratch)
+                        })
+                        .collect(),
+                );
+            }
+            Self { samples, medians }
+        }
+
+        /// p50 and p99 of path `i`.
+        pub fn percentiles(&self, i: usize) -> (f64, f64) {
+            let mut sorted = self.samples[i].clone();
+            sorted.sort_by(f64::total_cmp);
+            (sorted[sorted.len() / 2], sorted[sorted.len() * 99 / 100])
+        }
+
+        fn point(&self, f: impl Fn(&[f64]) -> f64) -> f64 {
+            let medians: Vec<f64> = self
+                .samples
+                .iter()
+                .map(|path| median(&mut path.clone()))
+                .collect();
+            f(&medians)
+        }
+
+        /// Median added latency of path `i` over path 0, with its interval.
+        pub fn added(&self, i: usize) -> (f64, f64, f64) {
+            let f = |m: &[f64]| m[i] - m[0];
+            let (low, high) = interval(self.medians.iter().map(|m| f(m)).collect());
+            (self.point(f), low, high)
+        }
+
+        /// (path `num` − path 0) / (path `den` − path 0), with its interval.
+        pub fn ratio(&self, num: usize, den: usize) -> (f64, f64, f64) {
+            let f = |m: &[f64]| (m[num] - m[0]) / (m[den] - m[0]);
+            let (low, high) = interval(self.medians.iter().map(|m| f(m)).collect());
+            (self.point(f), low, high)
+        }
+    }
 }
 
 fn micros(d: Duration) -> f64 {

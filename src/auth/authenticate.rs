@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use super::cache::{Lookup, TokenCache};
 use super::claims::Claims;
 use super::claims_check;
+use super::forward::ForwardedToken;
 use super::keys::provider::{self, ProviderState, Wait};
 use super::refresh::{Due, Refresher};
 use super::revocation::Revocations;
@@ -19,8 +20,9 @@ use crate::clock::WallClock;
 use crate::error::{AuthError, AuthErrorKind};
 use crate::future::Verdict;
 use crate::identity::{Anonymous, CredentialSource, Identity, TokenFacts};
+use crate::observe::AuthMetrics;
 use crate::reject::{Refusal, Responder};
-use crate::{observe, trace};
+use crate::trace;
 
 /// What the layer does with requests that carry no valid token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,10 +55,17 @@ pub(crate) struct AuthState<T> {
     pub(crate) trace_subject: bool,
     /// Revoked tokens and subjects, checked on every request.
     pub(crate) revocations: Option<Revocations>,
+    /// Whether the verified token is forwarded (see `forward`).
+    pub(crate) forward_identity: bool,
     /// Requests these select are let through as anonymous, unchecked.
     pub(crate) exempt: Vec<Exempt>,
     /// Sliding refresh of cookie sessions (off: `None`, no work at all).
     pub(crate) refresh: Option<Arc<Refresher>>,
+    /// Metric handles, registered once.
+    pub(crate) metrics: AuthMetrics,
+    /// Whether verified-token cache hits are timed too.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) time_cache_hits: bool,
 }
 
 pub(crate) struct Authenticated<T> {
@@ -64,6 +73,7 @@ pub(crate) struct Authenticated<T> {
     pub(crate) identity: Identity,
     /// A re-mint for the response, when the cookie's token is near `exp`.
     pub(crate) refresh: Option<Box<Due>>,
+    pub(crate) forward: Option<ForwardedToken>,
 }
 
 /// What [`AuthState::authenticate`] found.
@@ -83,9 +93,8 @@ impl<T: DeserializeOwned> AuthState<T> {
             Err(e) => return Outcome::Failed(e),
         };
         #[cfg(feature = "metrics")]
-        let started = std::time::Instant::now();
-        #[cfg(feature = "metrics")]
-        let _timer = crate::observe::OnDrop(move || crate::observe::verify_time(started.elapsed()));
+        #[allow(unused_mut)]
+        let mut timer = self.metrics.verify_timer();
         let (index, provider) = match provider::select(&self.providers, &found.token) {
             Ok(selected) => selected,
             Err(e) => return Outcome::Failed(e),
@@ -100,6 +109,13 @@ impl<T: DeserializeOwned> AuthState<T> {
             None => verify(),
             Some(cache) => match cache.get(&found.token, now, rules.leeway, generation) {
                 Lookup::Hit(verified) => {
+                    // Verification time is the cost of misses; a hit is timed
+                    // only when asked (it is a look-up, and a histogram
+                    // record costs more than it).
+                    #[cfg(feature = "metrics")]
+                    if !self.time_cache_hits {
+                        timer.skip();
+                    }
                     claims_check::check_not_before(verified.nbf, verified.iat, now, rules.leeway)
                         .map(|()| verified)
                 }
@@ -175,6 +191,11 @@ impl<T: DeserializeOwned> AuthState<T> {
             claims: Arc::clone(claims),
             identity,
             refresh,
+            forward: if self.forward_identity {
+                ForwardedToken::bearer(&found.token)
+            } else {
+                None
+            },
         })
     }
 }
@@ -214,8 +235,9 @@ where
             claims,
             identity,
             refresh,
+            forward,
         }) => {
-            observe::auth_outcome("authenticated", "none", true);
+            state.metrics.authenticated();
             trace::auth("authenticated", "none");
             if state.trace_subject {
                 trace::end_user(identity.subject());
@@ -230,6 +252,9 @@ where
             let extensions = req.extensions_mut();
             extensions.insert(Claims(claims));
             extensions.insert(identity);
+            if let Some(forward) = forward {
+                extensions.insert(forward);
+            }
             return Verdict::Pass((req, refresh));
         }
         Outcome::Retry(wait) => return Verdict::Wait((wait, req)),
@@ -237,14 +262,14 @@ where
             AuthError::new(AuthErrorKind::Missing, "this resource needs a token")
         }
         Outcome::NoToken => {
-            observe::auth_outcome("anonymous", AuthErrorKind::Missing.reason(), true);
+            state.metrics.anonymous(AuthErrorKind::Missing);
             trace::auth("anonymous", AuthErrorKind::Missing.reason());
             tracing::trace!(outcome = "anonymous", reason = "missing", "tollgate: auth");
             req.extensions_mut().insert(Anonymous::new(None));
             return Verdict::Pass((req, None));
         }
         Outcome::Failed(e) if mode == AuthMode::Lenient && e.kind() != AuthErrorKind::Forbidden => {
-            observe::auth_outcome("anonymous", e.kind().reason(), true);
+            state.metrics.anonymous(e.kind());
             trace::auth("anonymous", e.kind().reason());
             tracing::debug!(
                 outcome = "anonymous",
@@ -257,7 +282,7 @@ where
         Outcome::Failed(e) => e,
     };
     let reason = error.kind().reason();
-    observe::auth_outcome("refused", reason, !shadow);
+    state.metrics.refused(error.kind(), !shadow);
     trace::auth("refused", reason);
     if shadow {
         tracing::debug!(

@@ -16,6 +16,7 @@ use super::revocation::Revocations;
 use super::token::{CookieName, Source};
 use crate::clock::{SystemClock, WallClock};
 use crate::error::ConfigError;
+use crate::observe::AuthMetrics;
 use crate::reject::DefaultResponder;
 
 /// Default cap on a token's length, checked before any decoding.
@@ -61,6 +62,8 @@ pub struct JwtAuthBuilder<T> {
     exempt: Vec<Exempt>,
     revocations: Option<Revocations>,
     refresh: Option<Refresh>,
+    time_cache_hits: bool,
+    forward_identity: bool,
     _claims: PhantomData<fn() -> T>,
 }
 
@@ -101,6 +104,8 @@ impl<T> JwtAuthBuilder<T> {
             exempt: Vec::new(),
             revocations: None,
             refresh: None,
+            time_cache_hits: false,
+            forward_identity: false,
             _claims: PhantomData,
         }
     }
@@ -283,6 +288,24 @@ impl<T> JwtAuthBuilder<T> {
         self
     }
 
+    /// Whether verified-token cache hits are timed in
+    /// `tollgate_auth_verify_seconds` (feature `metrics`; default off: the
+    /// histogram shows what verification costs, and a hit is a look-up that
+    /// costs less than recording it).
+    pub fn time_cache_hits(mut self, timed: bool) -> Self {
+        self.time_cache_hits = timed;
+        self
+    }
+
+    /// Forwards the verified token to the calls the inner service makes
+    /// while serving the request, through clients wrapped in
+    /// [`ForwardIdentityLayer`](super::ForwardIdentityLayer) (default
+    /// `false`; off, nothing is copied). See [`forward`](super::forward).
+    pub fn forward_identity(mut self, forward: bool) -> Self {
+        self.forward_identity = forward;
+        self
+    }
+
     /// Builds the layer in shadow mode (see [`JwtAuthLayer::shadow`]).
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
@@ -422,6 +445,9 @@ impl<T> JwtAuthBuilder<T> {
                 exempt: self.exempt,
                 revocations: self.revocations,
                 refresh,
+                metrics: AuthMetrics::new(),
+                time_cache_hits: self.time_cache_hits,
+                forward_identity: self.forward_identity,
             }),
             mode: self.mode,
             shadow: self.shadow,

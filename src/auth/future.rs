@@ -11,6 +11,7 @@ use tower_service::Service;
 
 use super::authenticate::AuthMode;
 use super::authenticate::{AuthState, step};
+use super::forward::Forwarded;
 use super::keys::provider::Wait;
 use super::refresh::Due;
 use crate::body::ResponseBody;
@@ -46,7 +47,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, S, B, T, R> {
-        Ready { #[pin] respond: Respond<F> },
+        Ready { #[pin] respond: Respond<Forwarded<F>> },
         Waiting { wait: Wait, parked: Option<Parked<S, B, T, R>> },
     }
 }
@@ -55,7 +56,7 @@ impl<S, B, T, R> ResponseFuture<S, B, T, R>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn inner(future: S::Future, refresh: Option<Box<Due>>) -> Self {
+    pub(crate) fn inner(future: Forwarded<S::Future>, refresh: Option<Box<Due>>) -> Self {
         Self {
             kind: Kind::Ready {
                 respond: Respond::inner(future),
@@ -138,7 +139,11 @@ where
                     let respond = match step(&state, mode, shadow, &responder, request, false) {
                         Verdict::Pass((request, refresh)) => {
                             *this.refresh = refresh;
-                            Respond::inner(inner.call(request))
+                            Respond::inner(super::forward::call(
+                                state.forward_identity,
+                                &mut inner,
+                                request,
+                            ))
                         }
                         Verdict::Refuse(response) => Respond::refused(response),
                         // `step` does not ask to wait when refresh is not allowed.

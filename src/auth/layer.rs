@@ -9,6 +9,7 @@ use super::authenticate::{AuthMode, AuthState};
 use super::cache::TokenCache;
 use super::keys::provider::KeySource;
 use super::keys::{Key, KeySet};
+use super::revocation::Revocations;
 use super::service::JwtAuth;
 use crate::error::ConfigError;
 use crate::reject::DefaultResponder;
@@ -88,6 +89,12 @@ impl<T, R> JwtAuthLayer<T, R> {
     /// How many verified tokens are cached now (0 without a cache).
     pub fn cached_tokens(&self) -> usize {
         self.state.cache.as_ref().map_or(0, TokenCache::len)
+    }
+
+    /// The revocations this layer checks, if any: for the handlers that
+    /// revoke, when the layer was built from a configuration file.
+    pub fn revocations(&self) -> Option<&Revocations> {
+        self.state.revocations.as_ref()
     }
 
     /// Empties the verified-token cache.

@@ -136,6 +136,12 @@
 //! # }).unwrap();
 //! ```
 //!
+//! # Forwarding the caller's identity
+//!
+//! With `.forward_identity(true)`, calls made while serving a request through
+//! a client wrapped in [`ForwardIdentityLayer`] carry the request's verified
+//! token: see [`forward`].
+//!
 //! # Rejections
 //!
 //! See [`DefaultResponder`] for the exact responses and [`AuthErrorKind`] for
@@ -148,6 +154,7 @@ mod builder;
 mod cache;
 mod claims;
 pub(crate) mod claims_check;
+pub mod forward;
 mod future;
 mod keys;
 mod layer;
@@ -162,6 +169,7 @@ pub use self::axum::{AuthRejection, AuthRejectionKind};
 pub use authenticate::AuthMode;
 pub use builder::{DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder};
 pub use claims::Claims;
+pub use forward::{ForwardIdentity, ForwardIdentityLayer, ForwardedToken};
 pub use future::ResponseFuture;
 #[cfg(feature = "jwks")]
 pub use keys::jwks::{
@@ -173,6 +181,11 @@ pub use keys::{Key, MIN_HMAC_SECRET_LEN};
 pub use layer::JwtAuthLayer;
 pub use refresh::{DEFAULT_REFRESHED_CAPACITY, Refresh, SameSite, SigningKey};
 pub use revocation::{DEFAULT_MAX_TOKEN_LIFETIME, Revocations};
+#[cfg(feature = "redis")]
+pub use revocation::{
+    DEFAULT_REVOCATION_PREFIX, DEFAULT_REVOCATION_SYNC_INTERVAL, RedisRevocations,
+    RevocationSyncError,
+};
 pub use service::JwtAuth;
 
 pub use crate::error::{AuthError, AuthErrorKind};

@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::invalid;
-use crate::auth::{AuthMode, JwtAuthBuilder, JwtAuthLayer, Key, Refresh, SameSite, SigningKey};
+use crate::auth::{
+    AuthMode, JwtAuthBuilder, JwtAuthLayer, Key, Refresh, Revocations, SameSite, SigningKey,
+};
 use crate::error::ConfigError;
 
 /// `required` (default), `optional` or `lenient`: see [`AuthMode`].
@@ -208,6 +210,80 @@ pub struct AuthConfig {
     pub jwks_allow_symmetric_keys: bool,
     /// Sliding refresh of the session cookie (`[auth.refresh]`).
     pub refresh: Option<RefreshConfig>,
+    /// The `[auth.revocation]` table: the layer refuses revoked tokens
+    /// (reach the set with [`JwtAuthLayer::revocations`]).
+    pub revocation: Option<RevocationConfig>,
+}
+
+/// The `[auth.revocation]` table: revoked tokens, per process or shared by
+/// the replicas through Redis. See [`Revocations`] and
+/// [`RedisRevocations`](crate::auth::RedisRevocations).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// The Redis server shared by the replicas (feature `redis`); absent,
+    /// revocations are per process.
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys and channel (default `tollgate:revoked`).
+    pub prefix: Option<String>,
+    /// The longest lifetime of the tokens accepted, in seconds (default
+    /// 86,400): how long a subject revocation is kept.
+    pub max_token_lifetime_secs: Option<u64>,
+    /// How often each replica checks it has seen every revocation, in
+    /// milliseconds (default 500, at least 10).
+    pub sync_interval_ms: Option<u64>,
+    /// Whether revocations also arrive by pub/sub (default true).
+    pub pubsub: Option<bool>,
+}
+
+impl RevocationConfig {
+    /// The set the table describes, shared through Redis when `redis_url`
+    /// is given (connected, subscribed and read here).
+    ///
+    /// # Errors
+    /// Redis settings without `redis_url`; `redis_url` without the `redis`
+    /// feature; the errors of [`Revocations::share`].
+    pub async fn revocations(&self, leeway: Duration) -> Result<Revocations, ConfigError> {
+        let mut revocations = Revocations::new().leeway(leeway);
+        if let Some(secs) = self.max_token_lifetime_secs {
+            revocations = revocations.max_token_lifetime(Duration::from_secs(secs));
+        }
+        let Some(url) = &self.redis_url else {
+            if self.prefix.is_some() || self.sync_interval_ms.is_some() || self.pubsub.is_some() {
+                return Err(invalid(
+                    "auth.revocation",
+                    "prefix, sync_interval_ms and pubsub configure sharing through Redis: \
+                     give redis_url too",
+                ));
+            }
+            return Ok(revocations);
+        };
+        #[cfg(feature = "redis")]
+        {
+            let mut redis = crate::auth::RedisRevocations::new(url.as_str());
+            if let Some(prefix) = &self.prefix {
+                redis = redis.prefix(prefix.as_str());
+            }
+            if let Some(ms) = self.sync_interval_ms {
+                redis = redis.sync_interval(Duration::from_millis(ms));
+            }
+            if let Some(on) = self.pubsub {
+                redis = redis.pubsub(on);
+            }
+            revocations
+                .share(redis)
+                .await
+                .map_err(|e| invalid("auth.revocation", e.reason().to_owned()))
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = url;
+            Err(invalid(
+                "auth.revocation.redis_url",
+                "revocations shared through Redis need tollgate's `redis` feature",
+            ))
+        }
+    }
 }
 
 fn read_pem(path: &str) -> Result<Vec<u8>, ConfigError> {
@@ -346,6 +422,12 @@ impl AuthConfig {
             b = b.cache_ttl(Duration::from_secs(secs));
         }
         b = b.shadow(self.shadow);
+        if let Some(revocation) = &self.revocation {
+            let leeway = self
+                .leeway_secs
+                .map_or(crate::auth::DEFAULT_LEEWAY, Duration::from_secs);
+            b = b.revocations(revocation.revocations(leeway).await?);
+        }
         for key in &self.keys {
             b = b.key(key.key()?);
         }

@@ -14,6 +14,11 @@
 //! # jwks_url = "https://auth.example.com/.well-known/jwks.json"
 //! # oidc_issuer = "https://auth.example.com"
 //!
+//! # [auth.revocation]                 # refuse revoked tokens (JwtAuthLayer::revocations)
+//! # redis_url = "redis://127.0.0.1:6379"  # shared by replicas (feature `redis`); absent: per process
+//! # prefix = "myapi:revoked"
+//! # max_token_lifetime_secs = 900
+//!
 //! # [auth.refresh]                    # sliding refresh of the session cookie
 //! # within_secs = 180                 # re-mint with 3 minutes or less left (signed by the hmac key above)
 //! # same_site = "lax"                 # strict | lax | none; also http_only, secure, path, domain, max_age_secs
@@ -46,7 +51,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ConfigError;
 
-pub use auth::{AuthConfig, KeyConfig, ModeConfig, RefreshConfig, SameSiteConfig, SourceConfig};
+pub use auth::{
+    AuthConfig, KeyConfig, ModeConfig, RefreshConfig, RevocationConfig, SameSiteConfig,
+    SourceConfig,
+};
 pub use rate_limit::{
     ForwardedHeaderConfig, HeaderStyleConfig, KeyByConfig, MissingKeyConfig, OnStoreErrorConfig,
     QuotaConfig, RateLimitConfig, RedisConfig,

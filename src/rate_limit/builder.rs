@@ -15,6 +15,7 @@ use super::limiter::{MissingKey, OnStoreError, PEER_SOURCES, Predicate, Shared};
 use super::quota::{Policy, Quota};
 use super::store::{LocalStore, RateLimitStore};
 use crate::error::ConfigError;
+use crate::observe::RateMetrics;
 use crate::reject::DefaultResponder;
 
 impl RateLimitLayer {
@@ -182,14 +183,15 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
             policies.push(Policy::new(name, *quota, index)?);
         }
         self.store.prepare(&policies)?;
-        let policy_values = policies.iter().map(headers::policy_value).collect();
+        let policy_headers = policies.iter().map(headers::policy_headers).collect();
+        let metrics = RateMetrics::new(policies.iter().map(|p| Arc::clone(&p.name)).collect());
         let needs_auth = self.key.needs_identity() || self.authenticated.is_some();
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 store: self.store,
                 key: self.key,
                 policies,
-                policy_values,
+                headers: policy_headers,
                 tiers: self.tiers,
                 authenticated: self.authenticated,
                 exempt: self.exempt,
@@ -199,7 +201,7 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
                 on_store_error: self.on_store_error,
                 store_failures: AtomicU64::new(0),
                 shadow: self.shadow,
-                decisions: AtomicU64::new(0),
+                metrics,
                 store_warnings: crate::observe::WarnEvery::new(10),
                 warned_no_peer: AtomicBool::new(false),
                 warned_no_auth: AtomicBool::new(false),

@@ -8,14 +8,12 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::headers::Stamp;
 use super::limiter::Shared;
-use super::store::{Decision, RateLimitStore};
+use super::store::RateLimitStore;
 use crate::body::ResponseBody;
 use crate::future::{Respond, Verdict};
 use crate::reject::{self, Responder};
-
-/// The headers a passing request's response gets, and from which layer.
-type Stamp<St> = (Arc<Shared<St>>, (usize, Decision));
 
 pin_project! {
     /// Response future of [`RateLimit`](super::RateLimit).
@@ -49,7 +47,7 @@ pin_project! {
         Ready {
             #[pin]
             respond: Respond<F>,
-            stamp: Option<Stamp<St>>,
+            stamp: Option<Stamp>,
         },
     }
 }
@@ -59,7 +57,7 @@ where
     S: Service<Req>,
     St: RateLimitStore,
 {
-    pub(crate) fn inner(future: S::Future, stamp: Option<Stamp<St>>) -> Self {
+    pub(crate) fn inner(future: S::Future, stamp: Option<Stamp>) -> Self {
         Self {
             state: State::Ready {
                 respond: Respond::inner(future),
@@ -129,7 +127,7 @@ where
                     let next = match shared.verdict(policy, result, &parts, &responder) {
                         Verdict::Pass(stamp) => State::Ready {
                             respond: Respond::inner(inner.call(Request::from_parts(parts, body))),
-                            stamp: stamp.map(|s| (Arc::clone(&shared), s)),
+                            stamp,
                         },
                         Verdict::Refuse(response) => State::Ready {
                             respond: Respond::refused(response),
@@ -141,8 +139,8 @@ where
                 }
                 StateProj::Ready { respond, stamp } => {
                     let mut response = ready!(respond.poll(cx))?;
-                    if let Some((shared, (policy, decision))) = stamp.take() {
-                        shared.stamp(policy, &decision, response.headers_mut());
+                    if let Some(stamp) = stamp.take() {
+                        stamp.apply(response.headers_mut());
                     }
                     return Poll::Ready(Ok(response));
                 }

@@ -8,14 +8,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use super::headers::{self, HeaderStyle, ceil_secs};
+use super::headers::{HeaderStyle, PolicyHeaders, Stamp, ceil_secs};
 use super::key::{KeyBy, RateKey};
 use super::quota::Policy;
 use super::store::{Decision, RateLimitStore, StoreError};
 use crate::future::Verdict;
 use crate::identity::{Anonymous, Identity};
+use crate::observe::{self, RateDecision, RateMetrics};
 use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
-use crate::{observe, trace};
+use crate::trace;
 
 /// What to do with a request whose key cannot be found (e.g. no peer
 /// address was recorded, or the keying header is absent).
@@ -49,7 +50,8 @@ pub(crate) struct Shared<St> {
     pub(crate) store: St,
     pub(crate) key: KeyBy,
     pub(crate) policies: Vec<Policy>,
-    pub(crate) policy_values: Vec<HeaderValue>,
+    /// Each policy's header text.
+    pub(crate) headers: Vec<&'static PolicyHeaders>,
     pub(crate) tiers: Vec<(usize, Predicate)>,
     pub(crate) authenticated: Option<usize>,
     pub(crate) exempt: Vec<Predicate>,
@@ -60,7 +62,7 @@ pub(crate) struct Shared<St> {
     pub(crate) on_store_error: OnStoreError,
     pub(crate) store_failures: AtomicU64,
     pub(crate) shadow: bool,
-    pub(crate) decisions: AtomicU64,
+    pub(crate) metrics: RateMetrics,
     /// Store failures are logged at most every 10 s.
     pub(crate) store_warnings: observe::WarnEvery,
     /// Each misconfiguration seen at run time is logged once per layer.
@@ -138,9 +140,22 @@ impl<St> Shared<St> {
     }
 }
 
-/// What a passing request needs afterwards: the policy and decision whose
-/// headers go on the response.
-pub(crate) type Stamp = Option<(usize, Decision)>;
+/// Decisions on this thread, to sample the key-count gauge now and then
+/// without a counter that every thread writes.
+#[cfg(feature = "metrics")]
+fn sample_keys() -> bool {
+    use std::cell::Cell;
+    thread_local! {
+        static DECISIONS: Cell<u32> = const { Cell::new(0) };
+    }
+    DECISIONS
+        .try_with(|decisions| {
+            let n = decisions.get().wrapping_add(1);
+            decisions.set(n);
+            n.is_multiple_of(1024)
+        })
+        .unwrap_or(false)
+}
 
 impl<St: RateLimitStore> Shared<St> {
     pub(crate) fn verdict(
@@ -149,25 +164,23 @@ impl<St: RateLimitStore> Shared<St> {
         result: Result<Decision, StoreError>,
         parts: &Parts,
         responder: &impl Responder,
-    ) -> Verdict<Stamp> {
-        let name = &self.policies[policy].name;
-        if self
-            .decisions
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(1024)
-        {
-            #[cfg(feature = "metrics")]
-            observe::rate_keys(&self.policies[0].name, self.store.key_count());
+    ) -> Verdict<Option<Stamp>> {
+        #[cfg(feature = "metrics")]
+        if sample_keys() || self.metrics.keys_unset() {
+            self.metrics
+                .keys(self.store.key_count(), self.store.max_keys());
         }
+        let name = &self.policies[policy].name;
         let refusal = match result {
             Ok(decision) if decision.allowed => {
-                observe::rate_decision(name, "allowed", true);
+                self.metrics.decision(policy, RateDecision::Allowed, true);
                 trace::rate_limit(name, "allowed");
                 tracing::trace!(policy = %name, outcome = "allowed", remaining = decision.remaining, "tollgate: rate limit");
-                return Verdict::Pass(Some((policy, decision)));
+                return Verdict::Pass(self.stamp(policy, &decision));
             }
             Ok(decision) => {
-                observe::rate_decision(name, "limited", !self.shadow);
+                self.metrics
+                    .decision(policy, RateDecision::Limited, !self.shadow);
                 trace::rate_limit(name, "limited");
                 if self.shadow {
                     tracing::debug!(policy = %name, outcome = "limited", enforced = false, "tollgate: would limit (shadow mode)");
@@ -177,7 +190,9 @@ impl<St: RateLimitStore> Shared<St> {
                 let mut headers = HeaderMap::new();
                 let retry = decision.retry_after.map_or(1, |r| ceil_secs(r).max(1));
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
-                self.stamp(policy, &decision, &mut headers);
+                if let Some(stamp) = self.stamp(policy, &decision) {
+                    stamp.apply(&mut headers);
+                }
                 let refusal = Refusal::new(
                     RefusalKind::RateLimited,
                     StatusCode::TOO_MANY_REQUESTS,
@@ -193,7 +208,8 @@ impl<St: RateLimitStore> Shared<St> {
                 self.store_failed(&error);
                 match self.on_store_error {
                     OnStoreError::FailOpen => {
-                        observe::rate_decision(name, "failed_open", true);
+                        self.metrics
+                            .decision(policy, RateDecision::FailedOpen, true);
                         trace::rate_limit(name, "failed_open");
                         return Verdict::Pass(None);
                     }
@@ -202,7 +218,8 @@ impl<St: RateLimitStore> Shared<St> {
                 }
             }
         };
-        observe::rate_decision(name, "failed_closed", !self.shadow);
+        self.metrics
+            .decision(policy, RateDecision::FailedClosed, !self.shadow);
         trace::rate_limit(name, "failed_closed");
         if self.shadow {
             return Verdict::Pass(None);
@@ -220,13 +237,8 @@ impl<St: RateLimitStore> Shared<St> {
 }
 
 impl<St> Shared<St> {
-    pub(crate) fn stamp(&self, policy: usize, decision: &Decision, headers: &mut HeaderMap) {
-        headers::apply(
-            headers,
-            self.style,
-            &self.policies[policy],
-            &self.policy_values[policy],
-            decision,
-        );
+    /// The headers `decision` puts on the response, if any.
+    pub(crate) fn stamp(&self, policy: usize, decision: &Decision) -> Option<Stamp> {
+        Stamp::new(self.style, self.headers.get(policy).copied()?, decision)
     }
 }

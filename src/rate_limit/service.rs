@@ -65,7 +65,6 @@ where
             Check::Ready(result) => {
                 match self.shared.verdict(policy, result, &parts, &self.responder) {
                     Verdict::Pass(stamp) => {
-                        let stamp = stamp.map(|s| (Arc::clone(&self.shared), s));
                         let future = self.inner.call(Request::from_parts(parts, body));
                         ResponseFuture::inner(future, stamp)
                     }

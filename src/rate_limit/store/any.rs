@@ -50,4 +50,12 @@ impl RateLimitStore for AnyStore {
             Self::Redis(s) => s.key_count(),
         }
     }
+
+    fn max_keys(&self) -> Option<usize> {
+        match self {
+            Self::Local(s) => s.max_keys_held(),
+            #[cfg(feature = "redis")]
+            Self::Redis(s) => RateLimitStore::max_keys(s),
+        }
+    }
 }

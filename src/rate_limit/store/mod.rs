@@ -104,4 +104,10 @@ pub trait RateLimitStore: Send + Sync + 'static {
 
     /// How many keys the store holds now (approximate for remote stores).
     fn key_count(&self) -> usize;
+
+    /// The most keys the store holds at once, if it is capped (exported as
+    /// `tollgate_rate_limit_max_keys`, so that an alert can compare).
+    fn max_keys(&self) -> Option<usize> {
+        None
+    }
 }

@@ -28,6 +28,35 @@ const ROUND_EVERY_KEYS: u64 = 4;
 /// decisions, so that room for new keys is found sooner.
 const OVERFLOW_ROUND_DIVISOR: u64 = 16;
 
+/// Decisions are counted in batches of this many (see [`count_decision`]).
+const BATCH: u64 = 16;
+
+/// Counts a decision in `decisions` now and then, so that the counter that
+/// paces the clean-up is not written by every thread on every decision (one
+/// cache line bouncing between all cores). Each decision adds [`BATCH`] with
+/// probability 1 / `BATCH`, drawn from a per-thread generator: the count
+/// stays proportional to each store's own decisions, however a thread's
+/// decisions interleave between stores. Returns the count before the add,
+/// when there was one.
+fn count_decision(decisions: &AtomicU64) -> Option<u64> {
+    use std::cell::Cell;
+    thread_local! {
+        static DRAW: Cell<u32> = const { Cell::new(0x9E37_79B9) };
+    }
+    let counted = DRAW
+        .try_with(|draw| {
+            // xorshift32
+            let mut x = draw.get();
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            draw.set(x);
+            u64::from(x).is_multiple_of(BATCH)
+        })
+        .unwrap_or(true);
+    counted.then(|| decisions.fetch_add(BATCH, Ordering::Relaxed))
+}
+
 /// Most shards one step passes over because nothing in them is replenished
 /// yet (a load each, no lock), so that such steps stay cheap.
 const MAX_SKIP: usize = 32;
@@ -180,6 +209,13 @@ impl LocalStore {
     pub const BYTES_PER_KEY: usize = ((std::mem::size_of::<Slot>() + 1) * 64)
         .div_ceil(27)
         .next_multiple_of(8);
+}
+
+impl<C: Clock> LocalStore<C> {
+    /// The cap on keys held (see [`max_keys`](LocalStore::max_keys)).
+    pub(crate) fn max_keys_held(&self) -> Option<usize> {
+        Some(self.budget.cap)
+    }
 }
 
 impl<C: Clock + Clone> LocalStore<C> {
@@ -352,8 +388,9 @@ where
     }
 
     fn check(&self, policy: &Policy, key: &RateKey) -> Check<Self::Future> {
-        let decision = self.decisions.fetch_add(1, Ordering::Relaxed);
-        self.housekeeping(decision);
+        if let Some(decision) = count_decision(&self.decisions) {
+            self.housekeeping(decision);
+        }
         let Some(keys) = self.policies.get(policy.index) else {
             return Check::Ready(Err(StoreError::new("policy not prepared")));
         };
@@ -372,5 +409,9 @@ where
 
     fn key_count(&self) -> usize {
         self.budget.len.load(Ordering::Relaxed)
+    }
+
+    fn max_keys(&self) -> Option<usize> {
+        self.max_keys_held()
     }
 }

@@ -386,3 +386,21 @@ fn max_bytes_sets_the_cap_from_the_size_of_a_key() {
     assert_eq!(s.budget.cap, 80_000_000 / LocalStore::BYTES_PER_KEY);
     assert_eq!(LocalStore::new().max_bytes(10).budget.cap, 0);
 }
+
+#[test]
+fn decisions_are_counted_in_proportion_whatever_the_interleaving() {
+    // Two stores decided alternately on one thread: a counter bumped every
+    // 16th decision of the thread would credit one store only, and the
+    // other would never clean up.
+    let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+    for _ in 0..32_000 {
+        let _ = super::count_decision(&a);
+        let _ = super::count_decision(&b);
+    }
+    for counted in [a.load(Ordering::Relaxed), b.load(Ordering::Relaxed)] {
+        assert!(
+            (25_600..=38_400).contains(&counted),
+            "{counted} counted for 32,000 decisions"
+        );
+    }
+}

@@ -478,4 +478,9 @@ impl RateLimitStore for RedisStore {
             None => self.deny_cache.as_ref().map_or(0, |c| c.len()),
         }
     }
+
+    fn max_keys(&self) -> Option<usize> {
+        // Local-first state is capped; exact mode holds only denials.
+        self.local.as_ref().map(|_| self.max_local_keys)
+    }
 }

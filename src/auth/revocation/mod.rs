@@ -1,13 +1,30 @@
 //! Revoked tokens and sessions: see [`Revocations`].
+//!
+//! Layout: this file holds the set each process checks; `redis` (feature
+//! `redis`) shares it between replicas — the settings, the wire format and
+//! the calls — and `sync` is its background task.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use crate::clock::{SystemClock, WallClock};
 use crate::identity::Identity;
+
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+mod sync;
+#[cfg(test)]
+mod tests;
+
+#[cfg(feature = "redis")]
+pub use self::redis::{
+    DEFAULT_REVOCATION_PREFIX, DEFAULT_REVOCATION_SYNC_INTERVAL, RedisRevocations,
+    RevocationSyncError,
+};
 
 /// Default bound on how long a token lives, for subject revocations.
 pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
@@ -40,9 +57,13 @@ struct Inner {
     /// Where the next clean-up slice runs.
     cursor: AtomicUsize,
     hasher: std::collections::hash_map::RandomState,
-    max_lifetime: u64,
-    leeway: u64,
-    clock: Arc<dyn WallClock>,
+    /// Settings, in seconds; read when revoking, never when checking.
+    max_lifetime: AtomicU64,
+    leeway: AtomicU64,
+    clock: RwLock<Arc<dyn WallClock>>,
+    /// The link to Redis, once shared.
+    #[cfg(feature = "redis")]
+    link: std::sync::OnceLock<self::redis::Link>,
 }
 
 /// Revoked tokens and sessions: logout for stateless tokens.
@@ -81,7 +102,9 @@ struct Inner {
 ///
 /// With no revocations at all the check is one atomic load.
 ///
-/// Shared by every clone and every layer given a clone.
+/// Shared by every clone and every layer given a clone; shared by the
+/// replicas of a service through Redis with [`share`](Revocations::share)
+/// (feature `redis`, see `RedisRevocations`).
 #[derive(Clone)]
 pub struct Revocations {
     inner: Arc<Inner>,
@@ -89,10 +112,14 @@ pub struct Revocations {
 
 impl fmt::Debug for Revocations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Revocations")
-            .field("entries", &self.len())
-            .field("max_token_lifetime_secs", &self.inner.max_lifetime)
-            .finish_non_exhaustive()
+        let mut f = f.debug_struct("Revocations");
+        f.field("entries", &self.len()).field(
+            "max_token_lifetime_secs",
+            &self.inner.max_lifetime.load(Ordering::Relaxed),
+        );
+        #[cfg(feature = "redis")]
+        f.field("shared", &self.inner.link.get().is_some());
+        f.finish_non_exhaustive()
     }
 }
 
@@ -113,64 +140,72 @@ fn write(shard: &RwLock<Shard>) -> std::sync::RwLockWriteGuard<'_, Shard> {
 impl Revocations {
     /// No revocations yet, on the system clock.
     pub fn new() -> Self {
-        Self::build(
-            DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
-            crate::auth::DEFAULT_LEEWAY.as_secs(),
-            Arc::new(SystemClock),
-        )
-    }
-
-    fn build(max_lifetime: u64, leeway: u64, clock: Arc<dyn WallClock>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 shards: std::array::from_fn(|_| RwLock::new(Shard::default())),
                 count: AtomicUsize::new(0),
                 cursor: AtomicUsize::new(0),
                 hasher: std::collections::hash_map::RandomState::new(),
-                max_lifetime,
-                leeway,
-                clock,
+                max_lifetime: AtomicU64::new(DEFAULT_MAX_TOKEN_LIFETIME.as_secs()),
+                leeway: AtomicU64::new(crate::auth::DEFAULT_LEEWAY.as_secs()),
+                clock: RwLock::new(Arc::new(SystemClock)),
+                #[cfg(feature = "redis")]
+                link: std::sync::OnceLock::new(),
             }),
         }
-    }
-
-    fn rebuild(&self, max_lifetime: u64, leeway: u64, clock: Arc<dyn WallClock>) -> Self {
-        // Settings are chosen before any revocation is added; a set that
-        // already holds entries keeps them.
-        let fresh = Self::build(max_lifetime, leeway, clock);
-        for (from, to) in self.inner.shards.iter().zip(&fresh.inner.shards) {
-            let from = read(from);
-            let mut to = write(to);
-            to.tokens.clone_from(&from.tokens);
-            to.subjects.clone_from(&from.subjects);
-        }
-        fresh.inner.count.store(self.len(), Ordering::Relaxed);
-        fresh
     }
 
     /// The longest lifetime (`exp − iat`) of the tokens this service
     /// accepts (default 24 h; set it to the issuer's session length): a
     /// subject revocation is kept that long, after which every token it
-    /// could affect has expired. Configure before sharing the set.
+    /// could affect has expired. A setting of the set, which clones share:
+    /// configure it before handing out clones.
     #[must_use]
     pub fn max_token_lifetime(self, lifetime: Duration) -> Self {
-        let (leeway, clock) = (self.inner.leeway, Arc::clone(&self.inner.clock));
-        self.rebuild(lifetime.as_secs(), leeway, clock)
+        self.inner
+            .max_lifetime
+            .store(lifetime.as_secs(), Ordering::Relaxed);
+        self
     }
 
     /// The clock-skew allowance added to how long entries are kept (default
     /// 60 s, the auth layer's default leeway).
     #[must_use]
     pub fn leeway(self, leeway: Duration) -> Self {
-        let (max, clock) = (self.inner.max_lifetime, Arc::clone(&self.inner.clock));
-        self.rebuild(max, leeway.as_secs(), clock)
+        self.inner.leeway.store(leeway.as_secs(), Ordering::Relaxed);
+        self
     }
 
     /// The wall clock that expires entries (default: the system clock).
     #[must_use]
     pub fn clock(self, clock: impl WallClock) -> Self {
-        let (max, leeway) = (self.inner.max_lifetime, self.inner.leeway);
-        self.rebuild(max, leeway, Arc::new(clock))
+        *self
+            .inner
+            .clock
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(clock);
+        self
+    }
+
+    /// Now, on the set's clock (unix seconds).
+    fn now(&self) -> u64 {
+        self.inner
+            .clock
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unix_now()
+    }
+
+    /// Until when a token revocation is kept.
+    fn token_until(&self, expires_at: u64) -> u64 {
+        expires_at.saturating_add(self.inner.leeway.load(Ordering::Relaxed))
+    }
+
+    /// Until when a subject revocation is kept.
+    fn subject_until(&self, issued_before: u64) -> u64 {
+        issued_before
+            .saturating_add(self.inner.max_lifetime.load(Ordering::Relaxed))
+            .saturating_add(self.inner.leeway.load(Ordering::Relaxed))
     }
 
     fn shard(&self, key: &str) -> &RwLock<Shard> {
@@ -182,12 +217,32 @@ impl Revocations {
 
     /// Refuses the token whose `jti` is `jti` until `expires_at` (its `exp`,
     /// unix seconds) plus the leeway, after which it is expired anyway.
+    ///
+    /// A shared set (see [`RedisRevocations`](crate::auth::RedisRevocations))
+    /// also sends the revocation to the other replicas, in the background.
     pub fn revoke_token(&self, jti: &str, expires_at: u64) {
-        let until = expires_at.saturating_add(self.inner.leeway);
-        let added = write(self.shard(jti))
-            .tokens
-            .insert(jti.into(), until)
-            .is_none();
+        let until = self.token_until(expires_at);
+        self.insert_token(jti, until);
+        #[cfg(feature = "redis")]
+        if let Some(link) = self.inner.link.get() {
+            link.publish(&self::redis::Entry::Token { jti }, until, self.now());
+        }
+    }
+
+    /// Holds a token revocation until `until`; a longer hold wins.
+    fn insert_token(&self, jti: &str, until: u64) {
+        let mut shard = write(self.shard(jti));
+        let added = match shard.tokens.get_mut(jti) {
+            Some(held) => {
+                *held = (*held).max(until);
+                false
+            }
+            None => {
+                shard.tokens.insert(jti.into(), until);
+                true
+            }
+        };
+        drop(shard);
         self.added(added);
     }
 
@@ -195,10 +250,25 @@ impl Revocations {
     /// [`Identity::issuer`] reports it) issued before `issued_before` (unix
     /// seconds): logout everywhere. Tokens without `iat` are refused too:
     /// their issue time is unknown.
+    ///
+    /// A shared set also sends the revocation to the other replicas.
     pub fn revoke_subject(&self, issuer: Option<&str>, subject: &str, issued_before: u64) {
-        let until = issued_before
-            .saturating_add(self.inner.max_lifetime)
-            .saturating_add(self.inner.leeway);
+        let until = self.subject_until(issued_before);
+        self.insert_subject(issuer, subject, issued_before, until);
+        #[cfg(feature = "redis")]
+        if let Some(link) = self.inner.link.get() {
+            let entry = self::redis::Entry::Subject {
+                issuer,
+                subject,
+                before: issued_before,
+            };
+            link.publish(&entry, until, self.now());
+        }
+    }
+
+    /// Holds a subject revocation until `until`; later cut-offs and longer
+    /// holds win.
+    fn insert_subject(&self, issuer: Option<&str>, subject: &str, issued_before: u64, until: u64) {
         let mut shard = write(self.shard(subject));
         let cuts = shard.subjects.entry(subject.into()).or_default();
         let added = match cuts.iter_mut().find(|cut| cut.issuer.as_deref() == issuer) {
@@ -295,7 +365,7 @@ impl Revocations {
             self.inner.count.fetch_add(1, Ordering::Relaxed);
         }
         let next = self.inner.cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
-        self.clean(next, self.inner.clock.unix_now());
+        self.clean(next, self.now());
     }
 
     /// Removes the expired entries of one shard.
@@ -319,95 +389,9 @@ impl Revocations {
     /// Removes every expired entry now (the set also does this by itself, a
     /// shard per revocation added).
     pub fn cleanup(&self) {
-        let now = self.inner.clock.unix_now();
+        let now = self.now();
         for shard in 0..SHARDS {
             self.clean(shard, now);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicU64;
-
-    fn at(now: &Arc<AtomicU64>) -> Revocations {
-        let clock = Arc::clone(now);
-        Revocations::new()
-            .max_token_lifetime(Duration::from_secs(900))
-            .leeway(Duration::from_secs(60))
-            .clock(move || clock.load(Ordering::SeqCst))
-    }
-
-    #[test]
-    fn a_revoked_jti_is_refused_until_its_token_expires() {
-        let now = Arc::new(AtomicU64::new(1_000));
-        let r = at(&now);
-        assert!(!r.is_revoked(None, Some("alice"), Some("t1"), Some(900), 1_000));
-        r.revoke_token("t1", 1_500);
-        assert!(r.is_revoked(None, Some("alice"), Some("t1"), Some(900), 1_000));
-        assert!(!r.is_revoked(None, Some("alice"), Some("t2"), Some(900), 1_000));
-        // Kept through exp + leeway, then dropped by the clean-up.
-        assert!(r.is_revoked(None, None, Some("t1"), None, 1_559));
-        assert!(!r.is_revoked(None, None, Some("t1"), None, 1_560));
-        now.store(1_560, Ordering::SeqCst);
-        r.cleanup();
-        assert_eq!(r.len(), 0);
-    }
-
-    #[test]
-    fn a_revoked_subject_refuses_older_tokens_of_that_issuer_only() {
-        let now = Arc::new(AtomicU64::new(1_000));
-        let r = at(&now);
-        r.revoke_subject(Some("https://a"), "alice", 1_000);
-        let revoked = |iss, sub, iat| r.is_revoked(iss, Some(sub), None, iat, 1_000);
-        assert!(revoked(Some("https://a"), "alice", Some(999)));
-        assert!(
-            !revoked(Some("https://a"), "alice", Some(1_000)),
-            "issued at or after: valid"
-        );
-        assert!(
-            revoked(Some("https://a"), "alice", None),
-            "unknown issue time: refused"
-        );
-        assert!(
-            !revoked(Some("https://b"), "alice", Some(999)),
-            "another issuer"
-        );
-        assert!(
-            !revoked(Some("https://a"), "bob", Some(999)),
-            "another subject"
-        );
-        // A later revocation covers more; an earlier one does not undo it.
-        r.revoke_subject(Some("https://a"), "alice", 1_100);
-        r.revoke_subject(Some("https://a"), "alice", 500);
-        assert!(revoked(Some("https://a"), "alice", Some(1_050)));
-        assert_eq!(r.len(), 1);
-        // Kept for max lifetime + leeway after the latest cut-off.
-        assert!(r.is_revoked(Some("https://a"), Some("alice"), None, Some(1), 2_059));
-        assert!(!r.is_revoked(Some("https://a"), Some("alice"), None, Some(1), 2_060));
-    }
-
-    #[test]
-    fn memory_is_bounded_by_time() {
-        let now = Arc::new(AtomicU64::new(0));
-        let r = at(&now);
-        for i in 0..10_000 {
-            now.store(i, Ordering::SeqCst);
-            r.revoke_token(&format!("t{i}"), i + 10);
-        }
-        // Every entry lives 70 s (exp + leeway); a revocation cleans one of
-        // 16 shards, so a shard is visited every 16 revocations: what is
-        // held stays near 70 + 16 entries, not 10,000.
-        assert!(r.len() < 200, "{}", r.len());
-    }
-
-    #[test]
-    fn identity_helpers_need_what_they_revoke_by() {
-        let r = Revocations::new();
-        let bare = Identity::new(None, None, crate::identity::CredentialSource::Cookie);
-        assert!(!r.revoke_token_of(&bare));
-        assert!(!r.revoke_subject_of(&bare, 10));
-        assert!(r.is_empty());
     }
 }

@@ -1,0 +1,141 @@
+//! Heap allocations per request through each layer, counted by dhat's
+//! allocator (in its own bench binary: counting slows every allocation, so
+//! the timing benches never run under it).
+//!
+//! `cargo bench --bench allocations`
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use jsonwebtoken::{EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use tollgate::auth::{JwtAuthLayer, Key};
+use tollgate::rate_limit::{KeyBy, PeerAddr, Quota, RateLimitLayer};
+use tower::{Layer, Service, ServiceBuilder};
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+const SECRET: &[u8] = b"an-hmac-secret-of-at-least-32-bytes!";
+const REQUESTS: u64 = 10_000;
+
+#[derive(Serialize, Deserialize)]
+struct User {
+    sub: String,
+    iss: String,
+    aud: String,
+    exp: u64,
+}
+
+fn ready<F: Future>(f: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(f).poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => unreachable!("every service here completes at once"),
+    }
+}
+
+/// Allocations per request of `svc`, net of building and dropping the
+/// request and the response (measured on the bare service).
+fn per_request<S, B>(svc: &mut S, request: &impl Fn() -> Request<()>) -> f64
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+{
+    for _ in 0..1_000 {
+        let _ = ready(svc.call(request()));
+    }
+    let before = dhat::HeapStats::get().total_blocks;
+    for _ in 0..REQUESTS {
+        let res = ready(svc.call(request())).expect("infallible");
+        assert_eq!(res.status(), 200);
+    }
+    (dhat::HeapStats::get().total_blocks - before) as f64 / REQUESTS as f64
+}
+
+fn main() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    tollgate::crypto::install_default_provider();
+    let noop = tower::service_fn(|_req: Request<()>| async {
+        let mut res = Response::new(Bytes::new());
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Ok::<_, Infallible>(res)
+    });
+    let now = jsonwebtoken::get_current_timestamp();
+    let user = User {
+        sub: "user-1".into(),
+        iss: "https://auth.example".into(),
+        aud: "api".into(),
+        exp: now + 3600,
+    };
+    let token = jsonwebtoken::encode(&Header::default(), &user, &EncodingKey::from_secret(SECRET))
+        .expect("token");
+    let cookie = format!("theme=dark; da3={token}; lang=en");
+    let request = || {
+        let mut req = Request::builder()
+            .header(header::COOKIE, cookie.as_str())
+            .body(())
+            .expect("request");
+        req.extensions_mut()
+            .insert(PeerAddr(SocketAddr::from(([192, 0, 2, 1], 40000))));
+        req
+    };
+    // A quota that replenishes faster than requests come, so the RateLimit
+    // value repeats as it does for a client at a steady pace.
+    let steady = Quota::per_second(1_000_000_000).burst(100);
+    let limit = || {
+        RateLimitLayer::builder("per-ip", steady)
+            .key(KeyBy::peer_ip())
+            .build()
+            .expect("layer")
+    };
+    let auth = JwtAuthLayer::<User>::builder()
+        .key(Key::hmac(SECRET).expect("key"))
+        .cookie("da3")
+        .issuer("https://auth.example")
+        .audience("api")
+        .cache(1_000)
+        .build()
+        .expect("layer");
+    let per_user = RateLimitLayer::builder("anonymous", steady)
+        .authenticated("registered", steady)
+        .build()
+        .expect("layer");
+
+    let bare = per_request(&mut noop.clone(), &request);
+    println!("allocations/bare: {bare:.2} per request (request, response)");
+    let cases: Vec<(&str, f64)> = vec![
+        (
+            "rate_limit_layer",
+            per_request(&mut limit().layer(noop), &request),
+        ),
+        (
+            "auth_layer_cache_hit",
+            per_request(&mut auth.clone().layer(noop), &request),
+        ),
+        (
+            "stack_ip_auth_user_cache_hit",
+            per_request(
+                &mut ServiceBuilder::new()
+                    .layer(limit())
+                    .layer(auth)
+                    .layer(per_user)
+                    .service(noop),
+                &request,
+            ),
+        ),
+    ];
+    for (name, n) in cases {
+        println!(
+            "allocations/{name}: {:.2} per request beyond the bare service",
+            n - bare
+        );
+    }
+}

@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Turns what scripts/figures.sh measured into the README's tables and chart.
+
+    scripts/figures.py target/figures [--write]
+
+Reads criterion's estimates (target/criterion/**/new/), the proxy_hop and
+multicore output and the throughput rounds; prints markdown. With --write,
+replaces the README's sections between `<!-- figures:NAME:begin -->` and
+`<!-- figures:NAME:end -->` and writes docs/figures.svg.
+"""
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def criterion_estimates():
+    """full_id -> (median, low, high) in ns, from criterion's last run."""
+    found = {}
+    for bench in (ROOT / "target" / "criterion").glob("**/new/benchmark.json"):
+        meta = json.loads(bench.read_text())
+        estimates = json.loads((bench.parent / "estimates.json").read_text())
+        median = estimates["median"]
+        ci = median["confidence_interval"]
+        found[meta["full_id"]] = (
+            median["point_estimate"],
+            ci["lower_bound"],
+            ci["upper_bound"],
+        )
+    return found
+
+
+def ns(value):
+    if value >= 10_000:
+        return f"{value / 1000:.1f} µs"
+    if value >= 1_000:
+        return f"{value / 1000:.2f} µs"
+    return f"{value:.0f} ns"
+
+
+def with_ci(est):
+    median, low, high = est
+    return f"{ns(median)} ({ns(low)}–{ns(high)})"
+
+
+def added(est, base):
+    """Difference of medians, with the widest range the two intervals allow."""
+    return est[0] - base[0], est[1] - base[2], est[2] - base[1]
+
+
+def added_text(est, base):
+    diff, low, high = added(est, base)
+    return f"+{ns(diff)} (+{ns(max(low, 0))} to +{ns(high)})"
+
+
+def machine(out):
+    info = dict(
+        line.split(": ", 1)
+        for line in (out / "machine.txt").read_text().splitlines()
+        if ": " in line
+    )
+    return (
+        f"{info.get('cpu', '?')}, {info.get('cores', '?')} cores, "
+        f"{info.get('memory', '?')}; {info.get('rustc', '?')}; "
+        f"{info.get('date', '?')}; load average before/after: "
+        f"{info.get('load_before', '?')} / {info.get('load_after', '?')}"
+    )
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def bench_section(out, est):
+    parts = []
+    base = est.get("peers/bare")
+    if base:
+        rows = []
+        for name, label in [
+            ("peers/tower_governor", "tower_governor 0.8 `GovernorLayer`, no headers"),
+            ("peers/tower_governor_headers", "tower_governor 0.8, `use_headers()`"),
+            ("peers/tollgate", "tollgate `RateLimitLayer`, IETF headers (default)"),
+            ("peers/tollgate_no_headers", "tollgate `RateLimitLayer`, `HeaderStyle::Off`"),
+        ]:
+            if name in est:
+                rows.append([label, with_ci(est[name]), added_text(est[name], base)])
+        parts.append(
+            "Limiter layers side by side (`cargo bench --bench tollgate -- peers`: "
+            "same request, same never-refusing quota keyed by peer IP, over a "
+            f"service answering with one header; bare service {with_ci(base)}):\n\n"
+            + table(["layer", "time per request", "added over bare"], rows)
+        )
+    rows = []
+    for name, label in [
+        ("rate_limit/local_decision/1000000_keys/uniform", "local decision, 1M keys, uniformly random key"),
+        ("rate_limit/local_decision/1000000_keys/hot_1k", "local decision, 1M keys, hot set of 1,000"),
+        ("fast_path/HS256/auth_miss", "auth layer, HS256 cookie, cache miss (full verification)"),
+        ("fast_path/HS256/auth_hit", "auth layer, HS256 cookie, verified-token cache hit"),
+        ("rate_limit/stack/ip_limit_only", "per-IP limit alone"),
+        ("rate_limit/stack/ip_auth_user_HS256", "per-IP limit → auth (no cache) → per-subject limit"),
+        ("fast_path/HS256/stack_hit", "per-IP limit → auth (cache hit) → per-subject limit"),
+    ]:
+        if name in est:
+            base_name = "rate_limit/stack/bare" if name.startswith("rate_limit/stack") else "fast_path/bare"
+            extra = added_text(est[name], est[base_name]) if base_name in est and "decision" not in name else "—"
+            rows.append([label, with_ci(est[name]), extra])
+    if rows:
+        parts.append(
+            "Decisions and stacks (`cargo bench --bench tollgate -- 'rate_limit|fast_path'`; "
+            "\"added\" is over the bare service of the same group):\n\n"
+            + table(["bench", "time", "added over bare"], rows)
+        )
+    if "example/bare" in est and "example/layers" in est:
+        parts.append(
+            "The example's exact stack in process, with a Prometheus recorder "
+            "(`cargo bench --bench tollgate -- example`: the same router with "
+            "`TOLLGATE_LAYERS=off` and on, one GraphQL query with a session cookie):\n\n"
+            + table(
+                ["router", "time per request", "added by tollgate"],
+                [
+                    ["layers off", with_ci(est["example/bare"]), "—"],
+                    ["layers on", with_ci(est["example/layers"]), added_text(est["example/layers"], est["example/bare"])],
+                ],
+            )
+        )
+    rows = []
+    for full_id, value in sorted(est.items()):
+        match = re.fullmatch(r"multicore/threads/(\d+)", full_id)
+        if match:
+            median, low, high = value
+            rows.append(
+                [match.group(1), f"{1e9 / median / 1e6:.2f} M/s ({1e9 / high / 1e6:.2f}–{1e9 / low / 1e6:.2f})"]
+            )
+    if rows:
+        parts.append(
+            "The full stack (cache hit) from several tokio worker threads, one "
+            "user and address each (`cargo bench --bench tollgate -- multicore`):\n\n"
+            + table(["worker threads", "requests per second, all threads"], rows)
+        )
+    return "\n\n".join(parts)
+
+
+def hop_section(out):
+    text = (out / "proxy_hop.txt").read_text()
+    paths = {}
+    for name, p50, p99, n in re.findall(
+        r"proxy_hop/(\w+): p50 ([\d.]+) µs, p99 ([\d.]+) µs \((\d+) interleaved", text
+    ):
+        paths[name] = (float(p50), float(p99), int(n))
+    adds = {
+        name: tuple(map(float, (m, lo, hi)))
+        for name, m, lo, hi in re.findall(
+            r"proxy_hop/added/(\w+): (-?[\d.]+) µs \(95 % CI (-?[\d.]+) – (-?[\d.]+)\)", text
+        )
+    }
+    ratio = re.search(r"proxy_hop/ratio: .*?([\d.]+) × .*?CI ([-\d.]+) – ([-\d.]+)", text)
+    nginx = re.search(r"proxy_hop/ratio_nginx: .*?([\d.]+) × .*?CI ([-\d.]+) – ([-\d.]+)", text)
+    labels = {
+        "a_bare": "(a) client → bare service",
+        "b_embedded_tollgate": "(b) client → service with tollgate's auth + rate limit",
+        "c_rust_gateway_hop": "(c) client → Rust gateway (same JWT check) → service",
+        "d_nginx_hop": "(d) client → nginx `proxy_pass`, keep-alive, no JWT check → service",
+    }
+    rows = []
+    for name, (p50, p99, n) in paths.items():
+        add = adds.get(name)
+        add_text = f"{add[0]:.2f} µs ({add[1]:.2f}–{add[2]:.2f})" if add else "—"
+        rows.append([labels.get(name, name), f"{p50:.1f} µs", f"{p99:.1f} µs", add_text])
+    n = next(iter(paths.values()))[2] if paths else 0
+    lines = [
+        f"Per-request latency over loopback, keep-alive HTTP/1.1, the paths taken "
+        f"in turn ({n:,} rounds; `cargo bench --bench tollgate -- proxy_hop`); "
+        "added latency is the difference of medians with a bootstrap 95 % interval:",
+        "",
+        table(["path", "p50", "p99", "added over (a), median (95 % CI)"], rows),
+    ]
+    if ratio:
+        lines += [
+            "",
+            f"The gateway hop adds **{float(ratio.group(1)):.1f} ×** what the embedded "
+            f"layers add (95 % CI {float(ratio.group(2)):.1f}–{float(ratio.group(3)):.1f}).",
+        ]
+    if nginx:
+        lines[-1] += (
+            f" An nginx hop alone adds {float(nginx.group(1)):.1f} × "
+            f"(95 % CI {float(nginx.group(2)):.1f}–{float(nginx.group(3)):.1f})."
+        )
+    return "\n".join(lines), paths, adds
+
+
+def throughput_section(out):
+    runs = {"on": [], "off": []}
+    for line in (out / "throughput.txt").read_text().splitlines():
+        variant, rate = line.split()
+        runs[variant].append(float(rate))
+    if not runs["on"] or not runs["off"]:
+        return "", None
+    on, off = statistics.median(runs["on"]), statistics.median(runs["off"])
+    kept = [a / b for a, b in zip(runs["on"], runs["off"])]
+    text = (
+        f"Throughput of the example (server pinned to one core, wrk to the other, "
+        f"{len(runs['on'])} alternating rounds; medians, range in brackets):\n\n"
+        + table(
+            ["layers off", "layers on", "kept (median of rounds, range)"],
+            [
+                [
+                    f"{off:,.0f} req/s ({min(runs['off']):,.0f}–{max(runs['off']):,.0f})",
+                    f"{on:,.0f} req/s ({min(runs['on']):,.0f}–{max(runs['on']):,.0f})",
+                    f"**{100 * statistics.median(kept):.1f} %** ({100 * min(kept):.1f}–{100 * max(kept):.1f} %)",
+                ]
+            ],
+        )
+    )
+    return text, (statistics.median(kept), min(kept), max(kept))
+
+
+def svg(adds, kept):
+    """Added latency per path with its interval, and the throughput kept."""
+    rows = [
+        ("embedded tollgate layers", adds.get("b_embedded_tollgate")),
+        ("Rust gateway hop", adds.get("c_rust_gateway_hop")),
+        ("nginx hop (no JWT check)", adds.get("d_nginx_hop")),
+    ]
+    rows = [(label, value) for label, value in rows if value]
+    width, left, bar_h, gap = 640, 200, 26, 14
+    top = 40
+    height = top + len(rows) * (bar_h + gap) + (70 if kept else 30)
+    scale_max = max(v[2] for _, v in rows) * 1.1 if rows else 1
+    x = lambda us: left + (width - left - 60) * max(us, 0) / scale_max
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="13">',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="10" y="22" font-weight="bold">Latency added per request over a bare service (µs, median, 95 % CI)</text>',
+    ]
+    y = top
+    for label, (median, low, high) in rows:
+        color = "#2e7d32" if label.startswith("embedded") else "#c62828"
+        out.append(f'<text x="10" y="{y + bar_h * 0.7:.0f}">{label}</text>')
+        out.append(
+            f'<rect x="{left}" y="{y}" width="{x(median) - left:.1f}" height="{bar_h}" fill="{color}"/>'
+        )
+        out.append(
+            f'<line x1="{x(low):.1f}" x2="{x(high):.1f}" y1="{y + bar_h / 2}" y2="{y + bar_h / 2}" stroke="black"/>'
+        )
+        out.append(f'<text x="{x(high) + 6:.1f}" y="{y + bar_h * 0.7:.0f}">{median:.1f}</text>')
+        y += bar_h + gap
+    if kept:
+        median, low, high = kept
+        out.append(
+            f'<text x="10" y="{y + 20}">Example throughput kept with the layers on: '
+            f"{100 * median:.1f} % (rounds: {100 * low:.1f}–{100 * high:.1f} %)</text>"
+        )
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def replace_section(readme, name, body):
+    begin, end = f"<!-- figures:{name}:begin -->", f"<!-- figures:{name}:end -->"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(readme):
+        sys.exit(f"README.md has no {begin} ... {end} section")
+    return pattern.sub(lambda _: f"{begin}\n{body}\n{end}", readme)
+
+
+def main():
+    out = Path(sys.argv[1])
+    write = "--write" in sys.argv[2:]
+    est = criterion_estimates()
+    where = f"Machine and date: {machine(out)}. Generated by `scripts/figures.sh`."
+    hop, _, adds = hop_section(out)
+    through, kept = throughput_section(out)
+    hop_body = "\n\n".join(part for part in [hop, through, where] if part)
+    bench_body = bench_section(out, est) + "\n\n" + where
+    print(hop_body)
+    print()
+    print(bench_body)
+    if write:
+        readme_path = ROOT / "README.md"
+        readme = readme_path.read_text()
+        readme = replace_section(readme, "hop", hop_body)
+        readme = replace_section(readme, "bench", bench_body)
+        readme_path.write_text(readme)
+        (ROOT / "docs").mkdir(exist_ok=True)
+        (ROOT / "docs" / "figures.svg").write_text(svg(adds, kept))
+        print("README.md and docs/figures.svg updated", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Every performance figure in the README, from one command.
+#
+#   scripts/figures.sh            # measure, print the tables
+#   scripts/figures.sh --write    # ... and replace the README's generated
+#                                 # sections and docs/figures.svg
+#
+# What it runs (loopback only, bounded in time — about 6 minutes):
+# 1. criterion groups `peers` (tollgate's limiter layer next to
+#    tower_governor's), `stack`-level benches of `rate_limit` and
+#    `fast_path`, `example` (the example's own stack, Prometheus recorder on)
+#    and `multicore`, pinned to one core with taskset where there are two;
+# 2. `proxy_hop`: bare vs embedded layers vs a gateway hop, interleaved per
+#    request, medians with bootstrap 95 % intervals;
+# 3. the example's throughput with the layers off and on: the server pinned
+#    to one core, the load generator (wrk) to the other, alternating rounds,
+#    medians and the range.
+# Results go to target/figures/; scripts/figures.py turns them into tables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=target/figures
+mkdir -p "$out"
+write="${1:-}"
+rounds="${FIGURES_ROUNDS:-5}"
+seconds="${FIGURES_SECONDS:-8}"
+
+cores=$(nproc)
+# Server / bench on the last core, load generator on core 0.
+if [ "$cores" -ge 2 ] && command -v taskset >/dev/null; then
+  pin_server=(taskset -c "$((cores - 1))")
+  pin_load=(taskset -c 0)
+else
+  pin_server=()
+  pin_load=()
+fi
+
+{
+  echo "date: $(date -u +%Y-%m-%d)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "cores: $cores"
+  echo "memory: $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
+  echo "rustc: $(rustc --version)"
+  echo "load_before: $(cut -d' ' -f1-3 /proc/loadavg)"
+} > "$out/machine.txt"
+
+echo "== building" >&2
+cargo bench --bench tollgate --no-run >/dev/null 2>&1
+cargo build --release --example graphql >/dev/null 2>&1
+
+echo "== criterion groups" >&2
+# Single-threaded groups on one core, so the other one absorbs the rest of
+# the system. `multicore` needs every core.
+"${pin_server[@]}" cargo bench --bench tollgate -- \
+  'peers|rate_limit/local_decision/1000000_keys|rate_limit/stack|fast_path/(bare|HS256/auth_hit$|HS256/auth_miss|HS256/stack_hit)|example' \
+  > "$out/criterion.txt" 2>&1
+cargo bench --bench tollgate -- multicore > "$out/multicore.txt" 2>&1
+
+echo "== proxy_hop (interleaved)" >&2
+cargo bench --bench tollgate -- proxy_hop > "$out/proxy_hop.txt" 2>&1
+
+echo "== throughput (${rounds} alternating rounds of ${seconds} s)" >&2
+if command -v wrk >/dev/null; then
+  bin=target/release/examples/graphql
+  secret="figures-secret-of-at-least-32-bytes!!"
+  token=$(TOLLGATE_SECRET="$secret" "$bin" mint load-user)
+  work=$(mktemp -d)
+  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+  cat > "$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"query":"{ anonymousFeed(first: 1) { title } }"}'
+wrk.headers["content-type"] = "application/json"
+wrk.headers["cookie"] = "theme=dark; da3=$token"
+LUA
+  run() { # $1 = on|off, $2 = port
+    TOLLGATE_LAYERS="$1" TOLLGATE_ADDR="127.0.0.1:$2" TOLLGATE_SECRET="$secret" \
+      TOLLGATE_IP_PER_MIN=4000000000 TOLLGATE_IP_BURST=4000000000 \
+      TOLLGATE_USER_PER_MIN=4000000000 TOLLGATE_USER_BURST=4000000000 \
+      RUST_LOG=error "${pin_server[@]}" "$bin" > "$work/server-$1.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$2/healthz" >/dev/null && break; sleep 0.05; done
+    "${pin_load[@]}" wrk -t1 -c16 -d"${seconds}s" -s "$work/post.lua" "http://127.0.0.1:$2/graphql" > "$work/wrk.txt"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    if grep -q "Non-2xx" "$work/wrk.txt"; then
+      echo "wrk saw non-2xx responses ($1):" >&2; cat "$work/wrk.txt" >&2; exit 1
+    fi
+    echo "$1 $(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt")"
+  }
+  : > "$out/throughput.txt"
+  for round in $(seq "$rounds"); do
+    if [ $((round % 2)) -eq 1 ]; then
+      run off 4101 >> "$out/throughput.txt"; run on 4102 >> "$out/throughput.txt"
+    else
+      run on 4102 >> "$out/throughput.txt"; run off 4101 >> "$out/throughput.txt"
+    fi
+  done
+else
+  echo "wrk not found (apt-get install wrk): no throughput figures" >&2
+  : > "$out/throughput.txt"
+fi
+echo "load_after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"
+
+python3 scripts/figures.py "$out" $write
