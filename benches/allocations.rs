@@ -18,6 +18,10 @@ use tollgate::auth::{JwtAuthLayer, Key};
 use tollgate::rate_limit::{KeyBy, PeerAddr, Quota, RateLimitLayer};
 use tower::{Layer, Service, ServiceBuilder};
 
+#[path = "../examples/graphql.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod graphql;
+
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
@@ -138,4 +142,81 @@ fn main() {
             n - bare
         );
     }
+    example();
+}
+
+/// The example's router with the layers off and on: one GraphQL query with
+/// a session cookie.
+fn example() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let config = |layers: &'static str| {
+        graphql::Config::from_vars(move |name| {
+            let value = match name {
+                "TOLLGATE_SECRET" => "bench-secret-of-at-least-32-bytes!!!!",
+                "TOLLGATE_LAYERS" => layers,
+                "TOLLGATE_IP_PER_MIN"
+                | "TOLLGATE_IP_BURST"
+                | "TOLLGATE_USER_PER_MIN"
+                | "TOLLGATE_USER_BURST" => "4000000000",
+                _ => return None,
+            };
+            Some(value.to_owned())
+        })
+        .expect("config")
+    };
+    let cookie = format!(
+        "theme=dark; da3={}",
+        config("on").mint("bench-user").expect("token")
+    );
+    let request = || {
+        let mut req = Request::post("/graphql")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::COOKIE, cookie.as_str())
+            .body(axum::body::Body::from(
+                r#"{"query":"{ anonymousFeed(first: 1) { title } }"}"#,
+            ))
+            .expect("request");
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(SocketAddr::from((
+                [192, 0, 2, 1],
+                40000,
+            ))));
+        req
+    };
+    let mut counts = Vec::new();
+    for layers in ["off", "on"] {
+        let app = rt
+            .block_on(graphql::app(&config(layers), recorder.handle()))
+            .expect("app");
+        let n = metrics::with_local_recorder(&recorder, || {
+            rt.block_on(async {
+                let once = || async {
+                    let res = app.clone().oneshot(request()).await.expect("infallible");
+                    assert_eq!(res.status(), 200);
+                    res.into_body().collect().await.expect("body");
+                };
+                for _ in 0..100 {
+                    once().await;
+                }
+                let before = dhat::HeapStats::get().total_blocks;
+                for _ in 0..1_000 {
+                    once().await;
+                }
+                (dhat::HeapStats::get().total_blocks - before) as f64 / 1_000.0
+            })
+        });
+        counts.push(n);
+    }
+    println!(
+        "allocations/example: {:.1} per request with the layers off, {:.1} on (+{:.1})",
+        counts[0],
+        counts[1],
+        counts[1] - counts[0]
+    );
 }

@@ -231,7 +231,7 @@ async fn logout_everywhere(
     }
 }
 
-struct Config {
+pub(crate) struct Config {
     addr: String,
     secret: String,
     dev_secret: bool,
@@ -248,23 +248,29 @@ struct Config {
     refresh_within: Option<Duration>,
 }
 
-fn env_u32(name: &str, default: u32) -> Result<u32, String> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name} must be a whole number, got {v:?}")),
-        Err(_) => Ok(default),
-    }
-}
-
 impl Config {
     fn from_env() -> Result<Self, Box<dyn std::error::Error>> {
-        let var =
-            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
-        let (secret, dev_secret) = match std::env::var("TOLLGATE_SECRET") {
-            Ok(s) => (s, false),
-            Err(_) => (DEV_SECRET.to_owned(), true),
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// The configuration from variables looked up by `lookup` (the
+    /// environment, or a bench's fixed set).
+    pub(crate) fn from_vars(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let var = |name: &str, default: &str| lookup(name).unwrap_or_else(|| default.to_owned());
+        let env_u32 = |name: &str, default: u32| -> Result<u32, String> {
+            match lookup(name) {
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{name} must be a whole number, got {v:?}")),
+                None => Ok(default),
+            }
+        };
+        let (secret, dev_secret) = match lookup("TOLLGATE_SECRET") {
+            Some(s) => (s, false),
+            None => (DEV_SECRET.to_owned(), true),
         };
         let proxies = var("TOLLGATE_TRUSTED_PROXIES", "");
         Ok(Self {
@@ -281,14 +287,10 @@ impl Config {
                 .burst(env_u32("TOLLGATE_USER_BURST", 100)?),
             proxies: TrustedProxies::cidrs(proxies.split(','))?,
             layers: var("TOLLGATE_LAYERS", "on") != "off",
-            jwks_url: std::env::var("TOLLGATE_JWKS_URL")
-                .ok()
-                .filter(|v| !v.is_empty()),
-            oidc_issuer: std::env::var("TOLLGATE_OIDC_ISSUER")
-                .ok()
-                .filter(|v| !v.is_empty()),
-            file: match std::env::var("TOLLGATE_CONFIG") {
-                Ok(path) if !path.is_empty() => Some(TollgateConfig::from_file(path)?),
+            jwks_url: lookup("TOLLGATE_JWKS_URL").filter(|v| !v.is_empty()),
+            oidc_issuer: lookup("TOLLGATE_OIDC_ISSUER").filter(|v| !v.is_empty()),
+            file: match lookup("TOLLGATE_CONFIG") {
+                Some(path) if !path.is_empty() => Some(TollgateConfig::from_file(path)?),
                 _ => None,
             },
             refresh_within: match env_u32("TOLLGATE_REFRESH_WITHIN_SECS", 0)? {
@@ -298,7 +300,7 @@ impl Config {
         })
     }
 
-    fn mint(&self, subject: &str) -> Result<String, Box<dyn std::error::Error>> {
+    pub(crate) fn mint(&self, subject: &str) -> Result<String, Box<dyn std::error::Error>> {
         tollgate::crypto::install_default_provider();
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
         let claims = User {
@@ -320,11 +322,16 @@ impl Config {
     }
 }
 
-async fn app(config: &Config) -> Result<Router, Box<dyn std::error::Error>> {
+/// The service: routes and tollgate's layers. `prometheus` renders the
+/// statistics at `/metrics` (its recorder is installed by the caller: `main`
+/// globally, the `example` bench around its requests).
+pub(crate) async fn app(
+    config: &Config,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<Router, Box<dyn std::error::Error>> {
     let schema = Schema::build(Query, EmptyMutation, EmptySubscription).finish();
     let graphql_routes = get(graphiql).post(graphql);
     // Statistics in the Prometheus text format at /metrics.
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let metrics = get(move || std::future::ready(prometheus.render()));
     if !config.layers {
         return Ok(Router::new()
@@ -478,7 +485,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: graphql [mint <subject>]".into());
     }
 
-    let app = app(&config).await?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let app = app(&config, prometheus).await?;
     let listener = tokio::net::TcpListener::bind(&config.addr).await?;
     let addr = listener.local_addr()?;
     let keys = match (&config.jwks_url, &config.oidc_issuer) {

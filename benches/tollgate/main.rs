@@ -1,10 +1,11 @@
 //! tollgate benches. `cargo bench --bench tollgate` runs them all;
 //! `cargo bench --bench tollgate -- auth` runs one group (`auth`,
-//! `rate_limit`, `fast_path`, `peers`, `multicore`, `redis`, `proxy_hop`).
+//! `rate_limit`, `fast_path`, `peers`, `example`, `multicore`, `redis`, `proxy_hop`).
 
 use criterion::{criterion_group, criterion_main};
 
 mod auth;
+mod example;
 mod fast_path;
 mod fixtures;
 mod multicore;
@@ -56,6 +57,7 @@ criterion_group!(
     rate_limit::bench,
     fast_path::bench,
     peers::bench,
+    example::bench,
     multicore::bench,
     redis_store::bench,
     proxy_hop::bench

@@ -53,6 +53,8 @@ fn tollgate_layers() -> (JwtAuthLayer<User>, RateLimitLayer) {
         .cookie("da3")
         .issuer("https://auth.example")
         .audience("api")
+        // as the example: a session cookie is verified once, then cached
+        .cache(10_000)
         .build()
         .expect("auth");
     let limit = RateLimitLayer::builder(
