@@ -18,9 +18,8 @@ use tollgate::auth::{JwtAuthLayer, Key};
 use tollgate::rate_limit::{KeyBy, PeerAddr, Quota, RateLimitLayer};
 use tower::{Layer, Service, ServiceBuilder};
 
-#[path = "../examples/graphql.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod graphql;
+#[path = "support/example_app.rs"]
+mod example_app;
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -155,44 +154,15 @@ fn example() {
         .build()
         .expect("runtime");
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let config = |layers: &'static str| {
-        graphql::Config::from_vars(move |name| {
-            let value = match name {
-                "TOLLGATE_SECRET" => "bench-secret-of-at-least-32-bytes!!!!",
-                "TOLLGATE_LAYERS" => layers,
-                "TOLLGATE_IP_PER_MIN"
-                | "TOLLGATE_IP_BURST"
-                | "TOLLGATE_USER_PER_MIN"
-                | "TOLLGATE_USER_BURST" => "4000000000",
-                _ => return None,
-            };
-            Some(value.to_owned())
-        })
-        .expect("config")
-    };
-    let cookie = format!(
-        "theme=dark; da3={}",
-        config("on").mint("bench-user").expect("token")
-    );
-    let request = || {
-        let mut req = Request::post("/graphql")
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::COOKIE, cookie.as_str())
-            .body(axum::body::Body::from(
-                r#"{"query":"{ anonymousFeed(first: 1) { title } }"}"#,
-            ))
-            .expect("request");
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(SocketAddr::from((
-                [192, 0, 2, 1],
-                40000,
-            ))));
-        req
-    };
+    let cookie = example_app::cookie();
+    let request = || example_app::request(&cookie);
     let mut counts = Vec::new();
     for layers in ["off", "on"] {
         let app = rt
-            .block_on(graphql::app(&config(layers), recorder.handle()))
+            .block_on(example_app::graphql::app(
+                &example_app::config(layers),
+                recorder.handle(),
+            ))
             .expect("app");
         let n = metrics::with_local_recorder(&recorder, || {
             rt.block_on(async {

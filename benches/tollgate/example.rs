@@ -6,21 +6,16 @@
 //!
 //! `cargo bench --bench tollgate -- example`
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::ConnectInfo;
 use criterion::Criterion;
-use http::{Request, header};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-#[path = "../../examples/graphql.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod graphql;
+#[path = "../support/example_app.rs"]
+mod example_app;
 
-const QUERY: &str = r#"{"query":"{ anonymousFeed(first: 1) { title } }"}"#;
+use example_app::{config, graphql};
 
 pub fn bench(c: &mut Criterion) {
     if !crate::selected("example") {
@@ -33,34 +28,8 @@ pub fn bench(c: &mut Criterion) {
         .expect("runtime");
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
-    // The example's configuration, with quotas no bench run exhausts.
-    let config = |layers: &'static str| {
-        graphql::Config::from_vars(move |name| {
-            let value = match name {
-                "TOLLGATE_SECRET" => "bench-secret-of-at-least-32-bytes!!!!",
-                "TOLLGATE_LAYERS" => layers,
-                "TOLLGATE_IP_PER_MIN"
-                | "TOLLGATE_IP_BURST"
-                | "TOLLGATE_USER_PER_MIN"
-                | "TOLLGATE_USER_BURST" => "4000000000",
-                _ => return None,
-            };
-            Some(value.to_owned())
-        })
-        .expect("config")
-    };
-    let on = config("on");
-    let cookie = format!("theme=dark; da3={}", on.mint("bench-user").expect("token"));
-    let request = || {
-        let mut req = Request::post("/graphql")
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::COOKIE, cookie.as_str())
-            .body(Body::from(QUERY))
-            .expect("request");
-        req.extensions_mut()
-            .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 40000))));
-        req
-    };
+    let cookie = example_app::cookie();
+    let request = || example_app::request(&cookie);
 
     let mut group = c.benchmark_group("example");
     group.warm_up_time(Duration::from_millis(500));
