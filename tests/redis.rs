@@ -8,11 +8,10 @@
 
 mod redis_support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
-use redis_support::{Server, ok_service, prefix, raw, shared_url};
+use redis_support::{Logs, Server, ok_service, prefix, raw, shared_url};
 use tollgate::rate_limit::store::{Check, Decision, RedisStore, StoreError};
 use tollgate::rate_limit::{KeyBy, OnStoreError, Quota, RateLimitLayer, RateLimitStore};
 use tower::{Layer, ServiceExt};
@@ -441,41 +440,6 @@ async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     done()
-}
-
-/// Log lines, captured from the thread that runs the test (and, on a
-/// current-thread runtime, its tasks).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let logs = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || logs.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn count(&self, text: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|line| line.contains(text))
-            .count()
-    }
 }
 
 #[tokio::test]

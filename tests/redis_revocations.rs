@@ -9,13 +9,12 @@ mod common;
 mod redis_support;
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{AUDIENCE, ISSUER, NOW, SECRET, good_claims, mint};
 use http::{Request, Response, StatusCode, header};
 use jsonwebtoken::Algorithm;
-use redis_support::{Server, prefix, raw, shared_url};
+use redis_support::{Logs, Server, prefix, raw, shared_url};
 use serde_json::{Value, json};
 use tollgate::auth::{JwtAuthLayer, Key, RedisRevocations, Revocations};
 use tower::{Layer, ServiceExt, service_fn};
@@ -216,44 +215,6 @@ async fn a_missed_message_is_caught_up_by_the_version_check() {
             .await
             .is_some()
     );
-}
-
-/// Log lines, captured from the thread that runs the test (and, on a
-/// current-thread runtime, its tasks).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let logs = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || logs.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn count(&self, text: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|line| line.contains(text))
-            .count()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 #[tokio::test]
