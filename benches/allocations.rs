@@ -5,43 +5,27 @@
 //! `cargo bench --bench allocations`
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use jsonwebtoken::{EncodingKey, Header};
-use serde::{Deserialize, Serialize};
 use tollgate::auth::{JwtAuthLayer, Key};
 use tollgate::rate_limit::{KeyBy, PeerAddr, Quota, RateLimitLayer};
 use tower::{Layer, Service, ServiceBuilder};
 
 #[path = "support/example_app.rs"]
 mod example_app;
+#[path = "tollgate/fixtures.rs"]
+#[allow(dead_code)]
+mod fixtures;
+
+use fixtures::{SECRET, User, ready};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
-const SECRET: &[u8] = b"an-hmac-secret-of-at-least-32-bytes!";
 const REQUESTS: u64 = 10_000;
-
-#[derive(Serialize, Deserialize)]
-struct User {
-    sub: String,
-    iss: String,
-    aud: String,
-    exp: u64,
-}
-
-fn ready<F: Future>(f: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(f).poll(&mut cx) {
-        Poll::Ready(out) => out,
-        Poll::Pending => unreachable!("every service here completes at once"),
-    }
-}
 
 /// Allocations per request of `svc`, net of building and dropping the
 /// request and the response (measured on the bare service).
@@ -77,6 +61,7 @@ fn main() {
         iss: "https://auth.example".into(),
         aud: "api".into(),
         exp: now + 3600,
+        roles: vec!["reader".into()],
     };
     let token = jsonwebtoken::encode(&Header::default(), &user, &EncodingKey::from_secret(SECRET))
         .expect("token");
