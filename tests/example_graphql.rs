@@ -31,7 +31,7 @@ fn command() -> Command {
     let mut cmd = Command::new(example_path());
     cmd.env("TOLLGATE_SECRET", SECRET)
         .env("TOLLGATE_ADDR", "127.0.0.1:0")
-        .env("TOLLGATE_ANON_PER_MIN", "60")
+        .env("TOLLGATE_ANON_PER_MIN", "1")
         .env("TOLLGATE_ANON_BURST", "5")
         .env("TOLLGATE_USER_PER_MIN", "600")
         .env("TOLLGATE_USER_BURST", "50")
@@ -236,13 +236,14 @@ async fn graphql_example_interface() {
     }
 
     // Anonymous (no token, or a bad one in lenient mode): the public feed
-    // works, `feed` is UNAUTHENTICATED; the anonymous burst is 5.
+    // works, `feed` is UNAUTHENTICATED; the anonymous burst is 5,
+    // then one a minute (no token comes back while the test runs).
     let (status, headers, body) = http
         .graphql("{ anonymousFeed(first: 1) { title } }", &[])
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["data"]["anonymousFeed"].as_array().unwrap().len(), 1);
-    assert_eq!(headers["ratelimit-policy"], "\"anonymous\";q=5;w=5");
+    assert_eq!(headers["ratelimit-policy"], "\"anonymous\";q=5;w=300");
     let (status, _, body) = http.graphql("{ feed { title } }", &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
@@ -294,7 +295,10 @@ fn http(addr: String) -> Http {
 #[tokio::test]
 async fn per_ip_limit_comes_before_token_verification() {
     let mut cmd = command();
-    cmd.env("TOLLGATE_IP_BURST", "30");
+    // One token a minute after the burst: however slow the machine, no
+    // token comes back while the 80 requests below run.
+    cmd.env("TOLLGATE_IP_BURST", "30")
+        .env("TOLLGATE_IP_PER_MIN", "1");
     let (_child, addr) = start_with(cmd);
     let http = http(addr);
     for path in ["/me", "/graphql"] {
