@@ -41,7 +41,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode, header};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -168,6 +168,10 @@ impl<S, R> CsrfGuard<S, R> {
     inner_accessors!(S);
 }
 
+/// Not among `http`'s standard names: a constant, so that no request parses
+/// the name from a string.
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
 /// Whether the request can change state (or open a channel that can): an
 /// unsafe method, or a protocol upgrade. An HTTP/2 WebSocket is an extended
 /// `CONNECT`, which is not a safe method.
@@ -201,7 +205,7 @@ impl Config {
 
     fn allows<B>(&self, req: &Request<B>) -> bool {
         let headers: &HeaderMap = req.headers();
-        if let Some(site) = headers.get("sec-fetch-site") {
+        if let Some(site) = headers.get(&SEC_FETCH_SITE) {
             return site.to_str().is_ok_and(|site| {
                 self.fetch_sites
                     .iter()
