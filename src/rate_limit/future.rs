@@ -39,10 +39,12 @@ struct Parked<S, Req, St, R> {
 pin_project! {
     #[project = StateProj]
     enum State<F, C, S, Req, St, R> {
+        // Boxed: only a remote store's exact mode waits here (one allocation
+        // next to a network round trip), and the future every local decision
+        // moves around stays the size of the inner one plus a stamp.
         Checking {
-            #[pin]
-            check: C,
-            parked: Option<Parked<S, Req, St, R>>,
+            check: Pin<Box<C>>,
+            parked: Option<Box<Parked<S, Req, St, R>>>,
         },
         Ready {
             #[pin]
@@ -85,14 +87,14 @@ where
     ) -> Self {
         Self {
             state: State::Checking {
-                check,
-                parked: Some(Parked {
+                check: Box::pin(check),
+                parked: Some(Box::new(Parked {
                     inner,
                     request,
                     policy,
                     shared,
                     responder,
-                }),
+                })),
             },
         }
     }
@@ -111,18 +113,18 @@ where
             let mut this = self.as_mut().project();
             match this.state.as_mut().project() {
                 StateProj::Checking { check, parked } => {
-                    let result = ready!(check.poll(cx));
-                    let Some(Parked {
+                    let result = ready!(check.as_mut().poll(cx));
+                    let Some(parked) = parked.take() else {
+                        let response = reject::polled_after_completion();
+                        return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                    };
+                    let Parked {
                         mut inner,
                         request,
                         policy,
                         shared,
                         responder,
-                    }) = parked.take()
-                    else {
-                        let response = reject::polled_after_completion();
-                        return Poll::Ready(Ok(response.map(ResponseBody::full)));
-                    };
+                    } = *parked;
                     let (parts, body) = request.into_parts();
                     let next = match shared.verdict(policy, result, &parts, &responder) {
                         Verdict::Pass(stamp) => State::Ready {

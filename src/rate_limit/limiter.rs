@@ -99,7 +99,8 @@ impl<St> Shared<St> {
         if self.exempt.iter().any(|exempt| exempt(parts)) {
             return None;
         }
-        let identified = parts.extensions.get::<Identity>().is_some();
+        // Only a policy or key that reads the identity looks for it.
+        let identified = self.needs_auth && parts.extensions.get::<Identity>().is_some();
         if self.needs_auth && !identified && parts.extensions.get::<Anonymous>().is_none() {
             warn_once(
                 &self.warned_no_auth,

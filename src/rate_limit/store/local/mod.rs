@@ -395,7 +395,8 @@ where
             return Check::Ready(Err(StoreError::new("policy not prepared")));
         };
         let limit = policy.quota.burst_size();
-        let interval = policy.quota.replenish_interval();
+        // Computed when the policy was prepared: no division per decision.
+        let interval = std::time::Duration::from(keys.interval);
         Check::Ready(Ok(match keys.limiter.check_key(key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity().min(limit);
