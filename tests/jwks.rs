@@ -215,8 +215,10 @@ async fn call(layer: &JwtAuthLayer<Value>, token: &str) -> (StatusCode, String) 
 #[tokio::test]
 async fn keys_rotate_without_a_restart() {
     let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
+    // Long enough that the first unknown kid below comes before it has
+    // passed since the start-up fetch, however slow the machine.
     let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
-        .unknown_kid_interval(Duration::from_millis(100))
+        .unknown_kid_interval(Duration::from_millis(500))
         .allow_symmetric_keys(true)
         .start()
         .await
@@ -235,12 +237,12 @@ async fn keys_rotate_without_a_restart() {
         (StatusCode::UNAUTHORIZED, "unknown_key".into())
     );
     assert_eq!(fetches(&server), 1);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(550)).await;
     assert_eq!(call(&layer, &new).await, (StatusCode::OK, "user-1".into()));
     assert_eq!(fetches(&server), 2);
 
     // The removed kid is refused (its cached verification is not used).
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(550)).await;
     assert_eq!(
         call(&layer, &old).await,
         (StatusCode::UNAUTHORIZED, "unknown_key".into())
@@ -268,11 +270,14 @@ async fn background_refresh_honours_max_age_bounds() {
         assert!(Instant::now() < deadline, "no background refresh");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        call(&layer, &hs_token("hs2", &good_claims())).await.0,
-        StatusCode::OK
-    );
+    // The fetch has reached the server; the new set is in place once its
+    // response is read (an unknown kid fetches nothing here: the interval is
+    // an hour).
+    let new = hs_token("hs2", &good_claims());
+    while call(&layer, &new).await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "the refreshed set never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         call(&layer, &old).await,
         (StatusCode::UNAUTHORIZED, "unknown_key".into())
