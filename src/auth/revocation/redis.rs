@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 use super::Revocations;
 use crate::error::ConfigError;
 use crate::observe::WarnEvery;
+use crate::rate_limit::store::redis_error_kind as kind_name;
 
 /// Default prefix of the keys and the channel.
 pub const DEFAULT_REVOCATION_PREFIX: &str = "tollgate:revoked";
@@ -254,17 +255,6 @@ impl fmt::Display for RevocationSyncError {
 }
 
 impl std::error::Error for RevocationSyncError {}
-
-/// A redis-rs error's category, without any reply content.
-fn kind_name(error: &RedisError) -> String {
-    if error.is_timeout() {
-        "timeout".into()
-    } else if error.is_connection_dropped() || error.is_connection_refusal() {
-        "connection lost".into()
-    } else {
-        format!("{:?}", error.kind())
-    }
-}
 
 /// One revocation as it travels.
 pub(super) enum Entry<'a> {

@@ -16,6 +16,10 @@ mod any;
 mod local;
 #[cfg(feature = "redis")]
 mod redis;
+/// A redis-rs error's category, without any reply content (shared with the
+/// revocation sync).
+#[cfg(feature = "redis")]
+pub(crate) use redis::kind_name as redis_error_kind;
 
 pub use any::AnyStore;
 pub use local::{DEFAULT_MAX_KEYS, LocalStore};

@@ -355,7 +355,7 @@ pub(super) async fn connect_cluster(seeds: &[String]) -> Result<Backend, ConfigE
 }
 
 /// A redis-rs error's category, without any reply content.
-pub(super) fn kind_name(error: &redis::RedisError) -> String {
+pub(crate) fn kind_name(error: &redis::RedisError) -> String {
     if error.is_timeout() {
         "timeout".into()
     } else if error.is_connection_dropped() || error.is_connection_refusal() {

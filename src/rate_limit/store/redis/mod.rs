@@ -24,6 +24,7 @@ use crate::rate_limit::quota::Policy;
 
 mod clock;
 mod connection;
+pub(crate) use connection::kind_name;
 mod exact;
 mod info;
 mod local_first;
