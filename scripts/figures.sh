@@ -66,30 +66,15 @@ cargo bench --bench tollgate -- proxy_hop > "$out/proxy_hop.txt" 2>&1
 
 echo "== throughput (${rounds} alternating rounds of ${seconds} s)" >&2
 if command -v wrk >/dev/null; then
-  bin=target/release/examples/graphql
-  secret="figures-secret-of-at-least-32-bytes!!"
-  token=$(TOLLGATE_SECRET="$secret" "$bin" mint load-user)
   work=$(mktemp -d)
   trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-  cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"query":"{ anonymousFeed(first: 1) { title } }"}'
-wrk.headers["content-type"] = "application/json"
-wrk.headers["cookie"] = "theme=dark; da3=$token"
-LUA
+  . scripts/example-load.sh
+  example_load_script
   run() { # $1 = on|off, $2 = port
-    TOLLGATE_LAYERS="$1" TOLLGATE_ADDR="127.0.0.1:$2" TOLLGATE_SECRET="$secret" \
-      TOLLGATE_IP_PER_MIN=4000000000 TOLLGATE_IP_BURST=4000000000 \
-      TOLLGATE_USER_PER_MIN=4000000000 TOLLGATE_USER_BURST=4000000000 \
-      RUST_LOG=error "${pin_server[@]}" "$bin" > "$work/server-$1.log" 2>&1 &
-    local pid=$!
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$2/healthz" >/dev/null && break; sleep 0.05; done
+    example_start "$1" "$2" "${pin_server[@]}"
     "${pin_load[@]}" wrk -t1 -c16 -d"${seconds}s" -s "$work/post.lua" "http://127.0.0.1:$2/graphql" > "$work/wrk.txt"
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    if grep -q "Non-2xx" "$work/wrk.txt"; then
-      echo "wrk saw non-2xx responses ($1):" >&2; cat "$work/wrk.txt" >&2; exit 1
-    fi
+    example_stop
+    example_wrk_ok "$1" "$work/wrk.txt"
     echo "$1 $(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt")"
   }
   : > "$out/throughput.txt"

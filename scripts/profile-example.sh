@@ -27,38 +27,23 @@ fi
 
 echo "== building the example (release)" >&2
 cargo build --release --example graphql >/dev/null 2>&1
-bin=target/release/examples/graphql
-secret="profile-secret-of-at-least-32-bytes!!"
-token=$(TOLLGATE_SECRET="$secret" "$bin" mint load-user)
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-cat > "$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"query":"{ anonymousFeed(first: 1) { title } }"}'
-wrk.headers["content-type"] = "application/json"
-wrk.headers["cookie"] = "theme=dark; da3=$token"
-LUA
+. scripts/example-load.sh
+example_load_script
 
 profile() { # $1 = off|on, $2 = port; prints the number of requests profiled
-  TOLLGATE_LAYERS="$1" TOLLGATE_ADDR="127.0.0.1:$2" TOLLGATE_SECRET="$secret" \
-    TOLLGATE_IP_PER_MIN=4000000000 TOLLGATE_IP_BURST=4000000000 \
-    TOLLGATE_USER_PER_MIN=4000000000 TOLLGATE_USER_BURST=4000000000 RUST_LOG=error \
-    "${pin_server[@]}" valgrind --tool=callgrind --cache-sim=yes \
-    --callgrind-out-file="$work/$1.callgrind" "$bin" > "$work/server-$1.log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$2/healthz" >/dev/null && break; sleep 0.1; done
+  example_start "$1" "$2" "${pin_server[@]}" valgrind --tool=callgrind --cache-sim=yes \
+    --callgrind-out-file="$work/$1.callgrind"
   # Warm up (connections, caches, the verified-token cache), then count only
   # the measured window: zero the counters before, dump them after.
   "${pin_load[@]}" wrk -t1 -c4 -d2s -s "$work/post.lua" "http://127.0.0.1:$2/graphql" >/dev/null
-  callgrind_control -z "$pid" >/dev/null
+  callgrind_control -z "$example_pid" >/dev/null
   "${pin_load[@]}" wrk -t1 -c4 -d"${seconds}s" -s "$work/post.lua" \
     "http://127.0.0.1:$2/graphql" > "$work/wrk-$1.txt"
-  callgrind_control -d "$pid" >/dev/null
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  if grep -q "Non-2xx" "$work/wrk-$1.txt"; then
-    echo "wrk saw non-2xx responses ($1):" >&2; cat "$work/wrk-$1.txt" >&2; exit 1
-  fi
+  callgrind_control -d "$example_pid" >/dev/null
+  example_stop
+  example_wrk_ok "$1" "$work/wrk-$1.txt"
   awk '/requests in/ {print $1}' "$work/wrk-$1.txt"
 }
 
