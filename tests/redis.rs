@@ -11,7 +11,9 @@ mod redis_support;
 use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
-use redis_support::{Logs, Server, ok_service, prefix, raw, shared_url};
+use redis_support::{
+    Logs, Server, client_count, ok_service, only_client_left, prefix, raw, shared_url,
+};
 use tollgate::rate_limit::store::{Check, Decision, RedisStore, StoreError};
 use tollgate::rate_limit::{KeyBy, OnStoreError, Quota, RateLimitLayer, RateLimitStore};
 use tower::{Layer, ServiceExt};
@@ -520,17 +522,7 @@ async fn local_first_keys_expire_when_full_again() {
 async fn dropping_a_local_first_store_ends_its_sync_task() {
     let server = Server::started();
     let conn = raw(&server.url()).await;
-    let clients = || {
-        let mut conn = conn.clone();
-        async move {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            list.lines().count()
-        }
-    };
+    let clients = || client_count(&conn);
     let layer = layer(
         local_first(&server.url(), &prefix("lf-drop"), 10).await,
         Quota::per_hour(10),
@@ -539,14 +531,7 @@ async fn dropping_a_local_first_store_ends_its_sync_task() {
     assert!(eventually(Duration::from_secs(2), || layer.store().syncs() >= 1).await);
     assert_eq!(clients().await, 2, "this test's and the store's");
     drop(layer);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while clients().await > 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the store's connection outlived it"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    only_client_left(&conn, "the store's connection outlived it").await;
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{AUDIENCE, ISSUER, NOW, SECRET, good_claims, mint};
 use http::{Request, Response, StatusCode, header};
 use jsonwebtoken::Algorithm;
-use redis_support::{Logs, Server, prefix, raw, shared_url};
+use redis_support::{Logs, Server, client_count, only_client_left, prefix, raw, shared_url};
 use serde_json::{Value, json};
 use tollgate::auth::{JwtAuthLayer, Key, RedisRevocations, Revocations};
 use tower::{Layer, ServiceExt, service_fn};
@@ -284,17 +284,7 @@ async fn redis_down_revocations_still_apply_here_failures_are_counted_and_sent_o
 async fn dropping_every_clone_ends_the_task_and_its_connections() {
     let server = Server::started();
     let conn = raw(&server.url()).await;
-    let clients = || {
-        let mut conn = conn.clone();
-        async move {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            list.lines().count()
-        }
-    };
+    let clients = || client_count(&conn);
     let a = replica(&server.url(), &prefix("drop"), |r| {
         r.sync_interval(Duration::from_millis(20))
     })
@@ -309,14 +299,7 @@ async fn dropping_every_clone_ends_the_task_and_its_connections() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(clients().await, 3, "the layer's clone keeps the set alive");
     drop(layer_a);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while clients().await > 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the set's connections outlived it"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    only_client_left(&conn, "the set's connections outlived it").await;
 }
 
 #[test]

@@ -143,6 +143,27 @@ pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// How many clients the server behind `conn` has (`CLIENT LIST`), `conn`
+/// included.
+pub async fn client_count(conn: &redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    list.lines().count()
+}
+
+/// Waits up to 2 s until `conn` is the server's only client; fails with
+/// `what` if another stays connected.
+pub async fn only_client_left(conn: &redis::aio::MultiplexedConnection, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while client_count(conn).await > 1 {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A port P such that P and P + 10,000 (its cluster bus) are free now;
 /// distinct within this process.
 fn cluster_port() -> u16 {
