@@ -21,6 +21,8 @@
 //! browser; Chromium otherwise blocks them in a fresh profile.
 #![allow(clippy::unwrap_used)]
 
+mod example_support;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -91,43 +93,12 @@ fn spawn_until(mut cmd: Command, ready: &'static str, what: &str) -> (Process, S
     (process, line)
 }
 
-fn example_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("graphql")
-}
-
 fn example() -> Command {
-    let path = example_path();
-    assert!(
-        path.is_file(),
-        "{} is missing: `cargo test --all-features` builds the examples (`--test browser` alone does not; \
-         run `cargo build --all-features --example graphql` first)",
-        path.display()
-    );
-    let mut cmd = Command::new(path);
-    cmd.env("TOLLGATE_SECRET", SECRET)
-        .env("TOLLGATE_ADDR", "127.0.0.1:0")
-        .env_remove("TOLLGATE_TRUSTED_PROXIES")
-        .env_remove("TOLLGATE_LAYERS")
-        .env_remove("TOLLGATE_CONFIG")
-        .env_remove("TOLLGATE_JWKS_URL")
-        .env_remove("TOLLGATE_OIDC_ISSUER");
-    cmd
+    example_support::command(SECRET)
 }
 
 fn mint(subject: &str) -> String {
-    let out = example().args(["mint", subject]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    example_support::mint(SECRET, subject)
 }
 
 // ---------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 //! port and check its documented interface over HTTP.
 #![allow(clippy::unwrap_used)]
 
+mod example_support;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -16,29 +17,12 @@ use serde_json::{Value, json};
 
 const SECRET: &str = "smoke-test-secret-of-at-least-32-bytes";
 
-/// `cargo test` builds examples next to the test binaries' `deps` folder.
-fn example_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("graphql")
-}
-
 fn command() -> Command {
-    let mut cmd = Command::new(example_path());
-    cmd.env("TOLLGATE_SECRET", SECRET)
-        .env("TOLLGATE_ADDR", "127.0.0.1:0")
-        .env("TOLLGATE_ANON_PER_MIN", "1")
+    let mut cmd = example_support::command(SECRET);
+    cmd.env("TOLLGATE_ANON_PER_MIN", "1")
         .env("TOLLGATE_ANON_BURST", "5")
         .env("TOLLGATE_USER_PER_MIN", "600")
-        .env("TOLLGATE_USER_BURST", "50")
-        .env_remove("TOLLGATE_TRUSTED_PROXIES")
-        .env_remove("TOLLGATE_LAYERS")
-        .env_remove("TOLLGATE_REFRESH_WITHIN_SECS")
-        .env_remove("TOLLGATE_CONFIG");
+        .env("TOLLGATE_USER_BURST", "50");
     cmd
 }
 
@@ -70,7 +54,7 @@ fn start() -> (Running, String) {
 
 fn start_with(mut cmd: Command) -> (Running, String) {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| {
-        panic!("could not start {}: {e} (`cargo test --all-features` builds examples; `--test example_graphql` alone does not)", example_path().display())
+        panic!("could not start {}: {e} (`cargo test --all-features` builds examples; `--test example_graphql` alone does not)", example_support::path().display())
     });
     // Hand over the first line, and keep reading stdout so that the
     // example's later output never meets a closed pipe.
@@ -106,13 +90,7 @@ fn start_with(mut cmd: Command) -> (Running, String) {
 }
 
 fn mint(subject: &str) -> String {
-    let out = command().args(["mint", subject]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    example_support::mint(SECRET, subject)
 }
 
 struct Http {
