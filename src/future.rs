@@ -63,3 +63,23 @@ where
         }
     }
 }
+
+/// An inner service whose future is ready at once, for tests that look at
+/// the layers' futures.
+#[cfg(test)]
+pub(crate) struct ReadyService;
+
+#[cfg(test)]
+impl tower_service::Service<http::Request<()>> for ReadyService {
+    type Response = Response<()>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Response<()>, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        std::future::ready(Ok(Response::new(())))
+    }
+}

@@ -48,7 +48,9 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, S, B, T, R> {
         Ready { #[pin] respond: Respond<Forwarded<F>> },
-        Waiting { wait: Wait, parked: Option<Parked<S, B, T, R>> },
+        // Boxed: only a token whose key is being fetched waits here, and
+        // the future every other request moves stays small.
+        Waiting { wait: Wait, parked: Option<Box<Parked<S, B, T, R>>> },
     }
 }
 
@@ -86,14 +88,14 @@ where
         Self {
             kind: Kind::Waiting {
                 wait,
-                parked: Some(Parked {
+                parked: Some(Box::new(Parked {
                     inner,
                     request,
                     state,
                     mode,
                     shadow,
                     responder,
-                }),
+                })),
             },
             refresh: None,
         }
@@ -123,18 +125,18 @@ where
                 }
                 KindProj::Waiting { wait, parked } => {
                     ready!(wait.as_mut().poll(cx));
-                    let Some(Parked {
+                    let Some(parked) = parked.take() else {
+                        let response = crate::reject::polled_after_completion();
+                        return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                    };
+                    let Parked {
                         mut inner,
                         request,
                         state,
                         mode,
                         shadow,
                         responder,
-                    }) = parked.take()
-                    else {
-                        let response = crate::reject::polled_after_completion();
-                        return Poll::Ready(Ok(response.map(ResponseBody::full)));
-                    };
+                    } = *parked;
                     // Second and last try: no further fetch.
                     let respond = match step(&state, mode, shadow, &responder, request, false) {
                         Verdict::Pass((request, refresh)) => {
@@ -156,5 +158,32 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use http::Request;
+    use serde_json::Value;
+    use tower_service::Service;
+
+    use super::ResponseFuture;
+    use crate::future::ReadyService;
+    use crate::reject::DefaultResponder;
+
+    /// Every request moves this future: a request parked for a key fetch,
+    /// which holds the whole request, must not make it the size of one.
+    #[test]
+    fn the_future_is_the_inner_one_and_little_more() {
+        type Future = ResponseFuture<ReadyService, (), Value, DefaultResponder>;
+        let inner = size_of::<<ReadyService as Service<Request<()>>>::Future>();
+        assert!(
+            size_of::<Future>() <= inner + 64,
+            "{} bytes for an inner future of {inner}",
+            size_of::<Future>()
+        );
+        assert!(size_of::<Future>() < size_of::<Request<()>>());
     }
 }

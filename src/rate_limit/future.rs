@@ -153,41 +153,23 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
-    use std::future::Ready;
     use std::mem::size_of;
-    use std::task::{Context, Poll};
 
-    use http::{Request, Response};
+    use http::Request;
     use tower_service::Service;
 
     use super::ResponseFuture;
+    use crate::future::ReadyService;
     use crate::rate_limit::LocalStore;
     use crate::reject::DefaultResponder;
-
-    struct Inner;
-
-    impl Service<Request<()>> for Inner {
-        type Response = Response<()>;
-        type Error = Infallible;
-        type Future = Ready<Result<Response<()>, Infallible>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: Request<()>) -> Self::Future {
-            std::future::ready(Ok(Response::new(())))
-        }
-    }
 
     /// Every decision moves this future (into axum's box, into the
     /// executor): the state of a remote check, which holds the whole request,
     /// must not make it the size of a request.
     #[test]
     fn the_future_is_the_inner_one_plus_a_stamp() {
-        type Future = ResponseFuture<Inner, Request<()>, LocalStore, DefaultResponder>;
-        let inner = size_of::<<Inner as Service<Request<()>>>::Future>();
+        type Future = ResponseFuture<ReadyService, Request<()>, LocalStore, DefaultResponder>;
+        let inner = size_of::<<ReadyService as Service<Request<()>>>::Future>();
         assert!(
             size_of::<Future>() <= inner + 64,
             "{} bytes for an inner future of {inner}",
