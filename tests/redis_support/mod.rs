@@ -16,6 +16,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 
+pub mod faults;
+
 pub fn ok_service() -> impl tower::Service<
     Request<()>,
     Response = Response<Full<Bytes>>,
