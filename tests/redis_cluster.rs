@@ -309,6 +309,12 @@ async fn local_first_sync_is_one_pipeline_per_node_per_interval() {
         .local_first(interval);
     // Never refused, and each admission keeps its key for 3.6 s.
     let layer = layer(store, Quota::per_hour(1_000).burst(1_000_000));
+    // Until the replica count is known, a new key asks Redis first.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while layer.store().replicas().is_none() {
+        assert!(Instant::now() < deadline, "the store never registered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
     let before = layer.store().round_trips();
     let started = Instant::now();

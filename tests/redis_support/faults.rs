@@ -84,8 +84,9 @@ pub fn process_cpu() -> Duration {
 }
 
 /// A loopback TCP proxy in front of a server: forwards both ways, each chunk
-/// after `delay`, or swallows everything while black-holed (connections stay
-/// open, nothing arrives: what a partition looks like to a client).
+/// `delay` after it arrived, or holds everything while black-holed (connections stay
+/// open, nothing arrives until it is lifted, as TCP delivers what a
+/// partition held back once it heals).
 pub struct FaultProxy {
     pub port: u16,
     delay_us: Arc<AtomicU64>,
@@ -121,6 +122,9 @@ impl FaultProxy {
                             continue;
                         };
                         let _ = client.set_nonblocking(false);
+                        // No Nagle delay on top of the one we add.
+                        let _ = client.set_nodelay(true);
+                        let _ = server.set_nodelay(true);
                         for (from, to) in [
                             (client.try_clone(), server.try_clone()),
                             (server.try_clone(), client.try_clone()),
@@ -151,7 +155,7 @@ impl FaultProxy {
         );
     }
 
-    /// Swallow everything (true) or forward again (false).
+    /// Hold everything (true) or forward again (false).
     pub fn set_blackhole(&self, on: bool) {
         self.blackhole.store(on, Ordering::Relaxed);
     }
@@ -163,27 +167,53 @@ impl Drop for FaultProxy {
     }
 }
 
+/// Forwards `from` to `to`: a reader stamps each chunk, a writer sends it
+/// `delay` after it arrived (a delay line: added latency, not less
+/// throughput), and nothing moves while black-holed.
 fn pump(
     mut from: TcpStream,
-    mut to: TcpStream,
-    delay: &AtomicU64,
-    hole: &AtomicBool,
-    stop: &AtomicBool,
+    to: TcpStream,
+    delay: &Arc<AtomicU64>,
+    hole: &Arc<AtomicBool>,
+    stop: &Arc<AtomicBool>,
 ) {
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    let (delay_w, hole_w, stop_w) = (Arc::clone(delay), Arc::clone(hole), Arc::clone(stop));
+    let mut out = match to.try_clone() {
+        Ok(out) => out,
+        Err(_) => return,
+    };
+    let writer = std::thread::spawn(move || {
+        while let Ok((arrived, chunk)) = rx.recv() {
+            let wait = Duration::from_micros(delay_w.load(Ordering::Relaxed));
+            let due = arrived + wait;
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            while hole_w.load(Ordering::Relaxed) && !stop_w.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if out.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = out.shutdown(Shutdown::Both);
+    });
     let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
     let mut buf = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
+        if hole.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                if hole.load(Ordering::Relaxed) {
-                    continue;
-                }
-                let wait = delay.load(Ordering::Relaxed);
-                if wait > 0 {
-                    std::thread::sleep(Duration::from_micros(wait));
-                }
-                if to.write_all(&buf[..n]).is_err() {
+                if tx
+                    .send((std::time::Instant::now(), buf[..n].to_vec()))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -195,6 +225,8 @@ fn pump(
             Err(_) => break,
         }
     }
+    drop(tx);
+    let _ = writer.join();
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
 }

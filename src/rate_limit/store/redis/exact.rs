@@ -75,9 +75,20 @@ impl Exact<'_> {
                 .key(redis_key)
                 .arg(params.t_us)
                 .arg(params.tau_us)
-                .arg(server_deadline);
-            let call = invocation.invoke_async::<(i64, i64, i64, i64, i64)>(&mut conn);
-            let (outcome, remaining, reset_us, retry_us, server_now) =
+                .arg(server_deadline)
+                .arg(1)
+                // No replica field: an exact store holds no claim.
+                .arg("")
+                .arg(0)
+                .arg(0)
+                .arg(0)
+                .arg(0)
+                .arg(0)
+                .arg(0)
+                .arg(0)
+                .arg(0);
+            let call = invocation.invoke_async::<(i64, i64, i64, i64, i64, i64)>(&mut conn);
+            let (outcome, remaining, reset_us, retry_us, server_now, _claim) =
                 match tokio::time::timeout_at(deadline, call).await {
                     Ok(Ok(reply)) => reply,
                     Ok(Err(e)) => {

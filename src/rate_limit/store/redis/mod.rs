@@ -34,7 +34,7 @@ mod topology;
 
 use connection::Backend;
 use exact::{DecisionFuture, DenyCache, Exact};
-use local_first::LocalState;
+use local_first::{Local, LocalState, Settings};
 use sync::LocalFirst;
 
 /// Default per-call timeout.
@@ -279,7 +279,7 @@ impl RedisStore {
     fn new(backend: Backend) -> Self {
         Self {
             backend: Arc::new(backend),
-            script: Arc::new(Script::new(scripts::DECIDE)),
+            script: Arc::new(Script::new(scripts::SHARE)),
             prefix: Arc::from("tollgate"),
             timeout: DEFAULT_TIMEOUT,
             deny_cache: Some(Arc::new(DenyCache::new(DEFAULT_DENY_CACHE_KEYS))),
@@ -373,6 +373,42 @@ impl RedisStore {
             .map_or(0, |local| local.syncs.load(Ordering::Relaxed))
     }
 
+    /// Local-first keys with admissions not yet merged into Redis (queued
+    /// or on their way); 0 in exact mode.
+    pub fn pending_keys(&self) -> usize {
+        self.local
+            .as_ref()
+            .map_or(0, |local| local.state.pending_keys())
+    }
+
+    /// The replicas of this local-first store (same Redis, same prefix) that
+    /// registered within the last 10 s, this one included; `None` before the
+    /// first registration answered, and in exact mode. Sizes what a key new
+    /// to this replica may admit before asking Redis (see the type docs).
+    pub fn replicas(&self) -> Option<u32> {
+        self.local
+            .as_ref()
+            .map(|local| local.state.replicas())
+            .filter(|&count| count > 0)
+    }
+
+    /// How long the oldest local-first key waiting for a sync has waited
+    /// (zero when nothing waits, and in exact mode): the sync's lag.
+    pub fn sync_lag(&self) -> Duration {
+        self.local
+            .as_ref()
+            .map_or(Duration::ZERO, |local| local.state.lag())
+    }
+
+    /// Local-first admissions never charged in Redis: made during an outage,
+    /// so long ago when it ended that the key had refilled since (see the
+    /// type docs); 0 in exact mode.
+    pub fn forgiven(&self) -> u64 {
+        self.local
+            .as_ref()
+            .map_or(0, |local| local.state.forgiven())
+    }
+
     fn redis_key(&self, policy: usize, key: &RateKey) -> String {
         format!(
             "{}:{}:{}",
@@ -436,6 +472,13 @@ impl RateLimitStore for RedisStore {
                 self.params.clone(),
                 self.max_local_keys,
                 self.backend.clock.clone(),
+                Settings {
+                    // Long enough that a client's next request, seconds
+                    // later, still finds its claim; short enough that an idle
+                    // replica's claim is released soon for the others.
+                    claim_life_us: micros(interval.saturating_mul(40)).max(2_000_000),
+                    health_us: micros(interval.saturating_mul(4).saturating_add(call_timeout)),
+                },
             );
             let engine = Arc::new(LocalFirst::new(
                 state,
@@ -457,7 +500,11 @@ impl RateLimitStore for RedisStore {
     fn check(&self, policy: &Policy, key: &RateKey) -> Check<Self::Future> {
         let index = policy.index;
         if let Some(local) = &self.local {
-            return Check::Ready(local.state.decide(index, key));
+            return match local.state.decide(index, key) {
+                Ok(Local::Decided(decision)) => Check::Ready(Ok(decision)),
+                Ok(Local::Ask(report)) => Check::Pending(local.ask(report)),
+                Err(e) => Check::Ready(Err(e)),
+            };
         }
         let Some(params) = self.params.get(index).copied() else {
             return Check::Ready(Err(super::StoreError::new("policy not prepared")));

@@ -1,58 +1,132 @@
-//! The two Lua scripts. Both keep one GCRA "theoretical arrival time" (TAT)
-//! per key, in microseconds of the Redis server's own clock (`TIME`), under the
-//! same key and with the same meaning, so exact and local-first replicas can
-//! share keys. Each touches exactly one key (`KEYS[1]`): no `CROSSSLOT` on a
-//! cluster. A key expires when its bucket is full again, so nothing leaks.
+//! The one Lua script every Redis decision and every local-first sync runs.
 //!
-//! Both take a deadline on the server's clock (0: none) and do nothing past
-//! it: work that arrives after the caller gave up spends no quota.
+//! A key is a hash. Field `t` holds the GCRA "theoretical arrival time" (TAT)
+//! in microseconds of the Redis server's own clock (`TIME`), so replica clocks
+//! never matter. Each local-first replica that touched the key keeps one more
+//! field, named by its replica id: `"entry applied claim until_ms"`:
+//!
+//! - `entry applied`: the replica's local entry for the key and how many of
+//!   its admissions are already merged. A sync sends the entry's running total;
+//!   only what is above `applied` is charged, so a batch retried after a
+//!   timeout (that may or may not have run) is never charged twice.
+//! - `claim until_ms`: how many requests the replica may admit on its own,
+//!   without asking, until `until_ms`. Claims are reserved, not spent: every
+//!   decision, exact or local-first, sees the tokens left *minus the other
+//!   replicas' live claims*, and a claim is at most the tokens left divided by
+//!   the replicas holding one. So the replicas' own decisions together never
+//!   spend more than the bucket holds, however many replicas there are.
+//!
+//! Exactly one key (`KEYS[1]`) per call: no `CROSSSLOT` on a cluster. Every
+//! call takes a deadline on the server's clock (0: none) and does nothing past
+//! it: work that arrives after the caller gave up spends nothing.
 
-/// One decision. ARGV: emission interval T, tau = T × (burst − 1), deadline
-/// (all µs). Returns {outcome, remaining, reset_after_us, retry_after_us,
-/// now_us}; outcome 1 = allowed, 0 = limited, 2 = late (nothing spent).
-pub(super) const DECIDE: &str = r"
+/// ARGV:
+/// 1. T, the emission interval (µs)
+/// 2. tau = T × (burst − 1) (µs)
+/// 3. deadline (server µs; 0: none)
+/// 4. admit: `1` to decide one request now, `0` to only sync
+/// 5. replica id (empty: an exact-mode store, which keeps no field)
+/// 6. entry id, 7. applied as far as the replica knows, 8. its running total
+/// 9. cap: the most admissions one call charges (a longer backlog, after an
+///    outage, is forgiven)
+/// 10. age: µs since the first admission not yet merged (they are placed
+///     when they happened, so a steady stream costs no extra debt)
+/// 11. want: the claim asked for, 12. its life (ms)
+/// 13. keep (ms): the least time the key's fields are kept
+///
+/// Returns `{outcome, remaining, ahead_us, retry_us, now_us, claim}`:
+/// outcome 1 = allowed (or synced), 0 = limited, 2 = late (nothing done);
+/// `ahead_us` = TAT − now (0: full).
+pub(super) const SHARE: &str = r"
 local t = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
 local deadline = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 if deadline > 0 and now > deadline then
-  return {2, 0, 0, 0, now}
+  return {2, 0, 0, 0, now, 0}
 end
-local stored = redis.call('GET', KEYS[1])
-local tat = math.max(stored and tonumber(stored) or 0, now)
-local earliest = tat - tau
-if now < earliest then
-  return {0, 0, tat - now, earliest - now, now}
-end
-local new_tat = tat + t
-local full_in = new_tat - now
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil(full_in / 1000))
-return {1, math.floor((now + tau + t - new_tat) / t), full_in, 0, now}
-";
-
-/// One key of a local-first sync: merges n admissions that started `age` µs
-/// before now (never before they happened, so a steady stream costs no extra
-/// debt) after the shared TAT, and returns how far the TAT is ahead of now.
-/// ARGV: T, n, age, deadline (µs). Returns {outcome, ahead_us, now_us};
-/// outcome 1 = merged, 2 = late (nothing merged).
-pub(super) const MERGE: &str = r"
-local t = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-local age = tonumber(ARGV[3])
-local deadline = tonumber(ARGV[4])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-if deadline > 0 and now > deadline then
-  return {2, 0, now}
-end
-local stored = redis.call('GET', KEYS[1])
-local tat = stored and tonumber(stored) or 0
-if n > 0 then
-  tat = math.max(tat, now - age) + n * t
-  if tat > now then
-    redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
+local me = ARGV[5]
+local keep = tonumber(ARGV[13])
+local now_ms = math.floor(now / 1000)
+local fields = redis.call('HGETALL', KEYS[1])
+local tat = 0
+local reserved = 0
+local others = 0
+local mine_entry = nil
+local mine_applied = 0
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  local value = fields[i + 1]
+  if name == 't' then
+    tat = tonumber(value) or 0
+  else
+    local e, a, c, u = string.match(value, '^(%d+) (%d+) (%d+) (%d+)$')
+    if name == me and e then
+      mine_entry = e
+      mine_applied = tonumber(a)
+    elseif u and tonumber(u) > now_ms then
+      reserved = reserved + tonumber(c)
+      others = others + 1
+    elseif not u or tonumber(u) + keep < now_ms then
+      redis.call('HDEL', KEYS[1], name)
+    end
   end
 end
-return {1, math.max(tat - now, 0), now}
+local applied = 0
+if me ~= '' then
+  local total = tonumber(ARGV[8])
+  applied = tonumber(ARGV[7])
+  if mine_entry == ARGV[6] and mine_applied > applied then
+    applied = mine_applied
+  end
+  if total > applied then
+    local n = math.min(total - applied, tonumber(ARGV[9]))
+    tat = math.max(tat, now - tonumber(ARGV[10])) + n * t
+    applied = total
+  end
+end
+local start = math.max(tat, now)
+local avail = math.floor((now + tau + t - start) / t) - reserved
+local outcome = 1
+local retry = 0
+if ARGV[4] == '1' then
+  if avail >= 1 then
+    tat = start + t
+    avail = avail - 1
+  else
+    outcome = 0
+    retry = math.max(start - tau + reserved * t - now, 1)
+  end
+end
+local claim = 0
+if me ~= '' then
+  if avail > 0 then
+    claim = math.min(tonumber(ARGV[11]), math.floor(avail / (others + 1)))
+  end
+  redis.call('HSET', KEYS[1], me, ARGV[6] .. ' ' .. string.format('%.0f', applied) .. ' '
+    .. claim .. ' ' .. string.format('%.0f', now_ms + tonumber(ARGV[12])))
+end
+local ahead = math.max(tat - now, 0)
+if tat > now then
+  redis.call('HSET', KEYS[1], 't', string.format('%.0f', tat))
+end
+local ttl = math.max(math.ceil(ahead / 1000), keep)
+if ttl > 0 and redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return {outcome, math.max(avail, 0), ahead, retry, now, claim}
+";
+
+/// The replicas of one local-first store: a sorted set of replica ids scored
+/// by when each last registered (server ms). ARGV: replica id, window (ms).
+/// Returns how many registered within the window.
+pub(super) const REGISTER: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('PEXPIRE', KEYS[1], window)
+return redis.call('ZCARD', KEYS[1])
 ";

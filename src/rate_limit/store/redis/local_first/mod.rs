@@ -1,0 +1,602 @@
+//! Local-first decisions: GCRA per (policy, key) in this process, spending
+//! claims that Redis granted, with the admissions since the last sync queued
+//! for Redis, and the shared state pulled back into the local one when a sync
+//! (or an ask) answers.
+//!
+//! A request for a key is decided here, at once, while the key's claim lasts
+//! (a key far from its limit: the common case). A key whose claim is spent or
+//! expired asks Redis (one awaited call, which also renews the claim): only
+//! keys near their limit, shared by several replicas, pay it. While Redis is
+//! unreachable, every key is decided here alone (degraded).
+//!
+//! Times are microseconds on the local monotonic clock. A key's local TAT
+//! only ever moves forward: a sync can make it stricter (others' admissions),
+//! never looser.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use super::Params;
+use super::clock::LocalClock;
+use crate::rate_limit::key::RateKey;
+use crate::rate_limit::store::{Decision, StoreError};
+
+/// foldhash, seeded per map: keys chosen by clients cannot be aimed at one
+/// shard in advance.
+type Hasher = foldhash::fast::RandomState;
+
+/// How claims and health are timed; fixed when the store is built.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settings {
+    /// How long Redis keeps a claim reserved (µs). The replica stops using
+    /// it a quarter earlier, measured from when it asked, so it never spends
+    /// a claim Redis has already released.
+    pub(super) claim_life_us: u64,
+    /// A reply from Redis keeps the store healthy this long (µs); past it,
+    /// with no reply, keys are decided locally alone.
+    pub(super) health_us: u64,
+}
+
+impl Settings {
+    fn claim_use_us(&self) -> u64 {
+        self.claim_life_us - self.claim_life_us / 4
+    }
+}
+
+/// One key's local state.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// GCRA theoretical arrival time: the shared state as last synced, plus
+    /// this replica's admissions since.
+    tat: u64,
+    /// The TAT of the admissions not yet merged, as a GCRA starting empty:
+    /// where they begin (`batch_tat − unmerged × T`) tells Redis how long
+    /// ago they started, so a steady stream is not charged as one burst.
+    batch_tat: u64,
+    /// This entry's id, unique in the process: Redis remembers how much of
+    /// it it merged (never 0).
+    id: u64,
+    /// Admissions made here, ever, by this entry.
+    total: u64,
+    /// Of those, how many Redis confirmed merged.
+    acked: u64,
+    /// Requests this replica may still admit without asking Redis.
+    claim: u32,
+    /// Until when (local µs) the claim may be used.
+    claim_until: u64,
+    /// Admissions since the last report: what the next claim should cover.
+    demand: u32,
+    /// In a sync queue.
+    queued: bool,
+    /// In the urgent queue (it may be in the other one too).
+    urgent: bool,
+}
+
+impl Entry {
+    fn new(id: u64, now: u64, provisional: u32, settings: &Settings) -> Self {
+        Self {
+            tat: 0,
+            batch_tat: 0,
+            id,
+            total: 0,
+            acked: 0,
+            claim: provisional,
+            claim_until: now.saturating_add(settings.claim_use_us()),
+            demand: 0,
+            queued: false,
+            urgent: false,
+        }
+    }
+
+    fn unmerged(&self) -> u64 {
+        self.total.saturating_sub(self.acked)
+    }
+}
+
+/// A key's state as sent to Redis, by a sync or by an ask.
+#[derive(Debug, Clone)]
+pub(super) struct Report {
+    pub(super) policy: usize,
+    pub(super) key: RateKey,
+    pub(super) entry: u64,
+    pub(super) acked: u64,
+    pub(super) total: u64,
+    /// µs since the first of the admissions charged began.
+    pub(super) age: u64,
+    pub(super) want: u32,
+    /// Local time it was made (claims are timed from it).
+    pub(super) sent_at: u64,
+    /// When the key was queued (sync lag).
+    since: u64,
+}
+
+/// What Redis answered for one report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Reply {
+    /// TAT − now on the server after the call (0: full).
+    pub(super) ahead_us: u64,
+    pub(super) claim: u32,
+    /// An ask: whether the request was admitted, and when to retry if not.
+    pub(super) admitted: bool,
+    pub(super) remaining: u32,
+    pub(super) retry_us: u64,
+}
+
+/// What the local state makes of a request.
+#[derive(Debug)]
+pub(super) enum Local {
+    Decided(Decision),
+    /// No claim left: ask Redis, which decides this request.
+    Ask(Report),
+}
+
+#[derive(Debug)]
+struct Queued {
+    policy: usize,
+    key: RateKey,
+    since: u64,
+}
+
+/// Keys waiting for a sync: the urgent ones (near their limit) first, then
+/// the rest, oldest first.
+#[derive(Debug, Default)]
+struct Queues {
+    urgent: VecDeque<Queued>,
+    normal: VecDeque<Queued>,
+}
+
+impl Queues {
+    fn pop(&mut self) -> Option<Queued> {
+        self.urgent.pop_front().or_else(|| self.normal.pop_front())
+    }
+}
+
+/// The local state of every policy's keys, bounded in keys.
+pub(super) struct LocalState {
+    params: Vec<Params>,
+    maps: Vec<DashMap<RateKey, Entry, Hasher>>,
+    /// Keys held across policies, the overflow buckets excepted.
+    len: AtomicUsize,
+    cap: usize,
+    overflowed: AtomicBool,
+    queues: Mutex<Queues>,
+    /// Keys in a queue (each once, though it may have two records).
+    queued: AtomicUsize,
+    /// Reports handed to a sync and not settled yet.
+    in_flight: AtomicUsize,
+    clock: LocalClock,
+    settings: Settings,
+    next_entry: AtomicU64,
+    /// Local µs until which the store counts as healthy (0: degraded).
+    healthy_until: AtomicU64,
+    /// Admissions never charged: forgiven after an outage.
+    forgiven: AtomicU64,
+    /// Replicas of this store seen live in Redis's registry (0: not known
+    /// yet).
+    replicas: AtomicU32,
+}
+
+impl std::fmt::Debug for LocalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalState")
+            .field("keys", &self.len())
+            .field("cap", &self.cap)
+            .finish_non_exhaustive()
+    }
+}
+
+fn from_us(us: u64) -> Duration {
+    Duration::from_micros(us)
+}
+
+impl LocalState {
+    pub(super) fn new(
+        params: Vec<Params>,
+        cap: usize,
+        clock: LocalClock,
+        settings: Settings,
+    ) -> Self {
+        let maps = params
+            .iter()
+            .map(|_| DashMap::with_hasher(Hasher::default()))
+            .collect();
+        let now = clock.now_us();
+        Self {
+            params,
+            maps,
+            len: AtomicUsize::new(0),
+            cap,
+            overflowed: AtomicBool::new(false),
+            queues: Mutex::new(Queues::default()),
+            queued: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            clock,
+            settings,
+            next_entry: AtomicU64::new(1),
+            // Connecting just succeeded.
+            healthy_until: AtomicU64::new(now.saturating_add(settings.health_us)),
+            forgiven: AtomicU64::new(0),
+            replicas: AtomicU32::new(0),
+        }
+    }
+
+    /// How many replicas the registry counts (0: not known yet).
+    pub(super) fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed)
+    }
+
+    /// Records how many replicas the registry counts.
+    pub(super) fn set_replicas(&self, replicas: u32) {
+        self.replicas.store(replicas, Ordering::Relaxed);
+    }
+
+    /// What a key new to this replica may admit before Redis is asked:
+    /// a quarter of the burst divided among the live replicas, so that all
+    /// of them together, meeting one key at once, spend at most a quarter
+    /// of its burst unasked (none while the count is unknown).
+    fn provisional(&self, params: &Params) -> u32 {
+        match self.replicas.load(Ordering::Relaxed) {
+            0 => 0,
+            replicas => params.burst / replicas.saturating_mul(4),
+        }
+    }
+
+    pub(super) fn params(&self, policy: usize) -> Option<&Params> {
+        self.params.get(policy)
+    }
+
+    pub(super) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub(super) fn now_us(&self) -> u64 {
+        self.clock.now_us()
+    }
+
+    /// Keys held (overflow buckets excepted).
+    pub(super) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Keys with admissions waiting for a sync or on their way to Redis.
+    pub(super) fn pending_keys(&self) -> usize {
+        self.queued.load(Ordering::Relaxed) + self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// How long the oldest key waiting for a sync has waited.
+    pub(super) fn lag(&self) -> Duration {
+        let now = self.now_us();
+        let queues = self.lock_queues();
+        let oldest = [queues.urgent.front(), queues.normal.front()]
+            .into_iter()
+            .flatten()
+            .map(|q| q.since)
+            .min();
+        from_us(oldest.map_or(0, |since| now.saturating_sub(since)))
+    }
+
+    /// Admissions forgiven (never charged in Redis) after an outage.
+    pub(super) fn forgiven(&self) -> u64 {
+        self.forgiven.load(Ordering::Relaxed)
+    }
+
+    /// Whether new keys were sent to the overflow bucket since the last
+    /// clean-up.
+    pub(super) fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Whether Redis answered recently (else keys are decided alone).
+    pub(super) fn healthy(&self) -> bool {
+        self.now_us() < self.healthy_until.load(Ordering::Relaxed)
+    }
+
+    /// Redis answered at local time `now`.
+    pub(super) fn answered(&self, now: u64) {
+        self.healthy_until.fetch_max(
+            now.saturating_add(self.settings.health_us),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Redis failed to answer: decide alone until it answers again.
+    pub(super) fn unreachable(&self) {
+        self.healthy_until.store(0, Ordering::Relaxed);
+    }
+
+    fn lock_queues(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one request of `key` under `policy`, now: decided here while
+    /// the key's claim lasts (or Redis is unreachable), else asked.
+    pub(super) fn decide(&self, policy: usize, key: &RateKey) -> Result<Local, StoreError> {
+        self.decide_with(policy, key, !self.healthy())
+    }
+
+    /// Decides `key` here, claim or not (Redis did not answer an ask).
+    pub(super) fn decide_alone(
+        &self,
+        policy: usize,
+        key: &RateKey,
+    ) -> Result<Decision, StoreError> {
+        match self.decide_with(policy, key, true)? {
+            Local::Decided(decision) => Ok(decision),
+            Local::Ask(_) => Err(StoreError::new("a local decision asked Redis")),
+        }
+    }
+
+    fn decide_with(&self, policy: usize, key: &RateKey, alone: bool) -> Result<Local, StoreError> {
+        let (Some(params), Some(map)) = (self.params.get(policy), self.maps.get(policy)) else {
+            return Err(StoreError::new("policy not prepared"));
+        };
+        let now = self.clock.now_us();
+        let mut key = key;
+        let overflow_key;
+        let mut entry = match map.get_mut(key) {
+            Some(entry) => entry,
+            None => {
+                // A new key: reserve its place first, so the cap holds under
+                // concurrency; at the cap, new keys share the overflow bucket.
+                if self.len.fetch_add(1, Ordering::AcqRel) >= self.cap {
+                    self.len.fetch_sub(1, Ordering::AcqRel);
+                    self.overflowed.store(true, Ordering::Relaxed);
+                    overflow_key = RateKey::overflow();
+                    key = &overflow_key;
+                }
+                let overflow = *key == RateKey::overflow();
+                let mut inserted = false;
+                let entry = map.entry(key.clone()).or_insert_with(|| {
+                    inserted = true;
+                    let id = self.next_entry.fetch_add(1, Ordering::Relaxed);
+                    Entry::new(id, now, self.provisional(params), &self.settings)
+                });
+                if !inserted && !overflow {
+                    self.len.fetch_sub(1, Ordering::AcqRel);
+                }
+                entry
+            }
+        };
+        let tat = entry.tat.max(now);
+        let earliest = tat.saturating_sub(params.tau_us);
+        if earliest > now {
+            return Ok(Local::Decided(Decision::limited(
+                params.burst,
+                from_us(earliest - now),
+            )));
+        }
+        let claimed = entry.claim > 0 && now < entry.claim_until;
+        if !claimed && !alone {
+            let report = self.report(policy, key, &mut entry, params, now, 0);
+            return Ok(Local::Ask(report));
+        }
+        if claimed {
+            entry.claim -= 1;
+        }
+        entry.tat = tat.saturating_add(params.t_us);
+        entry.batch_tat = entry.batch_tat.max(now).saturating_add(params.t_us);
+        entry.total = entry.total.saturating_add(1);
+        entry.demand = entry.demand.saturating_add(1);
+        let headroom = now
+            .saturating_add(params.tau_us)
+            .saturating_add(params.t_us)
+            .saturating_sub(entry.tat);
+        let remaining = u32::try_from(headroom / params.t_us)
+            .unwrap_or(u32::MAX)
+            .min(params.burst);
+        let decision = Decision::allowed(params.burst, remaining, from_us(entry.tat - now));
+        // Near its limit, a key goes to the urgent queue, even if it waits
+        // in the other one already (the later record finds nothing to send).
+        let urgent = remaining < params.burst / 2 && !entry.urgent;
+        let queue = !entry.queued || urgent;
+        if !entry.queued {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        entry.queued = true;
+        entry.urgent |= urgent;
+        drop(entry);
+        if queue {
+            let queued = Queued {
+                policy,
+                key: key.clone(),
+                since: now,
+            };
+            let mut queues = self.lock_queues();
+            if urgent {
+                queues.urgent.push_back(queued);
+            } else {
+                queues.normal.push_back(queued);
+            }
+        }
+        Ok(Local::Decided(decision))
+    }
+
+    /// What Redis should learn of `entry` now; resets its demand.
+    fn report(
+        &self,
+        policy: usize,
+        key: &RateKey,
+        entry: &mut Entry,
+        params: &Params,
+        now: u64,
+        since: u64,
+    ) -> Report {
+        let charged = entry.unmerged().min(u64::from(params.max_merge));
+        let start = entry
+            .batch_tat
+            .saturating_sub(charged.saturating_mul(params.t_us));
+        let demand = entry.demand;
+        entry.demand = 0;
+        Report {
+            policy,
+            key: key.clone(),
+            entry: entry.id,
+            acked: entry.acked,
+            total: entry.total,
+            age: if charged == 0 {
+                0
+            } else {
+                now.saturating_sub(start)
+            },
+            want: demand.saturating_mul(2).saturating_add(1).min(params.burst),
+            sent_at: now,
+            since,
+        }
+    }
+
+    /// Hands up to `max` queued keys to a sync, the urgent ones first.
+    pub(super) fn take(&self, max: usize) -> Vec<Report> {
+        let now = self.now_us();
+        let mut reports = Vec::new();
+        while reports.len() < max {
+            let Some(queued) = self.lock_queues().pop() else {
+                break;
+            };
+            let (Some(params), Some(map)) =
+                (self.params.get(queued.policy), self.maps.get(queued.policy))
+            else {
+                continue;
+            };
+            let Some(mut entry) = map.get_mut(&queued.key) else {
+                continue;
+            };
+            if entry.queued {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            entry.queued = false;
+            entry.urgent = false;
+            if entry.unmerged() == 0 {
+                continue;
+            }
+            let report = self.report(
+                queued.policy,
+                &queued.key,
+                &mut entry,
+                params,
+                now,
+                queued.since,
+            );
+            drop(entry);
+            reports.push(report);
+        }
+        self.in_flight.fetch_add(reports.len(), Ordering::Relaxed);
+        reports
+    }
+
+    /// Applies what Redis answered to a sync's `report`, at local time `now`.
+    pub(super) fn settle(&self, report: &Report, reply: Reply, now: u64) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.apply(report, reply, now);
+    }
+
+    /// A sync's report did not reach Redis (or came back late): queued again,
+    /// in front, to be sent again as it is (Redis charges it at most once).
+    pub(super) fn retry(&self, report: Report) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let Some(map) = self.maps.get(report.policy) else {
+            return;
+        };
+        let Some(mut entry) = map.get_mut(&report.key) else {
+            return;
+        };
+        if entry.id != report.entry || entry.urgent {
+            return;
+        }
+        if !entry.queued {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        entry.queued = true;
+        entry.urgent = true;
+        drop(entry);
+        self.lock_queues().urgent.push_front(Queued {
+            policy: report.policy,
+            key: report.key,
+            since: report.since,
+        });
+    }
+
+    /// Applies what Redis answered to an ask or a sync, at local time `now`.
+    pub(super) fn apply(&self, report: &Report, reply: Reply, now: u64) {
+        self.answered(now);
+        let (Some(params), Some(map)) =
+            (self.params.get(report.policy), self.maps.get(report.policy))
+        else {
+            return;
+        };
+        let Some(mut entry) = map.get_mut(&report.key) else {
+            return;
+        };
+        if entry.id != report.entry {
+            return;
+        }
+        let t = params.t_us;
+        entry.acked = entry.acked.max(report.total);
+        // Admissions made while the call was on its way: part of what the
+        // claim covered, and not in the shared state yet.
+        let since = entry.total.saturating_sub(report.total);
+        entry.claim = reply
+            .claim
+            .saturating_sub(u32::try_from(since).unwrap_or(u32::MAX));
+        entry.claim_until = report.sent_at.saturating_add(self.settings.claim_use_us());
+        let since_us = since.saturating_mul(t);
+        let shared = now.saturating_add(reply.ahead_us);
+        let synced = shared
+            .max(entry.batch_tat.saturating_sub(since_us))
+            .saturating_add(since_us);
+        entry.tat = entry.tat.max(synced);
+        if !reply.admitted && reply.retry_us > 0 {
+            // Refused: refuse here too until Redis said to retry.
+            let until = now
+                .saturating_add(reply.retry_us)
+                .saturating_add(params.tau_us);
+            entry.tat = entry.tat.max(until);
+        }
+        if entry.unmerged() == 0 {
+            entry.batch_tat = 0;
+        }
+    }
+
+    /// Removes keys that are full again and have nothing waiting for Redis
+    /// (indistinguishable from new keys), and shrinks the maps. While Redis
+    /// is unreachable, admissions so old that the key refilled since (one
+    /// whole burst's time) are forgiven, so that the cap does not fill with
+    /// keys that can no longer change a decision.
+    pub(super) fn cleanup(&self) {
+        let now = self.clock.now_us();
+        let degraded = !self.healthy();
+        for (policy, map) in self.maps.iter().enumerate() {
+            let full_refill = self
+                .params
+                .get(policy)
+                .map_or(0, |p| p.tau_us.saturating_add(p.t_us));
+            map.retain(|key, entry| {
+                if degraded
+                    && entry.unmerged() > 0
+                    && entry.tat <= now
+                    && entry.batch_tat.saturating_add(full_refill) <= now
+                {
+                    self.forgiven.fetch_add(entry.unmerged(), Ordering::Relaxed);
+                    entry.acked = entry.total;
+                }
+                let keep = entry.tat > now || entry.unmerged() > 0;
+                if !keep && entry.queued {
+                    // Its queue records find nothing when taken.
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                }
+                if !keep && *key != RateKey::overflow() {
+                    self.len.fetch_sub(1, Ordering::AcqRel);
+                }
+                keep
+            });
+            map.shrink_to_fit();
+        }
+        self.overflowed.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests;
