@@ -8,6 +8,9 @@
 //! | `tollgate_rate_limit_decisions_total` | counter | `policy`, `decision` (`allowed`, `limited`, `failed_open`, `failed_closed`), `enforced` |
 //! | `tollgate_rate_limit_keys` | gauge | `layer` (the layer's default policy name); sampled every 1,024 decisions of a thread |
 //! | `tollgate_rate_limit_max_keys` | gauge | `layer`; the store's cap (stores without one: absent) |
+//! | `tollgate_rate_limit_sync_pending_keys` | gauge | `store` (the Redis store's prefix): local-first keys whose admissions have not reached Redis yet |
+//! | `tollgate_rate_limit_sync_lag_seconds` | gauge | `store`: how long the oldest of those has waited |
+//! | `tollgate_rate_limit_sync_failures_total` | counter | `store`: local-first calls to Redis that failed (a batch, an ask) |
 //! | `tollgate_revocation_sync_failures_total` | counter | — (failed calls of revocations shared through Redis) |
 //!
 //! No label carries a token, subject or address: their cardinality is
@@ -32,6 +35,12 @@ pub mod names {
     pub const RATE_LIMIT_KEYS: &str = "tollgate_rate_limit_keys";
     /// Gauge of the most keys a rate limiter's store holds (its cap).
     pub const RATE_LIMIT_MAX_KEYS: &str = "tollgate_rate_limit_max_keys";
+    /// Gauge of local-first keys waiting to reach Redis.
+    pub const RATE_LIMIT_SYNC_PENDING_KEYS: &str = "tollgate_rate_limit_sync_pending_keys";
+    /// Gauge of the local-first sync's lag, in seconds.
+    pub const RATE_LIMIT_SYNC_LAG_SECONDS: &str = "tollgate_rate_limit_sync_lag_seconds";
+    /// Counter of failed local-first calls to Redis.
+    pub const RATE_LIMIT_SYNC_FAILURES: &str = "tollgate_rate_limit_sync_failures_total";
     /// Counter of failed calls to Redis by shared revocations.
     pub const REVOCATION_SYNC_FAILURES: &str = "tollgate_revocation_sync_failures_total";
 }

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use redis_support::Server;
 use redis_support::faults::FaultProxy;
 
+/// These tests load the machine and measure time and CPU: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn ping(url: &str, within: Duration) -> bool {
     let attempt = async {
         let client = redis::Client::open(url).ok()?;
@@ -23,6 +26,7 @@ async fn ping(url: &str, within: Duration) -> bool {
 
 #[tokio::test]
 async fn the_harness_restarts_flushes_freezes_and_slows_a_server() {
+    let _serial = SERIAL.lock().await;
     let mut server = Server::started();
     let mut conn = redis_support::raw(&server.url()).await;
     let _: () = redis::cmd("SET")
@@ -192,10 +196,116 @@ async fn a_flood_of_new_clients_is_merged_and_nobody_is_charged_twice(clients: u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_new_clients_are_merged_once() {
+    let _serial = SERIAL.lock().await;
     a_flood_of_new_clients_is_merged_and_nobody_is_charged_twice(20_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_new_clients_are_merged_once() {
+    let _serial = SERIAL.lock().await;
     a_flood_of_new_clients_is_merged_and_nobody_is_charged_twice(100_000).await;
+}
+
+#[tokio::test]
+async fn a_sync_that_falls_behind_warns_once_then_says_it_caught_up() {
+    let _serial = SERIAL.lock().await;
+    let logs = redis_support::Logs::default();
+    let _guard = logs.capture();
+    let server = Server::started();
+    let proxy = FaultProxy::start(server.port);
+    let p = redis_support::prefix("behind");
+    let a = layer(
+        local_first(&proxy.url(), &p).await,
+        Quota::per_hour(1000).burst(10),
+    );
+    proxy.set_blackhole(true);
+    for i in 0..50 {
+        assert!(decide(&a, &client(i)).await.unwrap().allowed);
+    }
+    // Ten intervals without an answer: behind.
+    assert!(
+        eventually(Duration::from_secs(3), || logs
+            .count("the Redis sync is behind")
+            == 1)
+        .await,
+        "no warning: {}",
+        logs.text()
+    );
+    assert!(a.store().sync_lag() >= Duration::from_millis(500));
+    assert_eq!(a.store().pending_keys(), 50);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(logs.count("the Redis sync is behind"), 1, "warned once");
+    proxy.set_blackhole(false);
+    assert!(
+        eventually(Duration::from_secs(3), || logs
+            .count("the Redis sync caught up")
+            == 1)
+        .await,
+        "{}",
+        logs.text()
+    );
+    assert_eq!(a.store().pending_keys(), 0);
+    assert_eq!(a.store().sync_lag(), Duration::ZERO);
+}
+
+/// Issue 22: while Redis is frozen (SIGSTOP), a replica decides alone at
+/// little CPU cost; once it thaws, what was admitted meanwhile is shared
+/// within two seconds, and nobody who spent nothing is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_costs_little_and_limits_are_shared_again_soon_after_it_thaws() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::started();
+    let p = redis_support::prefix("frozen");
+    let quota = Quota::per_minute(60).burst(10);
+    let a = layer(local_first(&server.url(), &p).await, quota);
+    let b = layer(local_first(&server.url(), &p).await, quota);
+    let hot = RateKey::text("hot");
+    // Both replicas know the key before the outage.
+    assert!(decide(&a, &hot).await.unwrap().allowed);
+    assert!(decide(&b, &hot).await.unwrap().allowed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    server.freeze();
+    let cpu = redis_support::faults::process_cpu();
+    let frozen = Instant::now();
+    let mut admitted_hot = 0;
+    let mut i = 0;
+    while frozen.elapsed() < Duration::from_secs(3) {
+        // New clients, each one request: all admitted, decided alone.
+        assert!(decide(&a, &client(i)).await.unwrap().allowed, "client {i}");
+        i += 1;
+        if decide(&a, &hot).await.unwrap().allowed {
+            admitted_hot += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let spent = redis_support::faults::process_cpu() - cpu;
+    assert!(
+        spent < Duration::from_millis(1_500),
+        "{spent:?} of CPU in a 3 s outage"
+    );
+    assert!(admitted_hot >= 8, "a decided alone: {admitted_hot}");
+    server.thaw();
+    let thawed = Instant::now();
+    // a's spending reaches Redis, then b learns it at its next ask.
+    assert!(
+        eventually(Duration::from_secs(2), || a.store().pending_keys() == 0).await,
+        "{} keys unmerged 2 s after Redis thawed",
+        a.store().pending_keys()
+    );
+    let mut b_admitted = 0;
+    for _ in 0..5 {
+        if decide(&b, &hot).await.unwrap().allowed {
+            b_admitted += 1;
+        }
+    }
+    assert!(b_admitted <= 1, "b admitted {b_admitted} of a key a spent");
+    assert!(thawed.elapsed() < Duration::from_secs(3));
+    // Nobody who sent one request is refused on b.
+    for j in (0..i).step_by(7) {
+        assert!(
+            decide(&b, &client(j)).await.unwrap().allowed,
+            "client {j} on b"
+        );
+    }
 }

@@ -477,7 +477,6 @@ impl RateLimitStore for RedisStore {
                     // later, still finds its claim; short enough that an idle
                     // replica's claim is released soon for the others.
                     claim_life_us: micros(interval.saturating_mul(40)).max(2_000_000),
-                    health_us: micros(interval.saturating_mul(4).saturating_add(call_timeout)),
                 },
             );
             let engine = Arc::new(LocalFirst::new(

@@ -68,6 +68,29 @@ pub(super) struct LocalFirst {
     warnings: WarnEvery,
     failing: AtomicBool,
     behind: AtomicBool,
+    #[cfg(feature = "metrics")]
+    metrics: SyncMetrics,
+}
+
+/// The sync's health, as metrics labelled by the store's prefix.
+#[cfg(feature = "metrics")]
+struct SyncMetrics {
+    pending: metrics::Gauge,
+    lag: metrics::Gauge,
+    failures: metrics::Counter,
+}
+
+#[cfg(feature = "metrics")]
+impl SyncMetrics {
+    fn new(prefix: &Arc<str>) -> Self {
+        use crate::observe::names;
+        let store = metrics::SharedString::from(Arc::clone(prefix));
+        Self {
+            pending: metrics::gauge!(names::RATE_LIMIT_SYNC_PENDING_KEYS, "store" => store.clone()),
+            lag: metrics::gauge!(names::RATE_LIMIT_SYNC_LAG_SECONDS, "store" => store.clone()),
+            failures: metrics::counter!(names::RATE_LIMIT_SYNC_FAILURES, "store" => store),
+        }
+    }
 }
 
 impl LocalFirst {
@@ -82,7 +105,6 @@ impl LocalFirst {
         Self {
             state,
             backend,
-            prefix,
             names,
             interval,
             call_timeout,
@@ -95,6 +117,9 @@ impl LocalFirst {
             warnings: WarnEvery::new(10),
             failing: AtomicBool::new(false),
             behind: AtomicBool::new(false),
+            #[cfg(feature = "metrics")]
+            metrics: SyncMetrics::new(&prefix),
+            prefix,
         }
     }
 
@@ -214,7 +239,6 @@ impl LocalFirst {
     pub(super) async fn sync_once(&self) {
         let started = self.state.now_us();
         let budget = Self::micros(self.interval);
-        let mut any = false;
         loop {
             let size = self.batch.load(Ordering::Relaxed);
             let batches: Vec<Vec<Report>> = (0..IN_FLIGHT)
@@ -224,7 +248,6 @@ impl LocalFirst {
             if batches.is_empty() {
                 break;
             }
-            any = true;
             // Another round this tick only for a backlog (a full batch).
             let backlog =
                 batches.iter().all(|batch| batch.len() == size) && batches.len() == IN_FLIGHT;
@@ -244,15 +267,19 @@ impl LocalFirst {
                 break;
             }
         }
-        if any {
-            self.watch_lag();
-        }
+        self.watch_lag();
     }
 
     /// Warns once when the sync falls behind (the oldest key waited more
     /// than ten intervals), and says when it caught up.
     fn watch_lag(&self) {
         let lag = self.state.lag();
+        #[cfg(feature = "metrics")]
+        {
+            #[expect(clippy::cast_precision_loss, reason = "a gauge of key counts")]
+            self.metrics.pending.set(self.state.pending_keys() as f64);
+            self.metrics.lag.set(lag.as_secs_f64());
+        }
         let behind = lag > self.interval * 10;
         if behind && !self.behind.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -427,6 +454,8 @@ impl LocalFirst {
     /// Counts a failed call and logs it at most every 10 s.
     fn failed(&self, reason: &str, node: &str) {
         let failures = self.sync_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        #[cfg(feature = "metrics")]
+        self.metrics.failures.increment(1);
         self.failing.store(true, Ordering::Relaxed);
         if self.warnings.due() {
             tracing::warn!(
@@ -458,6 +487,7 @@ impl LocalFirst {
         if let Ok(Ok(Value::Int(count))) =
             tokio::time::timeout(self.call_timeout, conn.command_on(node, cmd)).await
         {
+            self.state.answered();
             self.state
                 .set_replicas(u32::try_from(count).unwrap_or(u32::MAX).max(1));
         }

@@ -29,16 +29,13 @@ use crate::rate_limit::store::{Decision, StoreError};
 /// shard in advance.
 type Hasher = foldhash::fast::RandomState;
 
-/// How claims and health are timed; fixed when the store is built.
+/// How claims are timed; fixed when the store is built.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Settings {
     /// How long Redis keeps a claim reserved (µs). The replica stops using
     /// it a quarter earlier, measured from when it asked, so it never spends
     /// a claim Redis has already released.
     pub(super) claim_life_us: u64,
-    /// A reply from Redis keeps the store healthy this long (µs); past it,
-    /// with no reply, keys are decided locally alone.
-    pub(super) health_us: u64,
 }
 
 impl Settings {
@@ -171,8 +168,11 @@ pub(super) struct LocalState {
     clock: LocalClock,
     settings: Settings,
     next_entry: AtomicU64,
-    /// Local µs until which the store counts as healthy (0: degraded).
-    healthy_until: AtomicU64,
+    /// The last call to Redis failed: keys are decided here alone until one
+    /// succeeds.
+    degraded: AtomicBool,
+    /// The oldest `since` among reports in flight (`u64::MAX`: none).
+    oldest_in_flight: AtomicU64,
     /// Admissions never charged: forgiven after an outage.
     forgiven: AtomicU64,
     /// Replicas of this store seen live in Redis's registry (0: not known
@@ -204,7 +204,6 @@ impl LocalState {
             .iter()
             .map(|_| DashMap::with_hasher(Hasher::default()))
             .collect();
-        let now = clock.now_us();
         Self {
             params,
             maps,
@@ -217,8 +216,8 @@ impl LocalState {
             clock,
             settings,
             next_entry: AtomicU64::new(1),
-            // Connecting just succeeded.
-            healthy_until: AtomicU64::new(now.saturating_add(settings.health_us)),
+            degraded: AtomicBool::new(false),
+            oldest_in_flight: AtomicU64::new(u64::MAX),
             forgiven: AtomicU64::new(0),
             replicas: AtomicU32::new(0),
         }
@@ -275,7 +274,9 @@ impl LocalState {
             .into_iter()
             .flatten()
             .map(|q| q.since)
-            .min();
+            .chain(Some(self.oldest_in_flight.load(Ordering::Relaxed)))
+            .min()
+            .filter(|&since| since != u64::MAX);
         from_us(oldest.map_or(0, |since| now.saturating_sub(since)))
     }
 
@@ -290,22 +291,20 @@ impl LocalState {
         self.overflowed.load(Ordering::Relaxed)
     }
 
-    /// Whether Redis answered recently (else keys are decided alone).
+    /// Whether the last call to Redis succeeded (else keys are decided
+    /// alone).
     pub(super) fn healthy(&self) -> bool {
-        self.now_us() < self.healthy_until.load(Ordering::Relaxed)
+        !self.degraded.load(Ordering::Relaxed)
     }
 
-    /// Redis answered at local time `now`.
-    pub(super) fn answered(&self, now: u64) {
-        self.healthy_until.fetch_max(
-            now.saturating_add(self.settings.health_us),
-            Ordering::Relaxed,
-        );
+    /// Redis answered.
+    pub(super) fn answered(&self) {
+        self.degraded.store(false, Ordering::Relaxed);
     }
 
     /// Redis failed to answer: decide alone until it answers again.
     pub(super) fn unreachable(&self) {
-        self.healthy_until.store(0, Ordering::Relaxed);
+        self.degraded.store(true, Ordering::Relaxed);
     }
 
     fn lock_queues(&self) -> std::sync::MutexGuard<'_, Queues> {
@@ -483,20 +482,30 @@ impl LocalState {
             drop(entry);
             reports.push(report);
         }
+        if let Some(oldest) = reports.iter().map(|r| r.since).min() {
+            self.oldest_in_flight.fetch_min(oldest, Ordering::Relaxed);
+        }
         self.in_flight.fetch_add(reports.len(), Ordering::Relaxed);
         reports
     }
 
     /// Applies what Redis answered to a sync's `report`, at local time `now`.
     pub(super) fn settle(&self, report: &Report, reply: Reply, now: u64) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.landed();
         self.apply(report, reply, now);
+    }
+
+    /// A report in flight came back (settled or to retry).
+    fn landed(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.oldest_in_flight.store(u64::MAX, Ordering::Relaxed);
+        }
     }
 
     /// A sync's report did not reach Redis (or came back late): queued again,
     /// in front, to be sent again as it is (Redis charges it at most once).
     pub(super) fn retry(&self, report: Report) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.landed();
         let Some(map) = self.maps.get(report.policy) else {
             return;
         };
@@ -521,7 +530,7 @@ impl LocalState {
 
     /// Applies what Redis answered to an ask or a sync, at local time `now`.
     pub(super) fn apply(&self, report: &Report, reply: Reply, now: u64) {
-        self.answered(now);
+        self.answered();
         let (Some(params), Some(map)) =
             (self.params.get(report.policy), self.maps.get(report.policy))
         else {

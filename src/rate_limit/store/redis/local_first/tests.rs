@@ -20,7 +20,6 @@ fn params(r: u64, b: u32, interval: u64) -> Params {
 fn settings(interval: u64) -> Settings {
     Settings {
         claim_life_us: (40 * interval).max(2 * SEC),
-        health_us: 4 * interval + 50 * MS,
     }
 }
 
@@ -442,7 +441,7 @@ fn replenished_keys_are_cleaned_up_and_the_cap_holds() {
     assert_eq!(world.replicas[0].len(), 3);
     // Unmerged keys stay, even when full again.
     world.set(10 * SEC);
-    world.replicas[0].answered(10 * SEC);
+    world.replicas[0].answered();
     world.replicas[0].cleanup();
     assert_eq!(world.replicas[0].len(), 3);
     world.sync(0);
