@@ -61,6 +61,9 @@ struct Inner {
     max_lifetime: AtomicU64,
     leeway: AtomicU64,
     clock: RwLock<Arc<dyn WallClock>>,
+    /// Entries the clean-up has looked at, for the tests that pin its cost.
+    #[cfg(test)]
+    swept: AtomicUsize,
     /// The link to Redis, once shared.
     #[cfg(feature = "redis")]
     link: std::sync::OnceLock<self::redis::Link>,
@@ -149,6 +152,8 @@ impl Revocations {
                 max_lifetime: AtomicU64::new(DEFAULT_MAX_TOKEN_LIFETIME.as_secs()),
                 leeway: AtomicU64::new(crate::auth::DEFAULT_LEEWAY.as_secs()),
                 clock: RwLock::new(Arc::new(SystemClock)),
+                #[cfg(test)]
+                swept: AtomicUsize::new(0),
                 #[cfg(feature = "redis")]
                 link: std::sync::OnceLock::new(),
             }),
@@ -169,11 +174,22 @@ impl Revocations {
     }
 
     /// The clock-skew allowance added to how long entries are kept (default
-    /// 60 s, the auth layer's default leeway).
+    /// 60 s, the auth layer's default leeway). An auth layer given this set
+    /// ([`JwtAuthBuilder::revocations`](crate::auth::JwtAuthBuilder::revocations))
+    /// raises it to its own leeway at build, so that a revoked token is held
+    /// for as long as the layer would accept it.
     #[must_use]
     pub fn leeway(self, leeway: Duration) -> Self {
         self.inner.leeway.store(leeway.as_secs(), Ordering::Relaxed);
         self
+    }
+
+    /// Holds entries at least `leeway` past their end: called by every auth
+    /// layer the set is attached to, with the layer's leeway.
+    pub(crate) fn cover_leeway(&self, leeway: Duration) {
+        self.inner
+            .leeway
+            .fetch_max(leeway.as_secs(), Ordering::Relaxed);
     }
 
     /// The wall clock that expires entries (default: the system clock).
@@ -229,8 +245,15 @@ impl Revocations {
         }
     }
 
-    /// Holds a token revocation until `until`; a longer hold wins.
+    /// Holds a token revocation until `until`; a longer hold wins. Cleans
+    /// one shard.
     fn insert_token(&self, jti: &str, until: u64) {
+        let added = self.hold_token(jti, until);
+        self.added(added);
+    }
+
+    /// Holds a token revocation, without cleaning: whether it is new.
+    fn hold_token(&self, jti: &str, until: u64) -> bool {
         let mut shard = write(self.shard(jti));
         let added = match shard.tokens.get_mut(jti) {
             Some(held) => {
@@ -243,7 +266,7 @@ impl Revocations {
             }
         };
         drop(shard);
-        self.added(added);
+        added
     }
 
     /// Refuses every token of `subject` (from `issuer`, as
@@ -267,8 +290,20 @@ impl Revocations {
     }
 
     /// Holds a subject revocation until `until`; later cut-offs and longer
-    /// holds win.
+    /// holds win. Cleans one shard.
     fn insert_subject(&self, issuer: Option<&str>, subject: &str, issued_before: u64, until: u64) {
+        let added = self.hold_subject(issuer, subject, issued_before, until);
+        self.added(added);
+    }
+
+    /// Holds a subject revocation, without cleaning: whether it is new.
+    fn hold_subject(
+        &self,
+        issuer: Option<&str>,
+        subject: &str,
+        issued_before: u64,
+        until: u64,
+    ) -> bool {
         let mut shard = write(self.shard(subject));
         let cuts = shard.subjects.entry(subject.into()).or_default();
         let added = match cuts.iter_mut().find(|cut| cut.issuer.as_deref() == issuer) {
@@ -288,7 +323,7 @@ impl Revocations {
             }
         };
         drop(shard);
-        self.added(added);
+        added
     }
 
     /// Revokes the token the caller presented (by its `jti`; a token without
@@ -375,6 +410,8 @@ impl Revocations {
             shard.tokens.len() + shard.subjects.values().map(Vec::len).sum::<usize>()
         };
         let before = held(&shard);
+        #[cfg(test)]
+        self.inner.swept.fetch_add(before, Ordering::Relaxed);
         shard.tokens.retain(|_, until| now < *until);
         shard.subjects.retain(|_, cuts| {
             cuts.retain(|cut| now < cut.until);
