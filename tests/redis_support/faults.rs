@@ -91,6 +91,8 @@ pub struct FaultProxy {
     delay_us: Arc<AtomicU64>,
     blackhole: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    /// Bumped by `cut`: connections of an older generation close.
+    generation: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -106,11 +108,13 @@ impl FaultProxy {
             delay_us: Arc::new(AtomicU64::new(0)),
             blackhole: Arc::new(AtomicBool::new(false)),
             stop: Arc::new(AtomicBool::new(false)),
+            generation: Arc::new(AtomicU64::new(0)),
         };
-        let (delay, hole, stop) = (
+        let (delay, hole, stop, generation) = (
             Arc::clone(&proxy.delay_us),
             Arc::clone(&proxy.blackhole),
             Arc::clone(&proxy.stop),
+            Arc::clone(&proxy.generation),
         );
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
@@ -121,14 +125,26 @@ impl FaultProxy {
                             continue;
                         };
                         let _ = client.set_nonblocking(false);
+                        let born = generation.load(Ordering::Relaxed);
                         for (from, to) in [
                             (client.try_clone(), server.try_clone()),
                             (server.try_clone(), client.try_clone()),
                         ] {
                             if let (Ok(from), Ok(to)) = (from, to) {
-                                let (delay, hole, stop) =
-                                    (Arc::clone(&delay), Arc::clone(&hole), Arc::clone(&stop));
-                                std::thread::spawn(move || pump(from, to, &delay, &hole, &stop));
+                                let (delay, hole, stop, generation) = (
+                                    Arc::clone(&delay),
+                                    Arc::clone(&hole),
+                                    Arc::clone(&stop),
+                                    Arc::clone(&generation),
+                                );
+                                std::thread::spawn(move || {
+                                    let live = Live {
+                                        stop: &stop,
+                                        generation: &generation,
+                                        born,
+                                    };
+                                    pump(from, to, &delay, &hole, &live);
+                                });
                             }
                         }
                     }
@@ -155,6 +171,26 @@ impl FaultProxy {
     pub fn set_blackhole(&self, on: bool) {
         self.blackhole.store(on, Ordering::Relaxed);
     }
+
+    /// Closes every connection made so far (within 100 ms), as a network
+    /// that drops them does; new ones are accepted. After a black-hole, this
+    /// is how clients get a clean connection again.
+    pub fn cut(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a connection should stay open.
+struct Live<'a> {
+    stop: &'a AtomicBool,
+    generation: &'a AtomicU64,
+    born: u64,
+}
+
+impl Live<'_> {
+    fn open(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed) && self.generation.load(Ordering::Relaxed) == self.born
+    }
 }
 
 impl Drop for FaultProxy {
@@ -168,11 +204,11 @@ fn pump(
     mut to: TcpStream,
     delay: &AtomicU64,
     hole: &AtomicBool,
-    stop: &AtomicBool,
+    live: &Live<'_>,
 ) {
     let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
     let mut buf = vec![0u8; 64 * 1024];
-    while !stop.load(Ordering::Relaxed) {
+    while live.open() {
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
