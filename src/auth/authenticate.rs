@@ -117,6 +117,9 @@ impl<T: DeserializeOwned> AuthState<T> {
                         timer.skip();
                     }
                     claims_check::check_not_before(verified.nbf, verified.iat, now, rules.leeway)
+                        .and_then(|()| {
+                            claims_check::check_session_end(verified.session_end, now, rules.leeway)
+                        })
                         .map(|()| verified)
                 }
                 Lookup::Expired => Err(AuthError::new(
@@ -178,6 +181,7 @@ impl<T: DeserializeOwned> AuthState<T> {
                 jti: verified.jti.clone(),
                 iat: verified.iat,
                 exp: verified.exp,
+                session_end: verified.session_end,
             });
         // Cookies only: a bearer token belongs to a client that refreshes
         // it itself.

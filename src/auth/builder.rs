@@ -351,6 +351,10 @@ impl<T> JwtAuthBuilder<T> {
         if let Some(revocations) = &self.revocations {
             // A revoked token is held for as long as this layer accepts it.
             revocations.cover_leeway(self.leeway);
+            if let Some(refresh) = &self.refresh {
+                // Successors keep the jti: a revocation outlives the session.
+                revocations.cover_session(refresh.max_session);
+            }
         }
         let rules = Rules {
             issuers: self.issuers,

@@ -165,6 +165,7 @@ mod tests {
             exp,
             nbf: None,
             iat: None,
+            session_end: None,
         })
     }
 

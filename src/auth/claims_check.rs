@@ -43,7 +43,13 @@ pub(crate) struct Checked {
     pub(crate) exp: Option<u64>,
     pub(crate) nbf: Option<u64>,
     pub(crate) iat: Option<u64>,
+    pub(crate) session_end: Option<u64>,
 }
+
+/// The claim holding a session's absolute end (a NumericDate): set by the
+/// first sliding refresh, copied by the next ones; a token past it is
+/// refused as expired.
+pub const SESSION_END_CLAIM: &str = "session_end";
 
 /// Reads and checks the claims of a payload whose signature verified.
 pub(crate) fn check(payload: &[u8], rules: &Rules, now: u64) -> Result<Checked, AuthError> {
@@ -56,6 +62,7 @@ pub(crate) fn check(payload: &[u8], rules: &Rules, now: u64) -> Result<Checked, 
         exp: registered.exp,
         nbf: registered.nbf,
         iat: registered.iat,
+        session_end: registered.session_end,
     })
 }
 
@@ -68,6 +75,7 @@ fn check_claims(r: &Registered, rules: &Rules, now: u64) -> Result<Option<Arc<st
         None if rules.require_exp => return Err(claim("the token has no exp claim")),
         _ => {}
     }
+    check_session_end(r.session_end, now, rules.leeway)?;
     check_not_before(r.nbf, r.iat, now, rules.leeway)?;
     if let (Some(iat), Some(exp)) = (r.iat, r.exp)
         && iat > exp
@@ -108,6 +116,19 @@ fn check_claims(r: &Registered, rules: &Rules, now: u64) -> Result<Option<Arc<st
     Ok(issuer)
 }
 
+/// A session past its absolute end (plus `leeway`) is over, whatever the
+/// token's `exp` says. Also run on every verified-token cache hit.
+pub(crate) fn check_session_end(
+    session_end: Option<u64>,
+    now: u64,
+    leeway: u64,
+) -> Result<(), AuthError> {
+    if session_end.is_some_and(|end| now >= end.saturating_add(leeway)) {
+        return Err(err(AuthErrorKind::Expired, "the session has ended"));
+    }
+    Ok(())
+}
+
 /// `nbf` and `iat` against `now`: a token is not accepted before its `nbf`,
 /// nor before the time it says it was issued (a future `iat` comes from a
 /// misbehaving issuer or a forged clock). Both allow `leeway`. Also run on
@@ -141,6 +162,7 @@ struct Registered {
     exp: Option<u64>,
     nbf: Option<u64>,
     iat: Option<u64>,
+    session_end: Option<u64>,
     /// Index of the matching configured issuer.
     iss: Option<usize>,
     aud_present: bool,
@@ -166,6 +188,7 @@ fn read_registered(payload: &[u8], rules: &Rules) -> Result<Registered, AuthErro
                 "exp" => "the exp claim is not a valid NumericDate",
                 "nbf" => "the nbf claim is not a valid NumericDate",
                 "iat" => "the iat claim is not a valid NumericDate",
+                SESSION_END_CLAIM => "the session_end claim is not a valid NumericDate",
                 "iss" => "the iss claim is not a string",
                 "aud" => "the aud claim is not a string or an array of strings",
                 "sub" => "the sub claim is not a string",
@@ -233,6 +256,11 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                     duplicate(r.iat.is_some())?;
                     self.current.set("iat");
                     r.iat = Some(map.next_value::<NumericDate>()?.0);
+                }
+                SESSION_END_CLAIM => {
+                    duplicate(r.session_end.is_some())?;
+                    self.current.set(SESSION_END_CLAIM);
+                    r.session_end = Some(map.next_value::<NumericDate>()?.0);
                 }
                 "iss" => {
                     duplicate(iss_seen)?;

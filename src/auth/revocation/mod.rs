@@ -60,6 +60,9 @@ struct Inner {
     /// Settings, in seconds; read when revoking, never when checking.
     max_lifetime: AtomicU64,
     leeway: AtomicU64,
+    /// The longest session a refresh slides (0: no refresh attached): a
+    /// `jti` is held at least this long past its revocation.
+    max_session: AtomicU64,
     clock: RwLock<Arc<dyn WallClock>>,
     /// Entries the clean-up has looked at, for the tests that pin its cost.
     #[cfg(test)]
@@ -151,6 +154,7 @@ impl Revocations {
                 hasher: std::collections::hash_map::RandomState::new(),
                 max_lifetime: AtomicU64::new(DEFAULT_MAX_TOKEN_LIFETIME.as_secs()),
                 leeway: AtomicU64::new(crate::auth::DEFAULT_LEEWAY.as_secs()),
+                max_session: AtomicU64::new(0),
                 clock: RwLock::new(Arc::new(SystemClock)),
                 #[cfg(test)]
                 swept: AtomicUsize::new(0),
@@ -192,6 +196,15 @@ impl Revocations {
             .fetch_max(leeway.as_secs(), Ordering::Relaxed);
     }
 
+    /// Holds `jti` revocations for sessions that slide up to `max_session`:
+    /// called by an auth layer with a refresh, with its
+    /// [`max_session`](crate::auth::Refresh::max_session).
+    pub(crate) fn cover_session(&self, max_session: Duration) {
+        self.inner
+            .max_session
+            .fetch_max(max_session.as_secs(), Ordering::Relaxed);
+    }
+
     /// The wall clock that expires entries (default: the system clock).
     #[must_use]
     pub fn clock(self, clock: impl WallClock) -> Self {
@@ -212,9 +225,17 @@ impl Revocations {
             .unix_now()
     }
 
-    /// Until when a token revocation is kept.
+    /// Until when a token revocation is kept: past its `exp` and, with a
+    /// sliding refresh, past the end of any session it can belong to (the
+    /// session started before now), since successors keep the `jti`.
     fn token_until(&self, expires_at: u64) -> u64 {
-        expires_at.saturating_add(self.inner.leeway.load(Ordering::Relaxed))
+        let session = self.inner.max_session.load(Ordering::Relaxed);
+        let end = if session == 0 {
+            expires_at
+        } else {
+            expires_at.max(self.now().saturating_add(session))
+        };
+        end.saturating_add(self.inner.leeway.load(Ordering::Relaxed))
     }
 
     /// Until when a subject revocation is kept.
@@ -232,7 +253,10 @@ impl Revocations {
     }
 
     /// Refuses the token whose `jti` is `jti` until `expires_at` (its `exp`,
-    /// unix seconds) plus the leeway, after which it is expired anyway.
+    /// unix seconds) plus the leeway, after which it is expired anyway. With
+    /// a sliding refresh on an attached layer, until the session could end
+    /// (now plus [`Refresh::max_session`](crate::auth::Refresh::max_session)):
+    /// the refreshed successors keep the `jti`.
     ///
     /// A shared set (see [`RedisRevocations`](crate::auth::RedisRevocations))
     /// also sends the revocation to the other replicas, in the background.
@@ -333,7 +357,8 @@ impl Revocations {
         let (Some(jti), Some(exp)) = (identity.token_id(), identity.expires_at()) else {
             return false;
         };
-        self.revoke_token(jti, exp);
+        // Successors keep the jti: held until the session's end, if known.
+        self.revoke_token(jti, exp.max(identity.session_ends_at().unwrap_or(0)));
         true
     }
 
