@@ -857,3 +857,51 @@ async fn a_session_slides_until_its_absolute_end_and_no_further() {
     assert_eq!(status, StatusCode::OK);
     assert!(cookies.is_empty(), "nothing to gain past the session's end");
 }
+
+/// Issue 22: a refreshed `Set-Cookie` went out on a `Cache-Control: public`
+/// response with no `private` and no `Vary: Cookie`: a shared cache could
+/// hand one user's session to the next. Such a response is made private and
+/// varies by cookie (other directives and `Vary` values kept).
+#[tokio::test]
+async fn a_response_carrying_a_refreshed_session_is_private_and_varies_by_cookie() {
+    let clock = Clock::at(NOW);
+    let auth = layer(&clock, Refresh::new(hs_key(), WITHIN));
+    let public = tower::service_fn(|_req: Request<()>| {
+        let mut res = Response::new(Full::new(Bytes::new()));
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("public, max-age=60"),
+        );
+        headers.insert(
+            header::VARY,
+            header::HeaderValue::from_static("Accept-Encoding"),
+        );
+        std::future::ready(Ok::<_, Infallible>(res))
+    });
+    let res = auth
+        .layer(public)
+        .oneshot(cookie(&hs(&session(60))))
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key(header::SET_COOKIE));
+    assert_eq!(res.headers()[header::CACHE_CONTROL], "private, max-age=60");
+    let vary: Vec<_> = res.headers().get_all(header::VARY).iter().collect();
+    assert_eq!(vary, ["Accept-Encoding", "Cookie"]);
+    // A response without Cache-Control gets `private` too.
+    let res = auth
+        .layer(answering(OK))
+        .oneshot(cookie(&hs(&session(50))))
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key(header::SET_COOKIE));
+    assert_eq!(res.headers()[header::CACHE_CONTROL], "private");
+    assert_eq!(res.headers()[header::VARY], "Cookie");
+    // No refresh: headers untouched.
+    let res = auth
+        .layer(answering(OK))
+        .oneshot(cookie(&hs(&session(600))))
+        .await
+        .unwrap();
+    assert!(!res.headers().contains_key(header::CACHE_CONTROL));
+}

@@ -103,6 +103,11 @@
 //!   ones copy it; no successor expires past it, and the layer refuses a
 //!   token past it. A revoked `jti` is held until the session could end, so
 //!   a logout refuses every successor (they keep the `jti`).
+//! - Safe behind caches: a response carrying a successor is made private
+//!   (`Cache-Control` loses `public` and gains `private`, other directives
+//!   kept) and gains `Vary: Cookie` (existing `Vary` values kept), so a
+//!   shared cache never serves one user's session to another. The refresh
+//!   is not skipped on a response marked public: the session would end.
 //! - A [`Refresh::hook`] may adjust the claims or veto (never past the
 //!   session's end).
 //! - Cost: nothing when off; when on, one comparison of `exp − now` per

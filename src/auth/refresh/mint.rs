@@ -381,6 +381,41 @@ impl Refresher {
     }
 }
 
+/// A response carrying a session must not be stored by a shared cache and
+/// served to someone else: `Cache-Control` loses `public` and gains
+/// `private` (other directives kept; `no-store` is enough on its own), and
+/// `Vary` gains `Cookie` (existing values kept).
+fn keep_private(headers: &mut HeaderMap) {
+    let mut directives: Vec<String> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case("public"))
+        .map(str::to_owned)
+        .collect();
+    let private = directives
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case("private") || d.eq_ignore_ascii_case("no-store"));
+    if !private {
+        directives.insert(0, "private".to_owned());
+    }
+    if let Ok(value) = HeaderValue::try_from(directives.join(", ")) {
+        headers.insert(header::CACHE_CONTROL, value);
+    }
+    let varies = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .any(|v| v == "*" || v.eq_ignore_ascii_case("cookie"));
+    if !varies {
+        headers.append(header::VARY, HeaderValue::from_static("Cookie"));
+    }
+}
+
 fn outcome(outcome: &'static str) {
     observe::auth_refresh(outcome);
     trace::refresh(outcome);
@@ -455,6 +490,7 @@ impl Due {
         match HeaderValue::try_from(cookie) {
             Ok(value) => {
                 headers.append(header::SET_COOKIE, value);
+                keep_private(headers);
                 outcome("refreshed");
                 tracing::trace!("tollgate: session cookie refreshed");
             }
