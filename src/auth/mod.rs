@@ -152,7 +152,8 @@
 //!
 //! With `.forward_identity(true)`, calls made while serving a request through
 //! a client wrapped in [`ForwardIdentityLayer`] carry the request's verified
-//! token: see [`forward`].
+//! token, to the destinations that layer allows (https, http only to
+//! loopback; an empty list is a build error): see [`forward`].
 //!
 //! # Rejections
 //!
@@ -182,7 +183,7 @@ pub use authenticate::AuthMode;
 pub use builder::{DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder};
 pub use claims::Claims;
 pub use claims_check::SESSION_END_CLAIM;
-pub use forward::{ForwardIdentity, ForwardIdentityLayer, ForwardedToken};
+pub use forward::{ForwardIdentity, ForwardIdentityBuilder, ForwardIdentityLayer, ForwardedToken};
 pub use future::ResponseFuture;
 #[cfg(feature = "jwks")]
 pub use keys::jwks::{
