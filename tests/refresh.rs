@@ -188,9 +188,10 @@ async fn a_cookie_token_in_the_window_gets_a_successor_the_layer_accepts() {
     expected["exp"] = json!(NOW + 900);
     // The session's absolute end: its start (the first iat) + 7 days.
     expected["session_end"] = json!(NOW + 120 - 900 + 7 * 24 * 3600);
+    expected["session_start"] = json!(NOW + 120 - 900);
     assert_eq!(
         claims, expected,
-        "same claims, new iat and exp (same lifetime), and the session's end"
+        "same claims, new iat and exp (same lifetime), and the session's start and end"
     );
 
     // The layer accepts its successor, which is outside the window.
@@ -807,6 +808,53 @@ async fn revocation_by_session_and_by_subject_works_through_refresh() {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert!(cookies.is_empty());
     }
+}
+
+/// Issue 26: a replica that has not yet heard of a logout everywhere
+/// refreshes a session started before it; the successor's `iat` is after
+/// the cut, yet it belongs to the logged-out session: it is refused once the
+/// revocation arrives (its session start, `session_start`, is compared). So
+/// is a token whose `auth_time` precedes the cut. A new session is not.
+#[tokio::test]
+async fn a_successor_minted_before_a_logout_everywhere_arrived_stays_revoked() {
+    let clock = Clock::at(NOW);
+    let revocations = Revocations::new().clock(clock.now());
+    let auth = builder(&clock)
+        .revocations(revocations.clone())
+        .refresh(Refresh::new(hs_key(), WITHIN))
+        .build()
+        .unwrap();
+    let old = hs(&session(60));
+    let started = NOW + 60 - 900;
+    let (_, cookies) = send(&auth, cookie(&old)).await;
+    let (successor, _) = parse(&cookies[0]);
+    assert_eq!(segment(&successor, 1)["iat"], json!(NOW));
+    assert_eq!(segment(&successor, 1)["session_start"], json!(started));
+    // The logout everywhere, made elsewhere at NOW - 1, arrives.
+    revocations.revoke_subject(Some(ISSUER), "user-1", NOW - 1);
+    clock.set(NOW + 1);
+    assert_eq!(
+        send(&auth, cookie(&successor)).await.0,
+        StatusCode::UNAUTHORIZED,
+        "the successor of a logged-out session"
+    );
+    let mut reauthenticated = session(60);
+    reauthenticated["jti"] = json!("session-2");
+    reauthenticated["iat"] = json!(NOW);
+    reauthenticated["auth_time"] = json!(NOW - 600);
+    assert_eq!(
+        send(&auth, cookie(&hs(&reauthenticated))).await.0,
+        StatusCode::UNAUTHORIZED,
+        "issued after the cut for an authentication before it"
+    );
+    let mut fresh = session(60);
+    fresh["jti"] = json!("session-3");
+    fresh["iat"] = json!(NOW);
+    assert_eq!(
+        send(&auth, cookie(&hs(&fresh))).await.0,
+        StatusCode::OK,
+        "a session started after the cut"
+    );
 }
 
 /// Issue 22: an absolute session end, carried in the token: the first

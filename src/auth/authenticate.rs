@@ -159,7 +159,7 @@ impl<T: DeserializeOwned> AuthState<T> {
                 issuer.as_deref(),
                 subject.as_deref(),
                 verified.jti.as_deref(),
-                verified.iat,
+                super::revocation::issue_time(verified.iat, verified.session_start),
                 now,
             )
         {
@@ -182,6 +182,7 @@ impl<T: DeserializeOwned> AuthState<T> {
                 iat: verified.iat,
                 exp: verified.exp,
                 session_end: verified.session_end,
+                session_start: verified.session_start,
             });
         // Cookies only: a bearer token belongs to a client that refreshes
         // it itself.

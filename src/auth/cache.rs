@@ -166,6 +166,7 @@ mod tests {
             nbf: None,
             iat: None,
             session_end: None,
+            session_start: None,
         })
     }
 

@@ -102,7 +102,10 @@
 //!   [`Refresh::max_session`], default 7 days) into the successor, later
 //!   ones copy it; no successor expires past it, and the layer refuses a
 //!   token past it. A revoked `jti` is held until the session could end, so
-//!   a logout refuses every successor (they keep the `jti`).
+//!   a logout refuses every successor (they keep the `jti`). The session's
+//!   start goes along too ([`SESSION_START_CLAIM`]): a logout everywhere
+//!   compares it, so a successor minted after the cut-off (by a replica that
+//!   had not heard of it yet) is refused as its session is.
 //! - Safe behind caches: a response carrying a successor is made private
 //!   (`Cache-Control` loses `public` and gains `private`, other directives
 //!   kept) and gains `Vary: Cookie` (existing `Vary` values kept), so a
@@ -182,7 +185,7 @@ pub use self::axum::{AuthRejection, AuthRejectionKind};
 pub use authenticate::AuthMode;
 pub use builder::{DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder};
 pub use claims::Claims;
-pub use claims_check::SESSION_END_CLAIM;
+pub use claims_check::{SESSION_END_CLAIM, SESSION_START_CLAIM};
 pub use forward::{ForwardIdentity, ForwardIdentityBuilder, ForwardIdentityLayer, ForwardedToken};
 pub use future::ResponseFuture;
 #[cfg(feature = "jwks")]

@@ -35,6 +35,8 @@ pub(crate) struct Verified<T> {
     pub(crate) iat: Option<u64>,
     /// The session's absolute end, checked again on every cache hit.
     pub(crate) session_end: Option<u64>,
+    /// The session's start (`auth_time`, `session_start`), for revocations.
+    pub(crate) session_start: Option<u64>,
 }
 
 fn err(kind: AuthErrorKind, detail: &'static str) -> AuthError {
@@ -171,6 +173,7 @@ pub(crate) fn verify<T: DeserializeOwned>(
         nbf: checked.nbf,
         iat: checked.iat,
         session_end: checked.session_end,
+        session_start: checked.session_start,
     })
 }
 

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::once::Refreshed;
 use super::settings::{Hook, Refresh, SameSite};
 use super::signing::SigningKey;
-use crate::auth::claims_check::SESSION_END_CLAIM;
+use crate::auth::claims_check::{SESSION_END_CLAIM, SESSION_START_CLAIM};
 use crate::auth::keys::provider::{KeySource, ProviderState};
 use crate::auth::revocation::Revocations;
 use crate::auth::token::Source;
@@ -323,17 +323,18 @@ impl Refresher {
             .ok()
             .and_then(|json| serde_json::from_slice(&json).ok())
             .ok_or("the token's claims do not decode")?;
-        // The session's absolute end: carried unchanged once set; set from
-        // the session's start by the first refresh.
+        // The session's start (its authentication, else the first token's
+        // issue) and absolute end: carried unchanged once set, set by the
+        // first refresh. The start keeps successors inside a subject
+        // revocation whose cut-off precedes their own `iat`.
+        let session_start = identity
+            .session_started_at()
+            .or(identity.issued_at())
+            .unwrap_or(now)
+            .min(now);
         let session_end = match claims.get(SESSION_END_CLAIM).and_then(Value::as_u64) {
             Some(end) => end,
-            None => claims
-                .get("auth_time")
-                .and_then(Value::as_u64)
-                .or(identity.issued_at())
-                .unwrap_or(now)
-                .min(now)
-                .saturating_add(self.max_session),
+            None => session_start.saturating_add(self.max_session),
         };
         let old_exp = identity.expires_at().unwrap_or(0);
         let exp = now.saturating_add(lifetime).min(session_end);
@@ -343,6 +344,7 @@ impl Refresher {
         claims.insert("iat".into(), Value::from(now));
         claims.insert("exp".into(), Value::from(exp));
         claims.insert(SESSION_END_CLAIM.into(), Value::from(session_end));
+        claims.insert(SESSION_START_CLAIM.into(), Value::from(session_start));
         if let Some(hook) = &self.hook
             && !hook(&mut claims)
         {
@@ -356,6 +358,7 @@ impl Refresher {
             .min(session_end);
         claims.insert("exp".into(), Value::from(exp));
         claims.insert(SESSION_END_CLAIM.into(), Value::from(session_end));
+        claims.insert(SESSION_START_CLAIM.into(), Value::from(session_start));
         let payload = serde_json::to_vec(&claims).map_err(|_| "the claims do not serialize")?;
         let message = format!(
             "{}.{}",
@@ -449,7 +452,10 @@ impl Due {
                 identity.issuer(),
                 identity.subject(),
                 identity.token_id(),
-                identity.issued_at(),
+                crate::auth::revocation::issue_time(
+                    identity.issued_at(),
+                    identity.session_started_at(),
+                ),
                 now,
             )
         {

@@ -29,10 +29,20 @@ pub use self::redis::{
 /// Default bound on how long a token lives, for subject revocations.
 pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The time a subject revocation compares: the earliest of the token's
+/// `iat` and its session's start (`auth_time`, `session_start`). `None`
+/// (unknown) when the token has neither.
+pub(crate) fn issue_time(iat: Option<u64>, session_start: Option<u64>) -> Option<u64> {
+    match (iat, session_start) {
+        (Some(iat), Some(start)) => Some(iat.min(start)),
+        (iat, start) => iat.or(start),
+    }
+}
+
 /// Shards of the revocation maps: a revocation write-locks one shard only.
 const SHARDS: usize = 16;
 
-/// A revoked subject of one issuer: tokens issued before `before` are
+/// A revoked subject of one issuer: tokens issued at or before `before` are
 /// refused until `until`.
 #[derive(Debug, Clone)]
 struct Cut {
@@ -76,7 +86,7 @@ struct Inner {
 ///
 /// A JWT stays valid until its `exp` wherever it is verified. [`Revocations`]
 /// lets a service refuse one token (by `jti`) or every token of a subject
-/// issued before a time (logout everywhere, password change), checked by the
+/// issued up to a time (logout everywhere, password change), checked by the
 /// auth layer on every request — verified-token cache hits included.
 ///
 /// ```
@@ -238,10 +248,15 @@ impl Revocations {
         end.saturating_add(self.inner.leeway.load(Ordering::Relaxed))
     }
 
-    /// Until when a subject revocation is kept.
-    fn subject_until(&self, issued_before: u64) -> u64 {
-        issued_before
-            .saturating_add(self.inner.max_lifetime.load(Ordering::Relaxed))
+    /// Until when a subject revocation is kept: until every token it
+    /// covers has expired — the longest token issued at the cut-off and,
+    /// with a sliding refresh, every successor of a session begun before
+    /// it (those end by the session's start plus `max_session`).
+    fn subject_until(&self, issued_until: u64) -> u64 {
+        let lifetime = self.inner.max_lifetime.load(Ordering::Relaxed);
+        let session = self.inner.max_session.load(Ordering::Relaxed);
+        issued_until
+            .saturating_add(lifetime.max(session))
             .saturating_add(self.inner.leeway.load(Ordering::Relaxed))
     }
 
@@ -294,20 +309,27 @@ impl Revocations {
     }
 
     /// Refuses every token of `subject` (from `issuer`, as
-    /// [`Identity::issuer`] reports it) issued before `issued_before` (unix
-    /// seconds): logout everywhere. Tokens without `iat` are refused too:
-    /// their issue time is unknown.
+    /// [`Identity::issuer`] reports it) issued up to and including
+    /// `issued_until` (unix seconds; pass the time of the logout): logout
+    /// everywhere. A token issued in that same second is refused too — a
+    /// new login right after the logout may have to wait for the next
+    /// second. Tokens without `iat` are refused too: their issue time is
+    /// unknown. A token's issue time is the earliest of its `iat`,
+    /// `auth_time` and [`session_start`](crate::auth::SESSION_START_CLAIM):
+    /// a refreshed successor of a session begun before the cut-off, or a
+    /// token issued later for an authentication made before it, is
+    /// refused (the user signs in again).
     ///
     /// A shared set also sends the revocation to the other replicas.
-    pub fn revoke_subject(&self, issuer: Option<&str>, subject: &str, issued_before: u64) {
-        let until = self.subject_until(issued_before);
-        self.insert_subject(issuer, subject, issued_before, until);
+    pub fn revoke_subject(&self, issuer: Option<&str>, subject: &str, issued_until: u64) {
+        let until = self.subject_until(issued_until);
+        self.insert_subject(issuer, subject, issued_until, until);
         #[cfg(feature = "redis")]
         if let Some(link) = self.inner.link.get() {
             let entry = self::redis::Entry::Subject {
                 issuer,
                 subject,
-                before: issued_before,
+                before: issued_until,
             };
             link.publish(&entry, until, self.now());
         }
@@ -362,18 +384,21 @@ impl Revocations {
         true
     }
 
-    /// Revokes every token of the caller's subject issued before
-    /// `issued_before` (unix seconds). Returns whether the identity had a
-    /// subject.
-    pub fn revoke_subject_of(&self, identity: &Identity, issued_before: u64) -> bool {
+    /// Revokes every token of the caller's subject issued up to and
+    /// including `issued_until` (unix seconds), as
+    /// [`revoke_subject`](Self::revoke_subject). Returns whether the
+    /// identity had a subject.
+    pub fn revoke_subject_of(&self, identity: &Identity, issued_until: u64) -> bool {
         let Some(subject) = identity.subject() else {
             return false;
         };
-        self.revoke_subject(identity.issuer(), subject, issued_before);
+        self.revoke_subject(identity.issuer(), subject, issued_until);
         true
     }
 
-    /// Whether a token with these claims is revoked at `now`.
+    /// Whether a token with these claims is revoked at `now`. `iat` is the
+    /// token's issue time for subject revocations: the earliest of its
+    /// `iat`, `auth_time` and `session_start` (the auth layer passes that).
     pub fn is_revoked(
         &self,
         issuer: Option<&str>,
@@ -404,7 +429,7 @@ impl Revocations {
             cuts.iter().any(|cut| {
                 cut.issuer.as_deref() == issuer
                     && now < cut.until
-                    && iat.is_none_or(|iat| iat < cut.before)
+                    && iat.is_none_or(|iat| iat <= cut.before)
             })
         })
     }
