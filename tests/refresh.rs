@@ -701,6 +701,66 @@ max_age_secs = 1200
     assert_eq!(err.setting(), "auth.refresh", "{err}");
 }
 
+/// `[auth.refresh]` sets the absolute session length; a bad value is
+/// refused at parse time, naming its line.
+#[tokio::test]
+async fn the_auth_refresh_table_sets_max_session() {
+    use tollgate::config::TollgateConfig;
+    let secret = std::str::from_utf8(SECRET).unwrap();
+    let text = format!(
+        r#"[auth]
+cookie = "da3"
+issuers = ["{ISSUER}"]
+audiences = ["{AUDIENCE}"]
+keys = [{{ type = "hmac", secret = "{secret}", kid = "hs1" }}]
+
+[auth.refresh]
+within_secs = 180
+max_session_secs = 3600
+"#
+    );
+    let config = TollgateConfig::from_toml(&text).unwrap();
+    let clock = Clock::at(NOW);
+    let auth = config
+        .auth
+        .as_ref()
+        .unwrap()
+        .builder::<Value>()
+        .await
+        .unwrap()
+        .clock(clock.now())
+        .build()
+        .unwrap();
+    let first = session(60);
+    let (_, cookies) = send(&auth, cookie(&hs(&first))).await;
+    let (new, _) = parse(&cookies[0]);
+    assert_eq!(
+        segment(&new, 1)["session_end"],
+        json!(first["iat"].as_u64().unwrap() + 3600)
+    );
+
+    for bad in ["0", "-1", "\"7 days\""] {
+        let text = text.replace(
+            "max_session_secs = 3600",
+            &format!("max_session_secs = {bad}"),
+        );
+        let err = TollgateConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("line 9"), "{bad}: {err}");
+        assert!(
+            err.contains("max_session_secs") || err.contains("integer"),
+            "{bad}: {err}"
+        );
+    }
+    // Not longer than within_secs: the table's line, naming both keys.
+    let short = text.replace("max_session_secs = 3600", "max_session_secs = 180");
+    let err = TollgateConfig::from_toml(&short).unwrap_err().to_string();
+    assert!(err.contains("line 7"), "{err}");
+    assert!(
+        err.contains("max_session_secs (180) must be more than within_secs (180)"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn a_grpc_error_in_the_headers_gets_no_cookie() {
     let clock = Clock::at(NOW);
