@@ -38,6 +38,8 @@ pub(crate) struct TokenFacts {
     pub(crate) jti: Option<Arc<str>>,
     pub(crate) iat: Option<u64>,
     pub(crate) exp: Option<u64>,
+    pub(crate) session_end: Option<u64>,
+    pub(crate) session_start: Option<u64>,
 }
 
 impl Identity {
@@ -87,6 +89,23 @@ impl Identity {
     /// The token's `exp`, in seconds since the Unix epoch.
     pub fn expires_at(&self) -> Option<u64> {
         self.token.exp
+    }
+
+    /// The session's absolute end (the token's `session_end` claim, set by
+    /// a sliding refresh with [`Refresh::max_session`](crate::auth::Refresh::max_session)),
+    /// in seconds since the Unix epoch: no successor of the token lives
+    /// past it.
+    pub fn session_ends_at(&self) -> Option<u64> {
+        self.token.session_end
+    }
+
+    /// When the token's session began: the earlier of its `auth_time` and
+    /// its [`session_start`](crate::auth::SESSION_START_CLAIM) claim (set by
+    /// a sliding refresh), in seconds since the Unix epoch. A revocation by
+    /// subject refuses the token if this, or its `iat`, is at or before the
+    /// cut-off.
+    pub fn session_started_at(&self) -> Option<u64> {
+        self.token.session_start
     }
 }
 

@@ -3,7 +3,7 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `tollgate_auth_requests_total` | counter | `outcome` (`authenticated`, `anonymous`, `refused`), `reason` (an [`AuthErrorKind::reason`](crate::auth::AuthErrorKind::reason), or `none`), `enforced` (`true`, or `false` in shadow mode) |
-//! | `tollgate_auth_refreshes_total` | counter | `outcome` (`refreshed`, `vetoed` by the hook, the handler or a revocation, `failed`): sliding refreshes of cookie sessions |
+//! | `tollgate_auth_refreshes_total` | counter | `outcome` (`refreshed`, `vetoed` by the hook, the handler or a revocation, `session_ended`, `failed`): sliding refreshes of cookie sessions |
 //! | `tollgate_auth_verify_seconds` | histogram | — (time to find and verify a token; cache hits only with `time_cache_hits(true)`) |
 //! | `tollgate_rate_limit_decisions_total` | counter | `policy`, `decision` (`allowed`, `limited`, `failed_open`, `failed_closed`), `enforced` |
 //! | `tollgate_rate_limit_keys` | gauge | `layer` (the layer's default policy name); sampled every 1,024 decisions of a thread |

@@ -1229,3 +1229,43 @@ async fn revoked_tokens_are_refused_on_cache_hits_too() {
     );
     send(&layer, bearer(&other)).await.assert_ok("user-2");
 }
+
+/// Issue 22: a `Revocations` built in code kept a revoked `jti` for its own
+/// default leeway (60 s), while the layer accepted the token for its leeway:
+/// with a longer layer leeway, the revoked token came back.
+#[tokio::test]
+async fn revocations_attached_to_the_layer_use_its_leeway() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tollgate::auth::Revocations;
+    let now = Arc::new(AtomicU64::new(NOW));
+    let clock = {
+        let now = Arc::clone(&now);
+        move || now.load(Ordering::SeqCst)
+    };
+    let revocations = Revocations::new().clock(clock.clone());
+    let layer = builder()
+        .clock(clock)
+        .leeway(Duration::from_secs(300))
+        .revocations(revocations.clone())
+        .build()
+        .unwrap();
+    let exp = NOW + 100;
+    let token = mint(
+        Algorithm::HS256,
+        &with(&[("jti", json!("lw")), ("exp", json!(exp))]),
+    );
+    revocations.revoke_token("lw", exp);
+    // Past exp + 60 s, within the layer's leeway of 300 s: still refused as
+    // revoked, not accepted.
+    now.store(exp + 200, Ordering::SeqCst);
+    revocations.cleanup();
+    send(&layer, bearer(&token))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Revoked);
+    // Past exp + 300 s the layer refuses it as expired anyway.
+    now.store(exp + 300, Ordering::SeqCst);
+    send(&layer, bearer(&token))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, AuthErrorKind::Expired);
+}

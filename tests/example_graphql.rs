@@ -445,11 +445,13 @@ async fn logout_and_logout_everywhere() {
     let earlier = token_with("everywhere-user", "e1", now - 100, now + 3000);
     let caller = token_with("everywhere-user", "e2", now - 50, now + 3000);
     let later = token_with("everywhere-user", "e3", now + 5, now + 3600);
+    // Issued in the second of the logout, or before it (issue 26).
+    let just_before = token_with("everywhere-user", "e4", unix_now(), unix_now() + 3000);
     let (status, _, _) = http
         .send(Method::POST, "/logout-everywhere", &da3(&caller), None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    for token in [&earlier, &caller] {
+    for token in [&earlier, &caller, &just_before] {
         let (status, _, body) = http.send(Method::GET, "/me", &da3(token), None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body["reason"], "revoked");

@@ -2,7 +2,9 @@
 //! behind tollgate calls, while serving a request, a tonic service (through
 //! a `Channel`) and another axum service (through a hyper-util client), both
 //! behind their own `JwtAuthLayer`, with `ForwardIdentityLayer` on the
-//! clients.
+//! clients, each allowed to send tokens to named destinations only: the
+//! tonic `Channel`'s requests carry only a path, so its layer is built for
+//! the channel's origin; the hyper-util client's carry absolute URIs.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -96,13 +98,19 @@ type Forwarding = HealthClient<ForwardIdentity<Channel>>;
 
 /// The front service: `/grpc` calls the tonic service in the handler, from a
 /// spawned task, and from a spawned task carrying the scope; `/http` calls
-/// the second axum service.
-async fn serve_front(forward: bool, grpc_client: Forwarding, http_to: SocketAddr) -> SocketAddr {
+/// the second axum service (allowed), then a third one (not allowed).
+async fn serve_front(
+    forward: bool,
+    grpc_client: Forwarding,
+    http_to: SocketAddr,
+    other_to: SocketAddr,
+) -> SocketAddr {
     #[derive(Clone)]
     struct Clients {
         grpc: Forwarding,
         http: ForwardIdentity<Client<HttpConnector, Empty<Bytes>>>,
         http_to: SocketAddr,
+        other_to: SocketAddr,
     }
     async fn grpc(State(clients): State<Clients>) -> String {
         let mut client = clients.grpc.clone();
@@ -138,20 +146,31 @@ async fn serve_front(forward: bool, grpc_client: Forwarding, http_to: SocketAddr
             .body(Empty::new())
             .unwrap();
         let own = client.ready().await.unwrap().call(own).await.unwrap();
+        // A service not on the allow-list: no token.
+        let other = Request::get(format!("http://{}/who", clients.other_to))
+            .body(Empty::new())
+            .unwrap();
+        let other = client.ready().await.unwrap().call(other).await.unwrap();
         let body = forwarded.into_body().collect().await.unwrap().to_bytes();
         format!(
-            "{} {}",
+            "{} {} {}",
             String::from_utf8_lossy(&body),
-            own.status().as_u16()
+            own.status().as_u16(),
+            other.status().as_u16()
         )
     }
+    let allowed = ForwardIdentityLayer::builder()
+        .allow(format!("http://{http_to}"))
+        .build()
+        .unwrap();
     let http_client = ServiceBuilder::new()
-        .layer(ForwardIdentityLayer::new())
+        .layer(allowed)
         .service(Client::builder(TokioExecutor::new()).build_http());
     let clients = Clients {
         grpc: grpc_client,
         http: http_client,
         http_to,
+        other_to,
     };
     let app = Router::new()
         .route("/grpc", get(grpc))
@@ -193,19 +212,26 @@ async fn get_with_cookie(addr: SocketAddr, path: &str, token: &str) -> (StatusCo
     (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
-fn forwarding_client(channel: Channel) -> Forwarding {
+/// A tonic client of the service at `addr`, its layer built for that origin.
+async fn forwarding_client(addr: SocketAddr) -> Forwarding {
+    let origin = format!("http://{addr}");
+    let layer = ForwardIdentityLayer::builder()
+        .allow(origin.as_str())
+        .origin(origin.as_str())
+        .build()
+        .unwrap();
     HealthClient::new(
         ServiceBuilder::new()
-            .layer(ForwardIdentityLayer::new())
-            .service(channel),
+            .layer(layer)
+            .service(channel(addr).await),
     )
 }
 
 #[tokio::test]
 async fn a_handler_calls_a_tonic_service_as_its_caller() {
     let (grpc_addr, seen) = serve_tonic().await;
-    let client = forwarding_client(channel(grpc_addr).await);
-    let front = serve_front(true, client.clone(), serve_who().await).await;
+    let client = forwarding_client(grpc_addr).await;
+    let front = serve_front(true, client.clone(), serve_who().await, serve_who().await).await;
     let mut claims = good_claims();
     claims["sub"] = "alice".into();
     let token = mint(Algorithm::HS256, &claims);
@@ -231,26 +257,59 @@ async fn a_handler_calls_a_tonic_service_as_its_caller() {
 #[tokio::test]
 async fn a_handler_calls_an_http_service_as_its_caller_unless_the_call_has_credentials() {
     let (grpc_addr, _seen) = serve_tonic().await;
-    let client = forwarding_client(channel(grpc_addr).await);
-    let front = serve_front(true, client, serve_who().await).await;
+    let client = forwarding_client(grpc_addr).await;
+    let front = serve_front(true, client, serve_who().await, serve_who().await).await;
     let mut claims = good_claims();
     claims["sub"] = "bob".into();
     let (status, body) = get_with_cookie(front, "/http", &mint(Algorithm::HS256, &claims)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        body, "bob 401",
-        "forwarded as bearer; an own Authorization is kept"
+        body, "bob 401 401",
+        "forwarded as bearer; an own Authorization is kept; a destination not allowed gets nothing"
     );
 }
 
 #[tokio::test]
 async fn without_forward_identity_nothing_is_forwarded() {
     let (grpc_addr, seen) = serve_tonic().await;
-    let client = forwarding_client(channel(grpc_addr).await);
-    let front = serve_front(false, client, serve_who().await).await;
+    let client = forwarding_client(grpc_addr).await;
+    let front = serve_front(false, client, serve_who().await, serve_who().await).await;
     let token = mint(Algorithm::HS256, &good_claims());
     let (status, body) = get_with_cookie(front, "/grpc", &token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "Unauthenticated Unauthenticated Unknown");
     assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_channel_client_not_built_for_its_origin_or_built_for_another_gets_nothing() {
+    let (grpc_addr, seen) = serve_tonic().await;
+    let (other_addr, _) = serve_tonic().await;
+    let mut claims = good_claims();
+    claims["sub"] = "carol".into();
+    let token = mint(Algorithm::HS256, &claims);
+    // The Channel's requests carry only a path: a layer built without the
+    // channel's origin cannot tell where they go, and sends no token.
+    let no_origin = ForwardIdentityLayer::builder()
+        .allow(format!("http://{grpc_addr}"))
+        .build()
+        .unwrap();
+    let client = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(no_origin)
+            .service(channel(grpc_addr).await),
+    );
+    let front = serve_front(true, client, serve_who().await, serve_who().await).await;
+    let (status, body) = get_with_cookie(front, "/grpc", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "Unauthenticated Unauthenticated Unauthenticated");
+    assert!(seen.lock().unwrap().is_empty());
+    // An origin that is not on the allow-list is refused at build.
+    assert!(
+        ForwardIdentityLayer::builder()
+            .allow(format!("http://{grpc_addr}"))
+            .origin(format!("http://{other_addr}"))
+            .build()
+            .is_err()
+    );
 }

@@ -649,8 +649,16 @@ async fn local_first_over_admission_does_not_grow_with_the_replicas() {
         let elapsed = started.elapsed().as_secs_f64();
         let one_gcra = 20.0 + 10.0 * elapsed;
         let ratio = admitted as f64 / one_gcra;
-        println!("{replicas} replicas: {admitted} admitted, one GCRA {one_gcra:.0}, ratio {ratio:.3}");
-        assert!(ratio <= 1.10, "{replicas} replicas admitted {admitted} ({ratio:.3}× the quota)");
-        assert!(ratio >= 0.85, "{replicas} replicas admitted only {admitted} ({ratio:.3}×)");
+        println!(
+            "{replicas} replicas: {admitted} admitted, one GCRA {one_gcra:.0}, ratio {ratio:.3}"
+        );
+        assert!(
+            ratio <= 1.10,
+            "{replicas} replicas admitted {admitted} ({ratio:.3}× the quota)"
+        );
+        assert!(
+            ratio >= 0.85,
+            "{replicas} replicas admitted only {admitted} ({ratio:.3}×)"
+        );
     }
 }

@@ -186,9 +186,12 @@ async fn a_cookie_token_in_the_window_gets_a_successor_the_layer_accepts() {
     let mut expected = session(120);
     expected["iat"] = json!(NOW);
     expected["exp"] = json!(NOW + 900);
+    // The session's absolute end: its start (the first iat) + 7 days.
+    expected["session_end"] = json!(NOW + 120 - 900 + 7 * 24 * 3600);
+    expected["session_start"] = json!(NOW + 120 - 900);
     assert_eq!(
         claims, expected,
-        "same claims, new iat and exp (same lifetime)"
+        "same claims, new iat and exp (same lifetime), and the session's start and end"
     );
 
     // The layer accepts its successor, which is outside the window.
@@ -698,6 +701,66 @@ max_age_secs = 1200
     assert_eq!(err.setting(), "auth.refresh", "{err}");
 }
 
+/// `[auth.refresh]` sets the absolute session length; a bad value is
+/// refused at parse time, naming its line.
+#[tokio::test]
+async fn the_auth_refresh_table_sets_max_session() {
+    use tollgate::config::TollgateConfig;
+    let secret = std::str::from_utf8(SECRET).unwrap();
+    let text = format!(
+        r#"[auth]
+cookie = "da3"
+issuers = ["{ISSUER}"]
+audiences = ["{AUDIENCE}"]
+keys = [{{ type = "hmac", secret = "{secret}", kid = "hs1" }}]
+
+[auth.refresh]
+within_secs = 180
+max_session_secs = 3600
+"#
+    );
+    let config = TollgateConfig::from_toml(&text).unwrap();
+    let clock = Clock::at(NOW);
+    let auth = config
+        .auth
+        .as_ref()
+        .unwrap()
+        .builder::<Value>()
+        .await
+        .unwrap()
+        .clock(clock.now())
+        .build()
+        .unwrap();
+    let first = session(60);
+    let (_, cookies) = send(&auth, cookie(&hs(&first))).await;
+    let (new, _) = parse(&cookies[0]);
+    assert_eq!(
+        segment(&new, 1)["session_end"],
+        json!(first["iat"].as_u64().unwrap() + 3600)
+    );
+
+    for bad in ["0", "-1", "\"7 days\""] {
+        let text = text.replace(
+            "max_session_secs = 3600",
+            &format!("max_session_secs = {bad}"),
+        );
+        let err = TollgateConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("line 9"), "{bad}: {err}");
+        assert!(
+            err.contains("max_session_secs") || err.contains("integer"),
+            "{bad}: {err}"
+        );
+    }
+    // Not longer than within_secs: the table's line, naming both keys.
+    let short = text.replace("max_session_secs = 3600", "max_session_secs = 180");
+    let err = TollgateConfig::from_toml(&short).unwrap_err().to_string();
+    assert!(err.contains("line 7"), "{err}");
+    assert!(
+        err.contains("max_session_secs (180) must be more than within_secs (180)"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn a_grpc_error_in_the_headers_gets_no_cookie() {
     let clock = Clock::at(NOW);
@@ -711,4 +774,242 @@ async fn a_grpc_error_in_the_headers_gets_no_cookie() {
     let res = svc.oneshot(cookie(&hs(&session(60)))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert!(!res.headers().contains_key(header::SET_COOKIE));
+}
+
+/// Issue 22: a revocation of a `jti` lived until the presented token's
+/// exp + leeway, but the refreshed successor keeps the `jti` with a later
+/// `exp`: once the old token's time was up, the successor was accepted again
+/// (and kept sliding). A revoked `jti` now stays revoked until the session's
+/// absolute end.
+#[tokio::test]
+async fn a_revoked_jti_stays_revoked_for_every_successor() {
+    let clock = Clock::at(NOW);
+    let revocations = Revocations::new().clock(clock.now());
+    let auth = builder(&clock)
+        .revocations(revocations.clone())
+        .refresh(Refresh::new(hs_key(), WITHIN).max_session(Duration::from_secs(4 * 3600)))
+        .build()
+        .unwrap();
+    let old = hs(&session(60));
+    let (_, cookies) = send(&auth, cookie(&old)).await;
+    let (successor, _) = parse(&cookies[0]);
+    // Logout with the old token (a tab that still had it).
+    revocations.revoke_token("session-1", NOW + 60);
+    assert_eq!(
+        send(&auth, cookie(&successor)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Past the old token's exp + leeway, within the successor's life.
+    clock.set(NOW + 60 + 61);
+    revocations.cleanup();
+    let (status, cookies) = send(&auth, cookie(&successor)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the successor came back");
+    assert!(cookies.is_empty());
+    // In the successor's own window: still refused, never re-minted.
+    clock.set(NOW + 900 - 60);
+    let (status, cookies) = send(&auth, cookie(&successor)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(cookies.is_empty());
+}
+
+/// Logout by the successor's identity and logout everywhere (by subject)
+/// refuse every token of the session, whichever was presented.
+#[tokio::test]
+async fn revocation_by_session_and_by_subject_works_through_refresh() {
+    let clock = Clock::at(NOW);
+    let revocations = Revocations::new().clock(clock.now());
+    let auth = builder(&clock)
+        .revocations(revocations.clone())
+        .refresh(Refresh::new(hs_key(), WITHIN).max_session(Duration::from_secs(4 * 3600)))
+        .build()
+        .unwrap();
+    let logout = |by_subject: bool| {
+        let revocations = revocations.clone();
+        tower::service_fn(move |req: Request<()>| {
+            let identity = req.extensions().get::<Identity>().unwrap();
+            if by_subject {
+                assert!(revocations.revoke_subject_of(identity, NOW + 1));
+            } else {
+                assert!(revocations.revoke_token_of(identity));
+            }
+            std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))))
+        })
+    };
+    // By session, with the successor: the old token and later ones too.
+    let old = hs(&session(60));
+    let (_, cookies) = send(&auth, cookie(&old)).await;
+    let (successor, _) = parse(&cookies[0]);
+    auth.layer(logout(false))
+        .oneshot(cookie(&successor))
+        .await
+        .unwrap();
+    for at in [NOW, NOW + 200, NOW + 900 - 60] {
+        clock.set(at);
+        assert_eq!(send(&auth, cookie(&old)).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            send(&auth, cookie(&successor)).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // By subject: another session of the same user, refreshed before.
+    clock.set(NOW);
+    let mut other = session(60);
+    other["jti"] = json!("session-2");
+    let other = hs(&other);
+    let (_, cookies) = send(&auth, cookie(&other)).await;
+    let (other_successor, _) = parse(&cookies[0]);
+    auth.layer(logout(true))
+        .oneshot(cookie(&other_successor))
+        .await
+        .unwrap();
+    for at in [NOW, NOW + 900 - 60] {
+        clock.set(at);
+        let (status, cookies) = send(&auth, cookie(&other_successor)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(cookies.is_empty());
+    }
+}
+
+/// Issue 26: a replica that has not yet heard of a logout everywhere
+/// refreshes a session started before it; the successor's `iat` is after
+/// the cut, yet it belongs to the logged-out session: it is refused once the
+/// revocation arrives (its session start, `session_start`, is compared). So
+/// is a token whose `auth_time` precedes the cut. A new session is not.
+#[tokio::test]
+async fn a_successor_minted_before_a_logout_everywhere_arrived_stays_revoked() {
+    let clock = Clock::at(NOW);
+    let revocations = Revocations::new().clock(clock.now());
+    let auth = builder(&clock)
+        .revocations(revocations.clone())
+        .refresh(Refresh::new(hs_key(), WITHIN))
+        .build()
+        .unwrap();
+    let old = hs(&session(60));
+    let started = NOW + 60 - 900;
+    let (_, cookies) = send(&auth, cookie(&old)).await;
+    let (successor, _) = parse(&cookies[0]);
+    assert_eq!(segment(&successor, 1)["iat"], json!(NOW));
+    assert_eq!(segment(&successor, 1)["session_start"], json!(started));
+    // The logout everywhere, made elsewhere at NOW - 1, arrives.
+    revocations.revoke_subject(Some(ISSUER), "user-1", NOW - 1);
+    clock.set(NOW + 1);
+    assert_eq!(
+        send(&auth, cookie(&successor)).await.0,
+        StatusCode::UNAUTHORIZED,
+        "the successor of a logged-out session"
+    );
+    let mut reauthenticated = session(60);
+    reauthenticated["jti"] = json!("session-2");
+    reauthenticated["iat"] = json!(NOW);
+    reauthenticated["auth_time"] = json!(NOW - 600);
+    assert_eq!(
+        send(&auth, cookie(&hs(&reauthenticated))).await.0,
+        StatusCode::UNAUTHORIZED,
+        "issued after the cut for an authentication before it"
+    );
+    let mut fresh = session(60);
+    fresh["jti"] = json!("session-3");
+    fresh["iat"] = json!(NOW);
+    assert_eq!(
+        send(&auth, cookie(&hs(&fresh))).await.0,
+        StatusCode::OK,
+        "a session started after the cut"
+    );
+}
+
+/// Issue 22: an absolute session end, carried in the token: the first
+/// refresh sets `session_end` (the session's start, `auth_time` or the
+/// token's `iat`, plus `max_session`), later ones copy it; no successor
+/// expires past it, and the layer refuses a token past it.
+#[tokio::test]
+async fn a_session_slides_until_its_absolute_end_and_no_further() {
+    let clock = Clock::at(NOW);
+    let auth = layer(
+        &clock,
+        Refresh::new(hs_key(), WITHIN).max_session(Duration::from_secs(3600)),
+    );
+    let first = session(60);
+    let start = first["iat"].as_u64().unwrap();
+    let end = start + 3600;
+    let mut token = hs(&first);
+    let mut exp = NOW + 60;
+    let mut refreshes = 0;
+    loop {
+        clock.set(exp - 60);
+        let (status, cookies) = send(&auth, cookie(&token)).await;
+        assert_eq!(status, StatusCode::OK);
+        let Some(set) = cookies.first() else { break };
+        let (next, _) = parse(set);
+        let claims = segment(&next, 1);
+        assert_eq!(claims["session_end"], json!(end), "copied unchanged");
+        let next_exp = claims["exp"].as_u64().unwrap();
+        assert!(next_exp <= end, "minted past the session's end");
+        assert!(next_exp > exp);
+        (token, exp) = (next, next_exp);
+        refreshes += 1;
+        assert!(refreshes < 10, "the session never ends");
+    }
+    assert_eq!(exp, end, "the last successor ends with the session");
+    // The layer refuses past the end (plus leeway), whatever exp says.
+    let mut forged_on = session(60);
+    forged_on["session_end"] = json!(NOW + 30);
+    forged_on["exp"] = json!(NOW + 900);
+    let token = hs(&forged_on);
+    clock.set(NOW + 30 + 60);
+    assert_eq!(
+        send(&auth, cookie(&token)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    clock.set(NOW + 30);
+    let (status, cookies) = send(&auth, cookie(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(cookies.is_empty(), "nothing to gain past the session's end");
+}
+
+/// Issue 22: a refreshed `Set-Cookie` went out on a `Cache-Control: public`
+/// response with no `private` and no `Vary: Cookie`: a shared cache could
+/// hand one user's session to the next. Such a response is made private and
+/// varies by cookie (other directives and `Vary` values kept).
+#[tokio::test]
+async fn a_response_carrying_a_refreshed_session_is_private_and_varies_by_cookie() {
+    let clock = Clock::at(NOW);
+    let auth = layer(&clock, Refresh::new(hs_key(), WITHIN));
+    let public = tower::service_fn(|_req: Request<()>| {
+        let mut res = Response::new(Full::new(Bytes::new()));
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("public, max-age=60"),
+        );
+        headers.insert(
+            header::VARY,
+            header::HeaderValue::from_static("Accept-Encoding"),
+        );
+        std::future::ready(Ok::<_, Infallible>(res))
+    });
+    let res = auth
+        .layer(public)
+        .oneshot(cookie(&hs(&session(60))))
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key(header::SET_COOKIE));
+    assert_eq!(res.headers()[header::CACHE_CONTROL], "private, max-age=60");
+    let vary: Vec<_> = res.headers().get_all(header::VARY).iter().collect();
+    assert_eq!(vary, ["Accept-Encoding", "Cookie"]);
+    // A response without Cache-Control gets `private` too.
+    let res = auth
+        .layer(answering(OK))
+        .oneshot(cookie(&hs(&session(50))))
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key(header::SET_COOKIE));
+    assert_eq!(res.headers()[header::CACHE_CONTROL], "private");
+    assert_eq!(res.headers()[header::VARY], "Cookie");
+    // No refresh: headers untouched.
+    let res = auth
+        .layer(answering(OK))
+        .oneshot(cookie(&hs(&session(600))))
+        .await
+        .unwrap();
+    assert!(!res.headers().contains_key(header::CACHE_CONTROL));
 }

@@ -117,6 +117,9 @@ impl<T: DeserializeOwned> AuthState<T> {
                         timer.skip();
                     }
                     claims_check::check_not_before(verified.nbf, verified.iat, now, rules.leeway)
+                        .and_then(|()| {
+                            claims_check::check_session_end(verified.session_end, now, rules.leeway)
+                        })
                         .map(|()| verified)
                 }
                 Lookup::Expired => Err(AuthError::new(
@@ -156,7 +159,7 @@ impl<T: DeserializeOwned> AuthState<T> {
                 issuer.as_deref(),
                 subject.as_deref(),
                 verified.jti.as_deref(),
-                verified.iat,
+                super::revocation::issue_time(verified.iat, verified.session_start),
                 now,
             )
         {
@@ -178,6 +181,8 @@ impl<T: DeserializeOwned> AuthState<T> {
                 jti: verified.jti.clone(),
                 iat: verified.iat,
                 exp: verified.exp,
+                session_end: verified.session_end,
+                session_start: verified.session_start,
             });
         // Cookies only: a bearer token belongs to a client that refreshes
         // it itself.

@@ -273,7 +273,9 @@ impl<T> JwtAuthBuilder<T> {
 
     /// Refuses revoked tokens (`revoked`, 401): by `jti`, or every token of
     /// a subject issued before a time. Checked on every request, cache hits
-    /// included; keep a clone of `revocations` to revoke from handlers.
+    /// included; keep a clone of `revocations` to revoke from handlers. The
+    /// set's leeway is raised to this layer's
+    /// ([`leeway`](Self::leeway)) at build.
     pub fn revocations(mut self, revocations: Revocations) -> Self {
         self.revocations = Some(revocations);
         self
@@ -346,6 +348,14 @@ impl<T> JwtAuthBuilder<T> {
             return Err(ConfigError::new("max_token_len", "must be at least 1 byte"));
         }
         crate::crypto::install_default_provider();
+        if let Some(revocations) = &self.revocations {
+            // A revoked token is held for as long as this layer accepts it.
+            revocations.cover_leeway(self.leeway);
+            if let Some(refresh) = &self.refresh {
+                // Successors keep the jti: a revocation outlives the session.
+                revocations.cover_session(refresh.max_session);
+            }
+        }
         let rules = Rules {
             issuers: self.issuers,
             audiences: self.audiences,

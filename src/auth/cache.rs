@@ -165,6 +165,8 @@ mod tests {
             exp,
             nbf: None,
             iat: None,
+            session_end: None,
+            session_start: None,
         })
     }
 

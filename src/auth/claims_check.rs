@@ -43,7 +43,24 @@ pub(crate) struct Checked {
     pub(crate) exp: Option<u64>,
     pub(crate) nbf: Option<u64>,
     pub(crate) iat: Option<u64>,
+    pub(crate) session_end: Option<u64>,
+    /// When the session began: the earlier of `auth_time` and
+    /// [`SESSION_START_CLAIM`], if either is present.
+    pub(crate) session_start: Option<u64>,
 }
+
+/// The claim holding the start of a session that a sliding refresh carries
+/// on (a NumericDate): set by the first refresh to the session's start
+/// (`auth_time`, else the token's `iat`), copied by later ones. A
+/// revocation by subject compares it (and `auth_time`), not the successor's
+/// own `iat`, so a refreshed token of a session begun before the cut-off
+/// stays revoked.
+pub const SESSION_START_CLAIM: &str = "session_start";
+
+/// The claim holding a session's absolute end (a NumericDate): set by the
+/// first sliding refresh, copied by the next ones; a token past it is
+/// refused as expired.
+pub const SESSION_END_CLAIM: &str = "session_end";
 
 /// Reads and checks the claims of a payload whose signature verified.
 pub(crate) fn check(payload: &[u8], rules: &Rules, now: u64) -> Result<Checked, AuthError> {
@@ -56,6 +73,11 @@ pub(crate) fn check(payload: &[u8], rules: &Rules, now: u64) -> Result<Checked, 
         exp: registered.exp,
         nbf: registered.nbf,
         iat: registered.iat,
+        session_end: registered.session_end,
+        session_start: match (registered.auth_time, registered.session_start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
     })
 }
 
@@ -68,6 +90,7 @@ fn check_claims(r: &Registered, rules: &Rules, now: u64) -> Result<Option<Arc<st
         None if rules.require_exp => return Err(claim("the token has no exp claim")),
         _ => {}
     }
+    check_session_end(r.session_end, now, rules.leeway)?;
     check_not_before(r.nbf, r.iat, now, rules.leeway)?;
     if let (Some(iat), Some(exp)) = (r.iat, r.exp)
         && iat > exp
@@ -108,6 +131,19 @@ fn check_claims(r: &Registered, rules: &Rules, now: u64) -> Result<Option<Arc<st
     Ok(issuer)
 }
 
+/// A session past its absolute end (plus `leeway`) is over, whatever the
+/// token's `exp` says. Also run on every verified-token cache hit.
+pub(crate) fn check_session_end(
+    session_end: Option<u64>,
+    now: u64,
+    leeway: u64,
+) -> Result<(), AuthError> {
+    if session_end.is_some_and(|end| now >= end.saturating_add(leeway)) {
+        return Err(err(AuthErrorKind::Expired, "the session has ended"));
+    }
+    Ok(())
+}
+
 /// `nbf` and `iat` against `now`: a token is not accepted before its `nbf`,
 /// nor before the time it says it was issued (a future `iat` comes from a
 /// misbehaving issuer or a forged clock). Both allow `leeway`. Also run on
@@ -141,6 +177,9 @@ struct Registered {
     exp: Option<u64>,
     nbf: Option<u64>,
     iat: Option<u64>,
+    session_end: Option<u64>,
+    auth_time: Option<u64>,
+    session_start: Option<u64>,
     /// Index of the matching configured issuer.
     iss: Option<usize>,
     aud_present: bool,
@@ -166,6 +205,9 @@ fn read_registered(payload: &[u8], rules: &Rules) -> Result<Registered, AuthErro
                 "exp" => "the exp claim is not a valid NumericDate",
                 "nbf" => "the nbf claim is not a valid NumericDate",
                 "iat" => "the iat claim is not a valid NumericDate",
+                SESSION_END_CLAIM => "the session_end claim is not a valid NumericDate",
+                SESSION_START_CLAIM => "the session_start claim is not a valid NumericDate",
+                "auth_time" => "the auth_time claim is not a valid NumericDate",
                 "iss" => "the iss claim is not a string",
                 "aud" => "the aud claim is not a string or an array of strings",
                 "sub" => "the sub claim is not a string",
@@ -233,6 +275,21 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                     duplicate(r.iat.is_some())?;
                     self.current.set("iat");
                     r.iat = Some(map.next_value::<NumericDate>()?.0);
+                }
+                SESSION_END_CLAIM => {
+                    duplicate(r.session_end.is_some())?;
+                    self.current.set(SESSION_END_CLAIM);
+                    r.session_end = Some(map.next_value::<NumericDate>()?.0);
+                }
+                SESSION_START_CLAIM => {
+                    duplicate(r.session_start.is_some())?;
+                    self.current.set(SESSION_START_CLAIM);
+                    r.session_start = Some(map.next_value::<NumericDate>()?.0);
+                }
+                "auth_time" => {
+                    duplicate(r.auth_time.is_some())?;
+                    self.current.set("auth_time");
+                    r.auth_time = Some(map.next_value::<NumericDate>()?.0);
                 }
                 "iss" => {
                     duplicate(iss_seen)?;
@@ -459,6 +516,9 @@ mod tests {
             (r#"{"aud":[1]}"#, "aud"),
             (r#"{"sub":{"x":"secretvalue"}}"#, "sub"),
             (r#"{"exp":1,"exp":2}"#, "twice"),
+            (r#"{"auth_time":"yesterday"}"#, "auth_time"),
+            (r#"{"session_start":-5}"#, "session_start"),
+            (r#"{"session_start":1,"session_start":2}"#, "twice"),
             (r#"[1,2]"#, "object"),
             (r#""str""#, "object"),
         ] {
@@ -469,6 +529,32 @@ mod tests {
             assert!(e.detail().contains(needle), "{json}: {e}");
             assert!(!e.detail().contains("secretvalue"));
         }
+    }
+
+    #[test]
+    fn the_session_start_is_the_earlier_of_auth_time_and_session_start() {
+        let start = |json: &str| {
+            check(
+                json.as_bytes(),
+                &Rules {
+                    required_claims: vec![],
+                    audiences: vec![],
+                    issuers: vec![],
+                    ..rules()
+                },
+                100,
+            )
+            .map(|c| c.session_start)
+            .ok()
+            .flatten()
+        };
+        assert_eq!(start(r#"{"exp":1000}"#), None);
+        assert_eq!(start(r#"{"exp":1000,"auth_time":50}"#), Some(50));
+        assert_eq!(start(r#"{"exp":1000,"session_start":40}"#), Some(40));
+        assert_eq!(
+            start(r#"{"exp":1000,"auth_time":50,"session_start":60}"#),
+            Some(50)
+        );
     }
 
     #[test]

@@ -97,7 +97,22 @@
 //! - Never over the handler: a response that sets the cookie itself (a
 //!   logout clearing it) keeps its own, and a token revoked while the
 //!   request ran is not re-minted.
-//! - A [`Refresh::hook`] may adjust the claims or veto.
+//! - Sessions end: the first refresh writes the session's absolute end
+//!   ([`SESSION_END_CLAIM`]: its start, `auth_time` or `iat`, plus
+//!   [`Refresh::max_session`], default 7 days) into the successor, later
+//!   ones copy it; no successor expires past it, and the layer refuses a
+//!   token past it. A revoked `jti` is held until the session could end, so
+//!   a logout refuses every successor (they keep the `jti`). The session's
+//!   start goes along too ([`SESSION_START_CLAIM`]): a logout everywhere
+//!   compares it, so a successor minted after the cut-off (by a replica that
+//!   had not heard of it yet) is refused as its session is.
+//! - Safe behind caches: a response carrying a successor is made private
+//!   (`Cache-Control` loses `public` and gains `private`, other directives
+//!   kept) and gains `Vary: Cookie` (existing `Vary` values kept), so a
+//!   shared cache never serves one user's session to another. The refresh
+//!   is not skipped on a response marked public: the session would end.
+//! - A [`Refresh::hook`] may adjust the claims or veto (never past the
+//!   session's end).
 //! - Cost: nothing when off; when on, one comparison of `exp − now` per
 //!   cookie request until the window is reached. The claims are decoded
 //!   again (as JSON) only to re-mint. Outcomes are counted in
@@ -140,7 +155,8 @@
 //!
 //! With `.forward_identity(true)`, calls made while serving a request through
 //! a client wrapped in [`ForwardIdentityLayer`] carry the request's verified
-//! token: see [`forward`].
+//! token, to the destinations that layer allows (https, http only to
+//! loopback; an empty list is a build error): see [`forward`].
 //!
 //! # Rejections
 //!
@@ -169,7 +185,8 @@ pub use self::axum::{AuthRejection, AuthRejectionKind};
 pub use authenticate::AuthMode;
 pub use builder::{DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder};
 pub use claims::Claims;
-pub use forward::{ForwardIdentity, ForwardIdentityLayer, ForwardedToken};
+pub use claims_check::{SESSION_END_CLAIM, SESSION_START_CLAIM};
+pub use forward::{ForwardIdentity, ForwardIdentityBuilder, ForwardIdentityLayer, ForwardedToken};
 pub use future::ResponseFuture;
 #[cfg(feature = "jwks")]
 pub use keys::jwks::{
@@ -179,7 +196,7 @@ pub use keys::jwks::{
 pub use keys::provider::Provider;
 pub use keys::{Key, MIN_HMAC_SECRET_LEN};
 pub use layer::JwtAuthLayer;
-pub use refresh::{DEFAULT_REFRESHED_CAPACITY, Refresh, SameSite, SigningKey};
+pub use refresh::{DEFAULT_MAX_SESSION, DEFAULT_REFRESHED_CAPACITY, Refresh, SameSite, SigningKey};
 pub use revocation::{DEFAULT_MAX_TOKEN_LIFETIME, Revocations};
 #[cfg(feature = "redis")]
 pub use revocation::{

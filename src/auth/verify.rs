@@ -33,6 +33,10 @@ pub(crate) struct Verified<T> {
     /// have stepped back since the token was verified.
     pub(crate) nbf: Option<u64>,
     pub(crate) iat: Option<u64>,
+    /// The session's absolute end, checked again on every cache hit.
+    pub(crate) session_end: Option<u64>,
+    /// The session's start (`auth_time`, `session_start`), for revocations.
+    pub(crate) session_start: Option<u64>,
 }
 
 fn err(kind: AuthErrorKind, detail: &'static str) -> AuthError {
@@ -168,6 +172,8 @@ pub(crate) fn verify<T: DeserializeOwned>(
         exp: checked.exp,
         nbf: checked.nbf,
         iat: checked.iat,
+        session_end: checked.session_end,
+        session_start: checked.session_start,
     })
 }
 

@@ -105,13 +105,23 @@ impl From<SameSiteConfig> for SameSite {
 /// re-mints with the single `hmac` key of `auth.keys`; for any other key,
 /// take the table out of the config and call [`RefreshConfig::refresh`]
 /// with a [`SigningKey`] in code.
+///
+/// ```toml
+/// [auth.refresh]
+/// within_secs = 180             # re-mint with 3 minutes or less left
+/// max_session_secs = 604800     # no session slides past its start + 7 days
+/// ```
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RefreshTable")]
 pub struct RefreshConfig {
     /// Re-mint when the cookie's token has at most this many seconds left.
     pub within_secs: u64,
     /// Lifetime of re-minted tokens (default: the original's `exp - iat`).
     pub lifetime_secs: Option<u64>,
+    /// The absolute length of a session in seconds, however often it slides
+    /// (default 7 days): see [`Refresh::max_session`]. More than 0 and more
+    /// than `within_secs`; checked at parse time.
+    pub max_session_secs: Option<u64>,
     /// `HttpOnly` (default true).
     pub http_only: Option<bool>,
     /// `Secure` (default true).
@@ -128,12 +138,72 @@ pub struct RefreshConfig {
     pub capacity: Option<usize>,
 }
 
+/// `[auth.refresh]` as written, checked into a [`RefreshConfig`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshTable {
+    within_secs: u64,
+    lifetime_secs: Option<u64>,
+    #[serde(default, deserialize_with = "positive_secs")]
+    max_session_secs: Option<u64>,
+    http_only: Option<bool>,
+    secure: Option<bool>,
+    same_site: Option<SameSiteConfig>,
+    path: Option<String>,
+    domain: Option<String>,
+    max_age_secs: Option<u64>,
+    capacity: Option<usize>,
+}
+
+/// A number of seconds that must be more than 0 (refused where it is
+/// written, so the error names its line).
+fn positive_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(serde::de::Error::custom(
+            "max_session_secs must be more than 0 (and more than within_secs): the session's \
+             absolute length in seconds, e.g. 604800 for 7 days",
+        )),
+        secs => Ok(Some(secs)),
+    }
+}
+
+impl TryFrom<RefreshTable> for RefreshConfig {
+    type Error = String;
+
+    fn try_from(t: RefreshTable) -> Result<Self, String> {
+        if let Some(max_session) = t.max_session_secs
+            && max_session <= t.within_secs
+        {
+            return Err(format!(
+                "max_session_secs ({max_session}) must be more than within_secs ({}), or a \
+                 session could never slide",
+                t.within_secs
+            ));
+        }
+        Ok(Self {
+            within_secs: t.within_secs,
+            lifetime_secs: t.lifetime_secs,
+            max_session_secs: t.max_session_secs,
+            http_only: t.http_only,
+            secure: t.secure,
+            same_site: t.same_site,
+            path: t.path,
+            domain: t.domain,
+            max_age_secs: t.max_age_secs,
+            capacity: t.capacity,
+        })
+    }
+}
+
 impl RefreshConfig {
     /// The refresh this table describes, signing with `key`.
     pub fn refresh(&self, key: SigningKey) -> Refresh {
         let mut refresh = Refresh::new(key, Duration::from_secs(self.within_secs));
         if let Some(secs) = self.lifetime_secs {
             refresh = refresh.lifetime(Duration::from_secs(secs));
+        }
+        if let Some(secs) = self.max_session_secs {
+            refresh = refresh.max_session(Duration::from_secs(secs));
         }
         if let Some(on) = self.http_only {
             refresh = refresh.http_only(on);

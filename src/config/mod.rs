@@ -21,6 +21,7 @@
 //!
 //! # [auth.refresh]                    # sliding refresh of the session cookie
 //! # within_secs = 180                 # re-mint with 3 minutes or less left (signed by the hmac key above)
+//! # max_session_secs = 604800         # absolute session length (default 7 days), however often it slides
 //! # same_site = "lax"                 # strict | lax | none; also http_only, secure, path, domain, max_age_secs
 //!
 //! [rate_limit]

@@ -91,7 +91,10 @@ pub struct FaultProxy {
     pub port: u16,
     delay_us: Arc<AtomicU64>,
     blackhole: Arc<AtomicBool>,
+    dropping: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    /// Bumped by `cut`: connections of an older generation close.
+    generation: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -106,15 +109,20 @@ impl FaultProxy {
             port,
             delay_us: Arc::new(AtomicU64::new(0)),
             blackhole: Arc::new(AtomicBool::new(false)),
+            dropping: Arc::new(AtomicBool::new(false)),
             stop: Arc::new(AtomicBool::new(false)),
+            generation: Arc::new(AtomicU64::new(0)),
         };
-        let (delay, hole, stop) = (
-            Arc::clone(&proxy.delay_us),
-            Arc::clone(&proxy.blackhole),
-            Arc::clone(&proxy.stop),
-        );
+        let link = Link {
+            delay: Arc::clone(&proxy.delay_us),
+            hole: Arc::clone(&proxy.blackhole),
+            dropping: Arc::clone(&proxy.dropping),
+            stop: Arc::clone(&proxy.stop),
+            generation: Arc::clone(&proxy.generation),
+            born: 0,
+        };
         std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+            while !link.stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
@@ -125,14 +133,17 @@ impl FaultProxy {
                         // No Nagle delay on top of the one we add.
                         let _ = client.set_nodelay(true);
                         let _ = server.set_nodelay(true);
+                        let born = link.generation.load(Ordering::Relaxed);
                         for (from, to) in [
                             (client.try_clone(), server.try_clone()),
                             (server.try_clone(), client.try_clone()),
                         ] {
                             if let (Ok(from), Ok(to)) = (from, to) {
-                                let (delay, hole, stop) =
-                                    (Arc::clone(&delay), Arc::clone(&hole), Arc::clone(&stop));
-                                std::thread::spawn(move || pump(from, to, &delay, &hole, &stop));
+                                let link = Link {
+                                    born,
+                                    ..link.clone()
+                                };
+                                std::thread::spawn(move || pump(from, to, &link));
                             }
                         }
                     }
@@ -159,6 +170,36 @@ impl FaultProxy {
     pub fn set_blackhole(&self, on: bool) {
         self.blackhole.store(on, Ordering::Relaxed);
     }
+
+    /// Discard everything (true: it never arrives) or forward again.
+    /// Clients then need a clean connection: see [`cut`](Self::cut).
+    pub fn set_dropping(&self, on: bool) {
+        self.dropping.store(on, Ordering::Relaxed);
+    }
+
+    /// Closes every connection made so far (within 100 ms), as a network
+    /// that drops them does; new ones are accepted.
+    pub fn cut(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What one direction of one connection shares with the proxy.
+#[derive(Clone)]
+struct Link {
+    delay: Arc<AtomicU64>,
+    hole: Arc<AtomicBool>,
+    dropping: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+    /// The generation the connection was made in.
+    born: u64,
+}
+
+impl Link {
+    fn open(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed) && self.generation.load(Ordering::Relaxed) == self.born
+    }
 }
 
 impl Drop for FaultProxy {
@@ -169,32 +210,26 @@ impl Drop for FaultProxy {
 
 /// Forwards `from` to `to`: a reader stamps each chunk, a writer sends it
 /// `delay` after it arrived (a delay line: added latency, not less
-/// throughput), and nothing moves while black-holed.
-fn pump(
-    mut from: TcpStream,
-    to: TcpStream,
-    delay: &Arc<AtomicU64>,
-    hole: &Arc<AtomicBool>,
-    stop: &Arc<AtomicBool>,
-) {
+/// throughput); nothing moves while black-holed, and what arrives while
+/// dropping is discarded.
+fn pump(mut from: TcpStream, to: TcpStream, link: &Link) {
     let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
-    let (delay_w, hole_w, stop_w) = (Arc::clone(delay), Arc::clone(hole), Arc::clone(stop));
-    let mut out = match to.try_clone() {
-        Ok(out) => out,
-        Err(_) => return,
+    let Ok(mut out) = to.try_clone() else {
+        return;
     };
+    let writer_link = link.clone();
     let writer = std::thread::spawn(move || {
         while let Ok((arrived, chunk)) = rx.recv() {
-            let wait = Duration::from_micros(delay_w.load(Ordering::Relaxed));
+            let wait = Duration::from_micros(writer_link.delay.load(Ordering::Relaxed));
             let due = arrived + wait;
             let now = std::time::Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
             }
-            while hole_w.load(Ordering::Relaxed) && !stop_w.load(Ordering::Relaxed) {
+            while writer_link.hole.load(Ordering::Relaxed) && writer_link.open() {
                 std::thread::sleep(Duration::from_millis(2));
             }
-            if out.write_all(&chunk).is_err() {
+            if !writer_link.open() || out.write_all(&chunk).is_err() {
                 break;
             }
         }
@@ -202,14 +237,17 @@ fn pump(
     });
     let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
     let mut buf = vec![0u8; 64 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        if hole.load(Ordering::Relaxed) {
+    while link.open() {
+        if link.hole.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(2));
             continue;
         }
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                if link.dropping.load(Ordering::Relaxed) {
+                    continue;
+                }
                 if tx
                     .send((std::time::Instant::now(), buf[..n].to_vec()))
                     .is_err()

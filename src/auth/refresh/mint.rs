@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use super::once::Refreshed;
 use super::settings::{Hook, Refresh, SameSite};
 use super::signing::SigningKey;
+use crate::auth::claims_check::{SESSION_END_CLAIM, SESSION_START_CLAIM};
 use crate::auth::keys::provider::{KeySource, ProviderState};
 use crate::auth::revocation::Revocations;
 use crate::auth::token::Source;
@@ -26,6 +27,7 @@ pub(crate) struct Refresher {
     key: SigningKey,
     within: u64,
     lifetime: Option<u64>,
+    max_session: u64,
     max_age: Option<u64>,
     cookie: Box<str>,
     /// `; Path=/; Secure; HttpOnly; SameSite=Lax`, rendered once.
@@ -95,6 +97,12 @@ impl Refresh {
                 ));
             }
         }
+        let max_session = self.max_session.as_secs();
+        if max_session <= within {
+            return Err(refresh_error(
+                "max_session must be longer than within, or a session could never slide",
+            ));
+        }
         if self.capacity == 0 {
             return Err(refresh_error("capacity must be at least 1"));
         }
@@ -145,6 +153,7 @@ impl Refresh {
             key: self.key,
             within,
             lifetime,
+            max_session,
             max_age: self.max_age.map(|d| d.as_secs()),
             cookie: cookie.into(),
             attributes: attributes.into_boxed_str(),
@@ -237,6 +246,16 @@ impl std::fmt::Debug for Due {
 /// Why a re-mint failed (logged at debug, never with the token).
 type Failure = &'static str;
 
+/// What a re-mint gave.
+enum Minted {
+    /// The new token and the cookie's `Max-Age`.
+    Token(String, u64),
+    /// The hook vetoed.
+    Vetoed,
+    /// The session's absolute end leaves nothing to gain.
+    SessionEnded,
+}
+
 impl Refresher {
     /// Whether a verified cookie token with `exp` is inside the window:
     /// one comparison until it is.
@@ -269,14 +288,9 @@ impl Refresher {
         }))
     }
 
-    /// The new token and the cookie's `Max-Age`, or `None` when the hook
-    /// vetoed.
-    fn mint(
-        &self,
-        token: &str,
-        identity: &Identity,
-        now: u64,
-    ) -> Result<Option<(String, u64)>, Failure> {
+    /// The new token and the cookie's `Max-Age`, unless the hook vetoed or
+    /// the session ends before the new token would gain anything.
+    fn mint(&self, token: &str, identity: &Identity, now: u64) -> Result<Minted, Failure> {
         let lifetime = match (self.lifetime, identity.issued_at(), identity.expires_at()) {
             (Some(lifetime), _, _) => lifetime,
             (None, Some(iat), Some(exp)) if exp > iat => exp - iat,
@@ -309,15 +323,42 @@ impl Refresher {
             .ok()
             .and_then(|json| serde_json::from_slice(&json).ok())
             .ok_or("the token's claims do not decode")?;
-        let exp = now.saturating_add(lifetime);
+        // The session's start (its authentication, else the first token's
+        // issue) and absolute end: carried unchanged once set, set by the
+        // first refresh. The start keeps successors inside a subject
+        // revocation whose cut-off precedes their own `iat`.
+        let session_start = identity
+            .session_started_at()
+            .or(identity.issued_at())
+            .unwrap_or(now)
+            .min(now);
+        let session_end = match claims.get(SESSION_END_CLAIM).and_then(Value::as_u64) {
+            Some(end) => end,
+            None => session_start.saturating_add(self.max_session),
+        };
+        let old_exp = identity.expires_at().unwrap_or(0);
+        let exp = now.saturating_add(lifetime).min(session_end);
+        if exp <= old_exp {
+            return Ok(Minted::SessionEnded);
+        }
         claims.insert("iat".into(), Value::from(now));
         claims.insert("exp".into(), Value::from(exp));
+        claims.insert(SESSION_END_CLAIM.into(), Value::from(session_end));
+        claims.insert(SESSION_START_CLAIM.into(), Value::from(session_start));
         if let Some(hook) = &self.hook
             && !hook(&mut claims)
         {
-            return Ok(None);
+            return Ok(Minted::Vetoed);
         }
-        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(exp);
+        // Never past the session's end, whatever the hook wrote.
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .unwrap_or(exp)
+            .min(session_end);
+        claims.insert("exp".into(), Value::from(exp));
+        claims.insert(SESSION_END_CLAIM.into(), Value::from(session_end));
+        claims.insert(SESSION_START_CLAIM.into(), Value::from(session_start));
         let payload = serde_json::to_vec(&claims).map_err(|_| "the claims do not serialize")?;
         let message = format!(
             "{}.{}",
@@ -328,7 +369,7 @@ impl Refresher {
             jsonwebtoken::crypto::sign(message.as_bytes(), &self.key.key, self.key.algorithm)
                 .map_err(|_| "signing failed")?;
         let max_age = self.max_age.unwrap_or_else(|| exp.saturating_sub(now));
-        Ok(Some((format!("{message}.{signature}"), max_age)))
+        Ok(Minted::Token(format!("{message}.{signature}"), max_age))
     }
 
     /// Whether the response already sets the session cookie (the handler
@@ -340,6 +381,41 @@ impl Refresher {
                 .strip_prefix(self.cookie.as_bytes())
                 .is_some_and(|rest| rest.trim_ascii_start().starts_with(b"="))
         })
+    }
+}
+
+/// A response carrying a session must not be stored by a shared cache and
+/// served to someone else: `Cache-Control` loses `public` and gains
+/// `private` (other directives kept; `no-store` is enough on its own), and
+/// `Vary` gains `Cookie` (existing values kept).
+fn keep_private(headers: &mut HeaderMap) {
+    let mut directives: Vec<String> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case("public"))
+        .map(str::to_owned)
+        .collect();
+    let private = directives
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case("private") || d.eq_ignore_ascii_case("no-store"));
+    if !private {
+        directives.insert(0, "private".to_owned());
+    }
+    if let Ok(value) = HeaderValue::try_from(directives.join(", ")) {
+        headers.insert(header::CACHE_CONTROL, value);
+    }
+    let varies = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .any(|v| v == "*" || v.eq_ignore_ascii_case("cookie"));
+    if !varies {
+        headers.append(header::VARY, HeaderValue::from_static("Cookie"));
     }
 }
 
@@ -376,7 +452,10 @@ impl Due {
                 identity.issuer(),
                 identity.subject(),
                 identity.token_id(),
-                identity.issued_at(),
+                crate::auth::revocation::issue_time(
+                    identity.issued_at(),
+                    identity.session_started_at(),
+                ),
                 now,
             )
         {
@@ -393,10 +472,15 @@ impl Due {
             return;
         }
         let (token, max_age) = match refresher.mint(&self.token, identity, now) {
-            Ok(Some(minted)) => minted,
-            Ok(None) => {
+            Ok(Minted::Token(token, max_age)) => (token, max_age),
+            Ok(Minted::Vetoed) => {
                 outcome("vetoed");
                 tracing::debug!("tollgate: refresh vetoed by the hook");
+                return;
+            }
+            Ok(Minted::SessionEnded) => {
+                outcome("session_ended");
+                tracing::debug!("tollgate: refresh skipped, the session's absolute end is reached");
                 return;
             }
             Err(reason) => {
@@ -412,6 +496,7 @@ impl Due {
         match HeaderValue::try_from(cookie) {
             Ok(value) => {
                 headers.append(header::SET_COOKIE, value);
+                keep_private(headers);
                 outcome("refreshed");
                 tracing::trace!("tollgate: session cookie refreshed");
             }

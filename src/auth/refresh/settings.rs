@@ -7,6 +7,9 @@ use serde_json::{Map, Value};
 
 use super::SigningKey;
 
+/// Default absolute length of a sliding session: 7 days from its start.
+pub const DEFAULT_MAX_SESSION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
 /// Default bound on the tokens remembered as re-minted, per layer.
 pub const DEFAULT_REFRESHED_CAPACITY: usize = 10_000;
 
@@ -63,6 +66,7 @@ pub struct Refresh {
     pub(crate) key: SigningKey,
     pub(crate) within: Duration,
     pub(crate) lifetime: Option<Duration>,
+    pub(crate) max_session: Duration,
     pub(crate) http_only: bool,
     pub(crate) secure: bool,
     pub(crate) same_site: SameSite,
@@ -79,6 +83,7 @@ impl fmt::Debug for Refresh {
             .field("key", &self.key)
             .field("within", &self.within)
             .field("lifetime", &self.lifetime)
+            .field("max_session", &self.max_session)
             .field("http_only", &self.http_only)
             .field("secure", &self.secure)
             .field("same_site", &self.same_site)
@@ -100,6 +105,7 @@ impl Refresh {
             key,
             within,
             lifetime: None,
+            max_session: DEFAULT_MAX_SESSION,
             http_only: true,
             secure: true,
             same_site: SameSite::Lax,
@@ -117,6 +123,20 @@ impl Refresh {
     #[must_use]
     pub fn lifetime(mut self, lifetime: Duration) -> Self {
         self.lifetime = Some(lifetime);
+        self
+    }
+
+    /// The absolute length of a session (default 7 days): however often it
+    /// slides, no successor expires later than the session's start plus
+    /// this. The first refresh writes the end into the token's
+    /// [`session_end`](crate::auth::SESSION_END_CLAIM) claim (the start
+    /// being the token's `auth_time`, else its `iat`), later refreshes copy
+    /// it unchanged, so every replica agrees; the layer refuses a token
+    /// past it. Revoking a token's `jti` holds the revocation until its
+    /// session could end, so no successor outlives a logout.
+    #[must_use]
+    pub fn max_session(mut self, max_session: Duration) -> Self {
+        self.max_session = max_session;
         self
     }
 

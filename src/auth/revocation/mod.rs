@@ -29,10 +29,20 @@ pub use self::redis::{
 /// Default bound on how long a token lives, for subject revocations.
 pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The time a subject revocation compares: the earliest of the token's
+/// `iat` and its session's start (`auth_time`, `session_start`). `None`
+/// (unknown) when the token has neither.
+pub(crate) fn issue_time(iat: Option<u64>, session_start: Option<u64>) -> Option<u64> {
+    match (iat, session_start) {
+        (Some(iat), Some(start)) => Some(iat.min(start)),
+        (iat, start) => iat.or(start),
+    }
+}
+
 /// Shards of the revocation maps: a revocation write-locks one shard only.
 const SHARDS: usize = 16;
 
-/// A revoked subject of one issuer: tokens issued before `before` are
+/// A revoked subject of one issuer: tokens issued at or before `before` are
 /// refused until `until`.
 #[derive(Debug, Clone)]
 struct Cut {
@@ -60,7 +70,13 @@ struct Inner {
     /// Settings, in seconds; read when revoking, never when checking.
     max_lifetime: AtomicU64,
     leeway: AtomicU64,
+    /// The longest session a refresh slides (0: no refresh attached): a
+    /// `jti` is held at least this long past its revocation.
+    max_session: AtomicU64,
     clock: RwLock<Arc<dyn WallClock>>,
+    /// Entries the clean-up has looked at, for the tests that pin its cost.
+    #[cfg(test)]
+    swept: AtomicUsize,
     /// The link to Redis, once shared.
     #[cfg(feature = "redis")]
     link: std::sync::OnceLock<self::redis::Link>,
@@ -70,7 +86,7 @@ struct Inner {
 ///
 /// A JWT stays valid until its `exp` wherever it is verified. [`Revocations`]
 /// lets a service refuse one token (by `jti`) or every token of a subject
-/// issued before a time (logout everywhere, password change), checked by the
+/// issued up to a time (logout everywhere, password change), checked by the
 /// auth layer on every request — verified-token cache hits included.
 ///
 /// ```
@@ -148,7 +164,10 @@ impl Revocations {
                 hasher: std::collections::hash_map::RandomState::new(),
                 max_lifetime: AtomicU64::new(DEFAULT_MAX_TOKEN_LIFETIME.as_secs()),
                 leeway: AtomicU64::new(crate::auth::DEFAULT_LEEWAY.as_secs()),
+                max_session: AtomicU64::new(0),
                 clock: RwLock::new(Arc::new(SystemClock)),
+                #[cfg(test)]
+                swept: AtomicUsize::new(0),
                 #[cfg(feature = "redis")]
                 link: std::sync::OnceLock::new(),
             }),
@@ -169,11 +188,31 @@ impl Revocations {
     }
 
     /// The clock-skew allowance added to how long entries are kept (default
-    /// 60 s, the auth layer's default leeway).
+    /// 60 s, the auth layer's default leeway). An auth layer given this set
+    /// ([`JwtAuthBuilder::revocations`](crate::auth::JwtAuthBuilder::revocations))
+    /// raises it to its own leeway at build, so that a revoked token is held
+    /// for as long as the layer would accept it.
     #[must_use]
     pub fn leeway(self, leeway: Duration) -> Self {
         self.inner.leeway.store(leeway.as_secs(), Ordering::Relaxed);
         self
+    }
+
+    /// Holds entries at least `leeway` past their end: called by every auth
+    /// layer the set is attached to, with the layer's leeway.
+    pub(crate) fn cover_leeway(&self, leeway: Duration) {
+        self.inner
+            .leeway
+            .fetch_max(leeway.as_secs(), Ordering::Relaxed);
+    }
+
+    /// Holds `jti` revocations for sessions that slide up to `max_session`:
+    /// called by an auth layer with a refresh, with its
+    /// [`max_session`](crate::auth::Refresh::max_session).
+    pub(crate) fn cover_session(&self, max_session: Duration) {
+        self.inner
+            .max_session
+            .fetch_max(max_session.as_secs(), Ordering::Relaxed);
     }
 
     /// The wall clock that expires entries (default: the system clock).
@@ -196,15 +235,28 @@ impl Revocations {
             .unix_now()
     }
 
-    /// Until when a token revocation is kept.
+    /// Until when a token revocation is kept: past its `exp` and, with a
+    /// sliding refresh, past the end of any session it can belong to (the
+    /// session started before now), since successors keep the `jti`.
     fn token_until(&self, expires_at: u64) -> u64 {
-        expires_at.saturating_add(self.inner.leeway.load(Ordering::Relaxed))
+        let session = self.inner.max_session.load(Ordering::Relaxed);
+        let end = if session == 0 {
+            expires_at
+        } else {
+            expires_at.max(self.now().saturating_add(session))
+        };
+        end.saturating_add(self.inner.leeway.load(Ordering::Relaxed))
     }
 
-    /// Until when a subject revocation is kept.
-    fn subject_until(&self, issued_before: u64) -> u64 {
-        issued_before
-            .saturating_add(self.inner.max_lifetime.load(Ordering::Relaxed))
+    /// Until when a subject revocation is kept: until every token it
+    /// covers has expired — the longest token issued at the cut-off and,
+    /// with a sliding refresh, every successor of a session begun before
+    /// it (those end by the session's start plus `max_session`).
+    fn subject_until(&self, issued_until: u64) -> u64 {
+        let lifetime = self.inner.max_lifetime.load(Ordering::Relaxed);
+        let session = self.inner.max_session.load(Ordering::Relaxed);
+        issued_until
+            .saturating_add(lifetime.max(session))
             .saturating_add(self.inner.leeway.load(Ordering::Relaxed))
     }
 
@@ -216,7 +268,10 @@ impl Revocations {
     }
 
     /// Refuses the token whose `jti` is `jti` until `expires_at` (its `exp`,
-    /// unix seconds) plus the leeway, after which it is expired anyway.
+    /// unix seconds) plus the leeway, after which it is expired anyway. With
+    /// a sliding refresh on an attached layer, until the session could end
+    /// (now plus [`Refresh::max_session`](crate::auth::Refresh::max_session)):
+    /// the refreshed successors keep the `jti`.
     ///
     /// A shared set (see [`RedisRevocations`](crate::auth::RedisRevocations))
     /// also sends the revocation to the other replicas, in the background.
@@ -229,8 +284,15 @@ impl Revocations {
         }
     }
 
-    /// Holds a token revocation until `until`; a longer hold wins.
+    /// Holds a token revocation until `until`; a longer hold wins. Cleans
+    /// one shard.
     fn insert_token(&self, jti: &str, until: u64) {
+        let added = self.hold_token(jti, until);
+        self.added(added);
+    }
+
+    /// Holds a token revocation, without cleaning: whether it is new.
+    fn hold_token(&self, jti: &str, until: u64) -> bool {
         let mut shard = write(self.shard(jti));
         let added = match shard.tokens.get_mut(jti) {
             Some(held) => {
@@ -243,32 +305,51 @@ impl Revocations {
             }
         };
         drop(shard);
-        self.added(added);
+        added
     }
 
     /// Refuses every token of `subject` (from `issuer`, as
-    /// [`Identity::issuer`] reports it) issued before `issued_before` (unix
-    /// seconds): logout everywhere. Tokens without `iat` are refused too:
-    /// their issue time is unknown.
+    /// [`Identity::issuer`] reports it) issued up to and including
+    /// `issued_until` (unix seconds; pass the time of the logout): logout
+    /// everywhere. A token issued in that same second is refused too — a
+    /// new login right after the logout may have to wait for the next
+    /// second. Tokens without `iat` are refused too: their issue time is
+    /// unknown. A token's issue time is the earliest of its `iat`,
+    /// `auth_time` and [`session_start`](crate::auth::SESSION_START_CLAIM):
+    /// a refreshed successor of a session begun before the cut-off, or a
+    /// token issued later for an authentication made before it, is
+    /// refused (the user signs in again).
     ///
     /// A shared set also sends the revocation to the other replicas.
-    pub fn revoke_subject(&self, issuer: Option<&str>, subject: &str, issued_before: u64) {
-        let until = self.subject_until(issued_before);
-        self.insert_subject(issuer, subject, issued_before, until);
+    pub fn revoke_subject(&self, issuer: Option<&str>, subject: &str, issued_until: u64) {
+        let until = self.subject_until(issued_until);
+        self.insert_subject(issuer, subject, issued_until, until);
         #[cfg(feature = "redis")]
         if let Some(link) = self.inner.link.get() {
             let entry = self::redis::Entry::Subject {
                 issuer,
                 subject,
-                before: issued_before,
+                before: issued_until,
             };
             link.publish(&entry, until, self.now());
         }
     }
 
     /// Holds a subject revocation until `until`; later cut-offs and longer
-    /// holds win.
+    /// holds win. Cleans one shard.
     fn insert_subject(&self, issuer: Option<&str>, subject: &str, issued_before: u64, until: u64) {
+        let added = self.hold_subject(issuer, subject, issued_before, until);
+        self.added(added);
+    }
+
+    /// Holds a subject revocation, without cleaning: whether it is new.
+    fn hold_subject(
+        &self,
+        issuer: Option<&str>,
+        subject: &str,
+        issued_before: u64,
+        until: u64,
+    ) -> bool {
         let mut shard = write(self.shard(subject));
         let cuts = shard.subjects.entry(subject.into()).or_default();
         let added = match cuts.iter_mut().find(|cut| cut.issuer.as_deref() == issuer) {
@@ -288,7 +369,7 @@ impl Revocations {
             }
         };
         drop(shard);
-        self.added(added);
+        added
     }
 
     /// Revokes the token the caller presented (by its `jti`; a token without
@@ -298,22 +379,26 @@ impl Revocations {
         let (Some(jti), Some(exp)) = (identity.token_id(), identity.expires_at()) else {
             return false;
         };
-        self.revoke_token(jti, exp);
+        // Successors keep the jti: held until the session's end, if known.
+        self.revoke_token(jti, exp.max(identity.session_ends_at().unwrap_or(0)));
         true
     }
 
-    /// Revokes every token of the caller's subject issued before
-    /// `issued_before` (unix seconds). Returns whether the identity had a
-    /// subject.
-    pub fn revoke_subject_of(&self, identity: &Identity, issued_before: u64) -> bool {
+    /// Revokes every token of the caller's subject issued up to and
+    /// including `issued_until` (unix seconds), as
+    /// [`revoke_subject`](Self::revoke_subject). Returns whether the
+    /// identity had a subject.
+    pub fn revoke_subject_of(&self, identity: &Identity, issued_until: u64) -> bool {
         let Some(subject) = identity.subject() else {
             return false;
         };
-        self.revoke_subject(identity.issuer(), subject, issued_before);
+        self.revoke_subject(identity.issuer(), subject, issued_until);
         true
     }
 
-    /// Whether a token with these claims is revoked at `now`.
+    /// Whether a token with these claims is revoked at `now`. `iat` is the
+    /// token's issue time for subject revocations: the earliest of its
+    /// `iat`, `auth_time` and `session_start` (the auth layer passes that).
     pub fn is_revoked(
         &self,
         issuer: Option<&str>,
@@ -344,7 +429,7 @@ impl Revocations {
             cuts.iter().any(|cut| {
                 cut.issuer.as_deref() == issuer
                     && now < cut.until
-                    && iat.is_none_or(|iat| iat < cut.before)
+                    && iat.is_none_or(|iat| iat <= cut.before)
             })
         })
     }
@@ -375,6 +460,8 @@ impl Revocations {
             shard.tokens.len() + shard.subjects.values().map(Vec::len).sum::<usize>()
         };
         let before = held(&shard);
+        #[cfg(test)]
+        self.inner.swept.fetch_add(before, Ordering::Relaxed);
         shard.tokens.retain(|_, until| now < *until);
         shard.subjects.retain(|_, cuts| {
             cuts.retain(|cut| now < cut.until);

@@ -2,19 +2,30 @@
 //! settings ([`RedisRevocations`]), the link a shared set keeps, and the
 //! format of what it writes.
 //!
-//! In Redis, under a prefix `P` (default `tollgate:revoked`):
+//! In Redis, under a prefix `P` (default `tollgate:revoked`), in the
+//! database the URL names:
 //! - `P:entries`, a sorted set: one member per revocation, scored by when it
 //!   may be dropped (unix seconds). A member is `"{until} {json}"`, the JSON
 //!   being `["t", jti]` or `["s", issuer or null, subject, issued_before]`.
+//!   Expired members are dropped by Redis's own clock (`TIME`), never a
+//!   replica's.
 //! - `P:version`, a counter incremented once per revocation written.
-//! - `P:events`, a pub/sub channel: `"{version} {member}"` per revocation.
+//! - `P:epoch`, a random value written (`SET NX`) by the first replica that
+//!   finds none: it changes when Redis loses the set.
+//! - `P:db{n}:events`, a pub/sub channel: `"{version} {member}"` per
+//!   revocation (pub/sub ignores databases, so the channel names its own).
 //!
 //! A revocation is written, counted and published by one script, so the
 //! messages carry consecutive versions. A replica applies what it receives
 //! and remembers the version up to which it has seen every revocation; every
-//! sync interval it reads the counter, and if it is ahead (a message was
-//! missed, pub/sub is down or off), it reads the whole set again. A replica
-//! starting reads the set before its first request.
+//! sync interval it reads the epoch and the counter, and if the counter
+//! moved (a message was missed, pub/sub is down or off) it reads the whole
+//! set again. If the epoch changed or the counter went backwards, Redis lost
+//! the set (a restart without persistence, FLUSHALL, a failover to an empty
+//! replica): the replica reads it again, counts from the new start, and
+//! writes back every live revocation it holds, so a revocation survives as
+//! long as one replica holds it. A replica starting reads the set before
+//! its first request.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -51,11 +62,13 @@ const MAX_UNSENT: usize = 100_000;
 /// Revocations per script call.
 const BATCH: usize = 1_000;
 
-/// Writes, counts and publishes revocations; drops expired ones.
-/// `KEYS`: entries, version. `ARGV`: channel, now, members.
+/// Writes, counts and publishes revocations; drops expired ones by Redis's
+/// own clock (a replica whose clock runs ahead must not drop live ones).
+/// `KEYS`: entries, version. `ARGV`: channel, members.
 const WRITE: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local version = 0
-for i = 3, #ARGV do
+for i = 2, #ARGV do
   local member = ARGV[i]
   local expiry = string.match(member, '^%d+')
   if expiry then
@@ -64,9 +77,38 @@ for i = 3, #ARGV do
     redis.call('PUBLISH', ARGV[1], version .. ' ' .. member)
   end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', redis.call('TIME')[1])
 return version
 ";
+
+/// The epoch (created if missing) and the counter. `KEYS`: epoch, version.
+/// `ARGV`: a fresh epoch, kept only if none is there.
+const CHECK: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or '0'}
+";
+
+/// Drops expired entries (Redis's clock), then returns the epoch (created if
+/// missing), the counter and every entry. `KEYS`: entries, version, epoch.
+/// `ARGV`: a fresh epoch.
+const READ: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', redis.call('TIME')[1])
+redis.call('SET', KEYS[3], ARGV[1], 'NX')
+return {redis.call('GET', KEYS[3]), redis.call('GET', KEYS[2]) or '0',
+  redis.call('ZRANGE', KEYS[1], 0, -1)}
+";
+
+/// A random 128-bit epoch, in hex: std's hasher keys are random per process
+/// and per `RandomState`.
+fn fresh_epoch() -> String {
+    use std::hash::BuildHasher;
+    let draw = || {
+        std::collections::hash_map::RandomState::new()
+            .hash_one((std::time::SystemTime::now(), std::process::id()))
+    };
+    format!("{:016x}{:016x}", draw(), draw())
+}
 
 /// Shares a [`Revocations`] set between the replicas of a service through
 /// Redis (feature `redis`): a revocation made on one replica refuses the
@@ -94,24 +136,35 @@ return version
 ///   [`sync_interval`](Self::sync_interval) (default 500 ms) and reads the
 ///   set again when it missed something, and a replica reads the whole set
 ///   when it starts, before [`share`](Revocations::share) returns. So a lost
-///   message, pub/sub being off ([`pubsub`](Self::pubsub)) or a restart
-///   costs at most one interval.
+///   message, pub/sub being off ([`pubsub`](Self::pubsub)) or a replica's
+///   restart costs at most one interval.
+/// - **Redis losing its data** (a restart without persistence, `FLUSHALL`,
+///   a failover to an empty replica) is detected by an epoch key stored next
+///   to the counter, or by the counter going backwards: every replica reads
+///   the set again and writes back the live revocations it holds, so one
+///   replica holding a revocation is enough (about two intervals).
 /// - **Redis unavailable**: every check stays local, and revocations made
 ///   meanwhile are refused here at once and sent when Redis answers again
 ///   (up to 100,000 waiting). Failures are counted
 ///   ([`Revocations::sync_failures`], and the metric
 ///   `tollgate_revocation_sync_failures_total`) and logged at `warn`, the
 ///   first then at most one line per 10 s, with one `info` line on recovery.
-/// - **Bounded**: entries expire in Redis as locally (the write script drops
-///   expired members); the counter is one key.
+/// - **Bounded**: entries expire in Redis as locally (the scripts drop
+///   expired members, by Redis's clock); the counter and the epoch are a key
+///   each.
 /// - **Background task**: one tokio task per shared set, on the runtime
 ///   that called `share`; it holds the set weakly and ends once every clone
 ///   of it is dropped.
 ///
 /// Redis Cluster is not supported here: the write touches two keys and the
 /// replicas listen on one channel; point `url` at a standalone server (or a
-/// primary with replicas). Pub/sub channels ignore the database number:
-/// services sharing a server need distinct prefixes.
+/// primary with replicas).
+///
+/// **Scope**: keys live in the URL's database and the channel names it, so
+/// stores on two databases never see each other's revocations. Services
+/// sharing one database need distinct prefixes: sharing with the default
+/// prefix logs a `warn` when the set is shared (it is not refused, so that
+/// existing deployments keep working).
 #[derive(Clone)]
 pub struct RedisRevocations {
     url: String,
@@ -147,8 +200,9 @@ impl RedisRevocations {
         }
     }
 
-    /// Prefix of the keys and the channel (default `tollgate:revoked`);
-    /// replicas sharing revocations use the same one.
+    /// Prefix of the keys and the channel (default `tollgate:revoked`, which
+    /// logs a `warn`: every service on the database would share it). Give
+    /// each service its own; its replicas use the same one.
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -284,41 +338,67 @@ impl Entry<'_> {
 }
 
 impl Revocations {
-    /// Applies one member read from Redis; false if it does not parse.
+    /// Applies one member received from another replica; false if it does
+    /// not parse. Cleans one shard, as a revocation made here does.
     fn apply_member(&self, member: &str, now: u64) -> bool {
+        match self.hold_member(member, now) {
+            Some(added) => {
+                self.added(added);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Applies members read from Redis (a full read); how many did not
+    /// parse. Linear: each member is held without cleaning, then the
+    /// expired entries go in one pass over the shards.
+    pub(super) fn apply_members<'m>(
+        &self,
+        members: impl Iterator<Item = &'m str>,
+        now: u64,
+    ) -> usize {
+        let mut unreadable = 0;
+        let mut added = 0;
+        for member in members {
+            match self.hold_member(member, now) {
+                Some(new) => added += usize::from(new),
+                None => unreadable += 1,
+            }
+        }
+        self.inner.count.fetch_add(added, Ordering::Relaxed);
+        if added > 0 {
+            self.cleanup();
+        }
+        unreadable
+    }
+
+    /// Holds one member read from Redis, without cleaning: `None` if it
+    /// does not parse, else whether it is a new entry.
+    fn hold_member(&self, member: &str, now: u64) -> Option<bool> {
         use serde_json::Value;
-        let Some((until, json)) = member.split_once(' ') else {
-            return false;
-        };
-        let Ok(until) = until.parse::<u64>() else {
-            return false;
-        };
-        let Ok(fields) = serde_json::from_str::<Vec<Value>>(json) else {
-            return false;
-        };
+        let (until, json) = member.split_once(' ')?;
+        let until = until.parse::<u64>().ok()?;
+        let fields = serde_json::from_str::<Vec<Value>>(json).ok()?;
         if until <= now {
-            return true;
+            return Some(false);
         }
         match fields.as_slice() {
             [Value::String(tag), Value::String(jti)] if tag == "t" => {
-                self.insert_token(jti, until);
-                true
+                Some(self.hold_token(jti, until))
             }
             [Value::String(tag), issuer, Value::String(subject), before] if tag == "s" => {
                 let issuer = match issuer {
                     Value::Null => None,
                     Value::String(issuer) => Some(issuer.as_str()),
-                    _ => return false,
+                    _ => return None,
                 };
-                let Some(before) = before.as_u64() else {
-                    return false;
-                };
+                let before = before.as_u64()?;
                 // This replica's own bound may be longer than the sender's.
                 let until = until.max(self.subject_until(before));
-                self.insert_subject(issuer, subject, before, until);
-                true
+                Some(self.hold_subject(issuer, subject, before, until))
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -348,6 +428,15 @@ impl Revocations {
             ));
         }
         redis.check()?;
+        if redis.prefix == DEFAULT_REVOCATION_PREFIX {
+            // Once, when the set is shared (not per revocation).
+            tracing::warn!(
+                prefix = DEFAULT_REVOCATION_PREFIX,
+                "tollgate: shared revocations use the default revocation prefix, which every \
+                 service on this Redis database shares: they apply each other's revocations. \
+                 Give each service its own with RedisRevocations::prefix"
+            );
+        }
         let client = Client::open(redis.url.as_str())
             .map_err(|e| ConfigError::new("revocation", format!("bad Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
@@ -498,11 +587,21 @@ pub(super) struct Link {
     conn: ConnectionManager,
     entries: String,
     version: String,
+    /// `{prefix}:epoch`: a random value that changes when Redis loses the
+    /// set (restart without persistence, FLUSHALL, an empty replica
+    /// promoted).
+    epoch_key: String,
     channel: String,
     pub(super) interval: Duration,
     timeout: Duration,
     pub(super) pubsub: bool,
     script: Script,
+    check_script: Script,
+    read_script: Script,
+    /// The epoch this replica has read the set under.
+    epoch: Mutex<Option<String>>,
+    /// The epoch this replica writes when it finds none.
+    candidate: String,
     /// Encoded members not yet written.
     unsent: Mutex<Vec<String>>,
     /// Members being written now.
@@ -519,16 +618,23 @@ pub(super) struct Link {
 impl Link {
     fn new(client: Client, conn: ConnectionManager, settings: &RedisRevocations) -> Self {
         let prefix = &settings.prefix;
+        // Pub/sub ignores the database number: the channel names it.
+        let db = client.get_connection_info().redis_settings().db();
         Self {
             client,
             conn,
             entries: format!("{prefix}:entries"),
             version: format!("{prefix}:version"),
-            channel: format!("{prefix}:events"),
+            epoch_key: format!("{prefix}:epoch"),
+            channel: format!("{prefix}:db{db}:events"),
             interval: settings.sync_interval,
             timeout: settings.timeout,
             pubsub: settings.pubsub,
             script: Script::new(WRITE),
+            check_script: Script::new(CHECK),
+            read_script: Script::new(READ),
+            epoch: Mutex::new(None),
+            candidate: fresh_epoch(),
             unsent: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             wake: Arc::new(Notify::new()),
@@ -578,8 +684,7 @@ impl Link {
             invocation
                 .key(&self.entries)
                 .key(&self.version)
-                .arg(&self.channel)
-                .arg(now);
+                .arg(&self.channel);
             for member in &flight.members[flight.sent..end] {
                 invocation.arg(member);
             }
@@ -595,56 +700,83 @@ impl Link {
         Ok(())
     }
 
-    /// Reads the counter and, when this replica missed something, the set.
+    /// Reads the epoch and the counter and, when this replica missed
+    /// something or Redis lost the set, reads the set.
     pub(super) async fn check(&self, set: &Revocations) -> Result<(), RevocationSyncError> {
         let mut conn = self.conn.clone();
-        let version = tokio::time::timeout(
+        let mut invocation = self.check_script.prepare_invoke();
+        invocation
+            .key(&self.epoch_key)
+            .key(&self.version)
+            .arg(&self.candidate);
+        let (epoch, version) = tokio::time::timeout(
             self.timeout,
-            ::redis::cmd("GET")
-                .arg(&self.version)
-                .query_async::<Option<u64>>(&mut conn),
+            invocation.invoke_async::<(String, u64)>(&mut conn),
         )
         .await
         .map_err(|_| RevocationSyncError::timed_out("read"))?
         .map_err(|e| RevocationSyncError::new("read", &e))?;
-        if version.unwrap_or(0) > self.seen.load(Ordering::Relaxed) {
+        let known = self
+            .epoch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if known.as_deref() != Some(epoch.as_str()) || version != self.seen.load(Ordering::Relaxed)
+        {
             self.read(set).await?;
         }
         Ok(())
     }
 
-    /// Reads every live revocation and the counter, atomically.
+    /// Reads every live revocation, the counter and the epoch, atomically.
+    /// When the epoch changed or the counter went backwards, Redis lost the
+    /// set: what this replica still holds is written back.
     pub(super) async fn read(&self, set: &Revocations) -> Result<(), RevocationSyncError> {
-        let now = set.now();
         let mut conn = self.conn.clone();
-        let (version, members) = tokio::time::timeout(
+        let mut invocation = self.read_script.prepare_invoke();
+        invocation
+            .key(&self.entries)
+            .key(&self.version)
+            .key(&self.epoch_key)
+            .arg(&self.candidate);
+        // Before the call: any version seen so far was written before it.
+        let seen = self.seen.load(Ordering::Relaxed);
+        let (epoch, version, members) = tokio::time::timeout(
             self.timeout,
-            ::redis::pipe()
-                .atomic()
-                .cmd("GET")
-                .arg(&self.version)
-                .cmd("ZRANGEBYSCORE")
-                .arg(&self.entries)
-                .arg(format!("({now}"))
-                .arg("+inf")
-                .query_async::<(Option<u64>, Vec<String>)>(&mut conn),
+            invocation.invoke_async::<(String, u64, Vec<String>)>(&mut conn),
         )
         .await
         .map_err(|_| RevocationSyncError::timed_out("read"))?
         .map_err(|e| RevocationSyncError::new("read", &e))?;
-        let mut unreadable = 0_usize;
-        for member in &members {
-            if !set.apply_member(member, now) {
-                unreadable += 1;
-            }
-        }
+        let now = set.now();
+        let unreadable = set.apply_members(members.iter().map(String::as_str), now);
         if unreadable > 0 {
             tracing::debug!(
                 unreadable,
                 "tollgate: Redis holds revocation entries this version cannot read"
             );
         }
-        self.seen.fetch_max(version.unwrap_or(0), Ordering::Relaxed);
+        let known = self
+            .epoch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(epoch.clone());
+        let lost = known.is_some_and(|known| known != epoch) || version < seen;
+        if lost {
+            // Counted from the new start; what Redis lost and this replica
+            // holds goes back (a revocation only ever refuses: writing one
+            // back cannot let a token in).
+            self.seen.store(version, Ordering::Relaxed);
+            let held = set.encode_all();
+            tracing::warn!(
+                written_back = held.len(),
+                "tollgate: Redis lost the shared revocations (a restart without persistence, \
+                 FLUSHALL or a failover); read them again and writing back those held here"
+            );
+            self.enqueue(held, now);
+        } else {
+            self.seen.fetch_max(version, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -810,6 +942,22 @@ mod tests {
             assert!(!set.apply_member(bad, 100), "{bad}");
         }
         assert_eq!(set.len(), 2);
+    }
+
+    /// Issue 22: a full read of 160k entries took 1.4 s of CPU, each entry
+    /// cleaning a shard (a sixteenth of the set) as it was added.
+    #[test]
+    fn a_full_read_is_linear_in_the_entries() {
+        const N: usize = 100_000;
+        let set = Revocations::new().clock(|| 1_000);
+        let members: Vec<String> = (0..N).map(|i| format!(r#"2000 ["t","j{i}"]"#)).collect();
+        let unreadable = set.apply_members(members.iter().map(String::as_str), 1_000);
+        assert_eq!(unreadable, 0);
+        assert_eq!(set.len(), N);
+        // The clean-up looks at each entry a bounded number of times, not
+        // once per entry added after it.
+        let swept = set.inner.swept.load(Ordering::Relaxed);
+        assert!(swept <= 2 * N, "{swept} entries swept to apply {N}");
     }
 
     #[test]

@@ -35,8 +35,12 @@ fn a_revoked_subject_refuses_older_tokens_of_that_issuer_only() {
     let revoked = |iss, sub, iat| r.is_revoked(iss, Some(sub), None, iat, 1_000);
     assert!(revoked(Some("https://a"), "alice", Some(999)));
     assert!(
-        !revoked(Some("https://a"), "alice", Some(1_000)),
-        "issued at or after: valid"
+        revoked(Some("https://a"), "alice", Some(1_000)),
+        "issued in the second of the cut: revoked (issue 26)"
+    );
+    assert!(
+        !revoked(Some("https://a"), "alice", Some(1_001)),
+        "issued a second later: valid"
     );
     assert!(
         revoked(Some("https://a"), "alice", None),
