@@ -309,3 +309,69 @@ async fn a_frozen_redis_costs_little_and_limits_are_shared_again_soon_after_it_t
         );
     }
 }
+
+/// What Redis losing its data (restart without persistence, FLUSHALL) costs
+/// the limits: replicas that knew a spent key keep refusing it from their own
+/// state; only a replica that never saw it can admit it again, at most one
+/// burst (SECURITY.md).
+async fn limits_survive_redis_losing_its_data(lose: impl FnOnce(&mut Server)) {
+    let mut server = Server::started();
+    let p = redis_support::prefix("lost");
+    // One a minute: nothing refills while the test runs.
+    let quota = Quota::per_hour(60).burst(10);
+    let a = layer(local_first(&server.url(), &p).await, quota);
+    let b = layer(local_first(&server.url(), &p).await, quota);
+    let hot = RateKey::text("hot");
+    let mut admitted = 0;
+    for _ in 0..20 {
+        if decide(&a, &hot).await.unwrap().allowed {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 10, "a spends the burst");
+    assert!(eventually(Duration::from_secs(2), || a.store().pending_keys() == 0).await);
+    // b meets the key: at most its provisional allowance, ⌊10 / (4 × 2)⌋.
+    let mut on_b = 0;
+    for _ in 0..5 {
+        if decide(&b, &hot).await.unwrap().allowed {
+            on_b += 1;
+        }
+    }
+    assert!(on_b <= 1, "b admitted {on_b} of a spent key");
+
+    lose(&mut server);
+    // Both reconnect; neither admits the spent key again.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert!(
+            !decide(&a, &hot).await.unwrap().allowed,
+            "a admitted a spent key"
+        );
+        assert!(
+            !decide(&b, &hot).await.unwrap().allowed,
+            "b admitted a spent key"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A replica that never saw it: at most one burst.
+    let c = layer(local_first(&server.url(), &p).await, quota);
+    let mut fresh = 0;
+    for _ in 0..20 {
+        if decide(&c, &hot).await.unwrap().allowed {
+            fresh += 1;
+        }
+    }
+    assert!(fresh <= 10, "c admitted {fresh}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_after_a_restart_without_persistence() {
+    let _serial = SERIAL.lock().await;
+    limits_survive_redis_losing_its_data(Server::restart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_after_flushall() {
+    let _serial = SERIAL.lock().await;
+    limits_survive_redis_losing_its_data(|server| server.flushall()).await;
+}
