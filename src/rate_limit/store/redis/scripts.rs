@@ -20,7 +20,88 @@
 //! call takes a deadline on the server's clock (0: none) and does nothing past
 //! it: work that arrives after the caller gave up spends nothing.
 
-/// ARGV:
+/// The steps for one key, as a Lua function both entry points call:
+/// `share(key, t, tau, admit, me, entry, acked, total, cap, age, want, life,
+/// keep, now)` returns `outcome, remaining, ahead_us, retry_us, claim`.
+macro_rules! share_fn {
+    () => {
+        r"
+local function share(key, t, tau, admit, me, entry, acked, total, cap, age, want, life, keep, now)
+  local now_ms = math.floor(now / 1000)
+  local fields = redis.call('HGETALL', key)
+  local tat = 0
+  local reserved = 0
+  local others = 0
+  local mine_entry = nil
+  local mine_applied = 0
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    local value = fields[i + 1]
+    if name == 't' then
+      tat = tonumber(value) or 0
+    else
+      local e, a, c, u = string.match(value, '^(%d+) (%d+) (%d+) (%d+)$')
+      if name == me and e then
+        mine_entry = e
+        mine_applied = tonumber(a)
+      elseif u and tonumber(u) > now_ms then
+        reserved = reserved + tonumber(c)
+        others = others + 1
+      elseif not u or tonumber(u) + keep < now_ms then
+        redis.call('HDEL', key, name)
+      end
+    end
+  end
+  local applied = 0
+  if me ~= '' then
+    applied = acked
+    if mine_entry == entry and mine_applied > applied then
+      applied = mine_applied
+    end
+    if total > applied then
+      local n = math.min(total - applied, cap)
+      tat = math.max(tat, now - age) + n * t
+      applied = total
+    end
+  end
+  local start = math.max(tat, now)
+  local avail = math.floor((now + tau + t - start) / t) - reserved
+  local outcome = 1
+  local retry = 0
+  if admit then
+    if avail >= 1 then
+      tat = start + t
+      avail = avail - 1
+    else
+      outcome = 0
+      retry = math.max(start - tau + reserved * t - now, 1)
+    end
+  end
+  local claim = 0
+  if me ~= '' then
+    if avail > 0 then
+      claim = math.min(want, math.floor(avail / (others + 1)))
+    end
+    redis.call('HSET', key, me, entry .. ' ' .. string.format('%.0f', applied) .. ' '
+      .. claim .. ' ' .. string.format('%.0f', now_ms + life))
+  end
+  local ahead = math.max(tat - now, 0)
+  if tat > now then
+    redis.call('HSET', key, 't', string.format('%.0f', tat))
+  end
+  local ttl = math.max(math.ceil(ahead / 1000), keep)
+  if ttl > 0 and redis.call('PTTL', key) < ttl then
+    redis.call('PEXPIRE', key, ttl)
+  end
+  return outcome, math.max(avail, 0), ahead, retry, claim
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+"
+    };
+}
+
+/// One key. ARGV:
 /// 1. T, the emission interval (µs)
 /// 2. tau = T × (burst − 1) (µs)
 /// 3. deadline (server µs; 0: none)
@@ -37,86 +118,50 @@
 /// Returns `{outcome, remaining, ahead_us, retry_us, now_us, claim}`:
 /// outcome 1 = allowed (or synced), 0 = limited, 2 = late (nothing done);
 /// `ahead_us` = TAT − now (0: full).
-pub(super) const SHARE: &str = r"
-local t = tonumber(ARGV[1])
-local tau = tonumber(ARGV[2])
+pub(super) const SHARE: &str = concat!(
+    share_fn!(),
+    r"
 local deadline = tonumber(ARGV[3])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 if deadline > 0 and now > deadline then
   return {2, 0, 0, 0, now, 0}
 end
-local me = ARGV[5]
-local keep = tonumber(ARGV[13])
-local now_ms = math.floor(now / 1000)
-local fields = redis.call('HGETALL', KEYS[1])
-local tat = 0
-local reserved = 0
-local others = 0
-local mine_entry = nil
-local mine_applied = 0
-for i = 1, #fields, 2 do
-  local name = fields[i]
-  local value = fields[i + 1]
-  if name == 't' then
-    tat = tonumber(value) or 0
-  else
-    local e, a, c, u = string.match(value, '^(%d+) (%d+) (%d+) (%d+)$')
-    if name == me and e then
-      mine_entry = e
-      mine_applied = tonumber(a)
-    elseif u and tonumber(u) > now_ms then
-      reserved = reserved + tonumber(c)
-      others = others + 1
-    elseif not u or tonumber(u) + keep < now_ms then
-      redis.call('HDEL', KEYS[1], name)
-    end
-  end
+local outcome, remaining, ahead, retry, claim = share(KEYS[1], tonumber(ARGV[1]),
+  tonumber(ARGV[2]), ARGV[4] == '1', ARGV[5], ARGV[6], tonumber(ARGV[7]),
+  tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]),
+  tonumber(ARGV[12]), tonumber(ARGV[13]), now)
+return {outcome, remaining, ahead, retry, now, claim}
+"
+);
+
+/// A sync of several keys of one replica in one call (on a cluster, keys of
+/// one slot). ARGV: deadline, replica id, claim life (ms), keep (ms), then
+/// per key (in `KEYS` order) T, tau, entry, applied, total, cap, age, want.
+/// Returns `{now_us, late}` then, per key, `{remaining, ahead_us, claim}`
+/// (late = 1: past the deadline, nothing done, no per-key values).
+pub(super) const SHARE_MANY: &str = concat!(
+    share_fn!(),
+    r"
+local deadline = tonumber(ARGV[1])
+if deadline > 0 and now > deadline then
+  return {now, 1}
 end
-local applied = 0
-if me ~= '' then
-  local total = tonumber(ARGV[8])
-  applied = tonumber(ARGV[7])
-  if mine_entry == ARGV[6] and mine_applied > applied then
-    applied = mine_applied
-  end
-  if total > applied then
-    local n = math.min(total - applied, tonumber(ARGV[9]))
-    tat = math.max(tat, now - tonumber(ARGV[10])) + n * t
-    applied = total
-  end
+local me = ARGV[2]
+local life = tonumber(ARGV[3])
+local keep = tonumber(ARGV[4])
+local out = {now, 0}
+for k = 1, #KEYS do
+  local a = 4 + (k - 1) * 8
+  local _, remaining, ahead, _, claim = share(KEYS[k], tonumber(ARGV[a + 1]),
+    tonumber(ARGV[a + 2]), false, me, ARGV[a + 3], tonumber(ARGV[a + 4]),
+    tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]),
+    tonumber(ARGV[a + 8]), life, keep, now)
+  out[#out + 1] = remaining
+  out[#out + 1] = ahead
+  out[#out + 1] = claim
 end
-local start = math.max(tat, now)
-local avail = math.floor((now + tau + t - start) / t) - reserved
-local outcome = 1
-local retry = 0
-if ARGV[4] == '1' then
-  if avail >= 1 then
-    tat = start + t
-    avail = avail - 1
-  else
-    outcome = 0
-    retry = math.max(start - tau + reserved * t - now, 1)
-  end
-end
-local claim = 0
-if me ~= '' then
-  if avail > 0 then
-    claim = math.min(tonumber(ARGV[11]), math.floor(avail / (others + 1)))
-  end
-  redis.call('HSET', KEYS[1], me, ARGV[6] .. ' ' .. string.format('%.0f', applied) .. ' '
-    .. claim .. ' ' .. string.format('%.0f', now_ms + tonumber(ARGV[12])))
-end
-local ahead = math.max(tat - now, 0)
-if tat > now then
-  redis.call('HSET', KEYS[1], 't', string.format('%.0f', tat))
-end
-local ttl = math.max(math.ceil(ahead / 1000), keep)
-if ttl > 0 and redis.call('PTTL', KEYS[1]) < ttl then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-end
-return {outcome, math.max(avail, 0), ahead, retry, now, claim}
-";
+return out
+"
+);
 
 /// The replicas of one local-first store: a sorted set of replica ids scored
 /// by when each last registered (server ms). ARGV: replica id, window (ms).

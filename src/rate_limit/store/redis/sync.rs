@@ -26,8 +26,8 @@ use tokio::time::MissedTickBehavior;
 use super::connection::{Backend, kind_name};
 use super::exact::DecisionFuture;
 use super::local_first::{LocalState, Reply, Report};
-use super::scripts::{REGISTER, SHARE};
-use super::topology::Node;
+use super::scripts::{REGISTER, SHARE, SHARE_MANY};
+use super::topology::{Node, key_slot};
 use crate::observe::WarnEvery;
 use crate::rate_limit::key::RateKey;
 use crate::rate_limit::store::Decision;
@@ -35,6 +35,10 @@ use crate::rate_limit::store::Decision;
 /// Batches sent at once (pipelined on one connection): a slow link carries
 /// several while the first is answered.
 const IN_FLIGHT: usize = 4;
+
+/// Keys per script call of a sync (Redis's per-call cost is paid once for
+/// them).
+const KEYS_PER_CALL: usize = 64;
 
 /// Keys per batch: where a sync starts, and its bounds.
 const FIRST_BATCH: usize = 1_000;
@@ -57,6 +61,7 @@ pub(super) struct LocalFirst {
     pub(super) interval: Duration,
     call_timeout: Duration,
     script: redis::Script,
+    many: redis::Script,
     /// This replica's field in every key it touches.
     replica: String,
     /// Send `SCRIPT LOAD` ahead of the next pipelines (first sync, or a
@@ -109,6 +114,7 @@ impl LocalFirst {
             interval,
             call_timeout,
             script: redis::Script::new(SHARE),
+            many: redis::Script::new(SHARE_MANY),
             replica: replica_id(),
             needs_load: AtomicBool::new(true),
             batch: AtomicUsize::new(FIRST_BATCH),
@@ -341,32 +347,66 @@ impl LocalFirst {
         ok
     }
 
-    /// Syncs `group` with `node`; `Some((node, reason))` if any key failed.
+    /// Syncs `group` with `node`: one pipeline of calls of up to
+    /// [`KEYS_PER_CALL`] keys each (on a cluster, keys of one slot);
+    /// `Some((node, reason))` if any key failed.
     async fn sync_node(
         &self,
         node: &Node,
-        group: Vec<(Report, String)>,
+        mut group: Vec<(Report, String)>,
         load: bool,
     ) -> Option<(String, String)> {
         let now = self.state.now_us();
-        let deadline = self.deadline(Some(node), now);
+        let deadline = u64::try_from(self.deadline(Some(node), now)).unwrap_or(0);
+        let life_ms = self.state.settings().claim_life_us / 1_000;
+        let cluster = self.backend.is_cluster();
+        if cluster {
+            group.sort_by_key(|(_, key)| key_slot(key.as_bytes()));
+        }
+        let mut calls: Vec<Vec<(Report, String)>> = Vec::new();
+        for item in group {
+            let same_call = calls.last().is_some_and(|call| {
+                call.len() < KEYS_PER_CALL
+                    && (!cluster
+                        || call.first().is_some_and(|(_, first)| {
+                            key_slot(first.as_bytes()) == key_slot(item.1.as_bytes())
+                        }))
+            });
+            match calls.last_mut() {
+                Some(call) if same_call => call.push(item),
+                _ => calls.push(vec![item]),
+            }
+        }
         let mut pipeline = redis::pipe();
         if load {
-            pipeline.cmd("SCRIPT").arg("LOAD").arg(SHARE);
+            pipeline.cmd("SCRIPT").arg("LOAD").arg(SHARE_MANY);
         }
-        for (report, key) in &group {
+        for call in &calls {
             let cmd = pipeline
                 .cmd("EVALSHA")
-                .arg(self.script.get_hash())
-                .arg(1)
-                .arg(key);
-            let (head, tail) = self.args(report, deadline, false);
-            for arg in head {
-                cmd.arg(arg);
+                .arg(self.many.get_hash())
+                .arg(call.len());
+            for (_, key) in call {
+                cmd.arg(key);
             }
-            cmd.arg(&self.replica);
-            for arg in tail {
-                cmd.arg(arg);
+            cmd.arg(deadline)
+                .arg(&self.replica)
+                .arg(life_ms)
+                .arg(life_ms + 2_000);
+            for (report, _) in call {
+                let params = self
+                    .state
+                    .params(report.policy)
+                    .copied()
+                    .unwrap_or_default();
+                cmd.arg(params.t_us)
+                    .arg(params.tau_us)
+                    .arg(report.entry)
+                    .arg(report.acked)
+                    .arg(report.total)
+                    .arg(params.max_merge)
+                    .arg(report.age)
+                    .arg(report.want);
             }
         }
         self.backend.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -376,7 +416,7 @@ impl LocalFirst {
         let settled_at = self.state.now_us();
         let reason = match reply {
             Ok(Ok(replies)) => {
-                return self.settle_all(node, group, replies, load, settled_at);
+                return self.settle_all(node, calls, replies, load, settled_at);
             }
             Ok(Err(e)) => {
                 if e.is_cluster_error() || e.is_connection_dropped() || e.is_connection_refusal() {
@@ -388,7 +428,7 @@ impl LocalFirst {
         };
         self.state.unreachable();
         // Back in front, in their order.
-        for (report, _) in group.into_iter().rev() {
+        for (report, _) in calls.into_iter().flatten().rev() {
             self.state.retry(report);
         }
         if load {
@@ -400,7 +440,7 @@ impl LocalFirst {
     fn settle_all(
         &self,
         node: &Node,
-        group: Vec<(Report, String)>,
+        calls: Vec<Vec<(Report, String)>>,
         replies: Vec<Value>,
         load: bool,
         settled_at: u64,
@@ -415,19 +455,37 @@ impl LocalFirst {
             self.needs_load.store(true, Ordering::Relaxed);
         }
         let mut failure = None;
-        for (report, _) in group {
+        for call in calls {
             let value = replies.next();
-            match value.as_ref().and_then(parse) {
-                Some((1, reply, server_now)) => {
+            let items = match &value {
+                Some(Value::Array(items)) => items.as_slice(),
+                _ => &[],
+            };
+            let int = |i: usize| match items.get(i) {
+                Some(Value::Int(n)) => Some(*n),
+                _ => None,
+            };
+            match (int(0), int(1)) {
+                (Some(server_now), Some(0)) if items.len() == 2 + 3 * call.len() => {
                     node.clock.record(server_now, settled_at);
-                    self.state.settle(&report, reply, settled_at);
+                    for (k, (report, _)) in call.into_iter().enumerate() {
+                        let at = 2 + 3 * k;
+                        let reply = Reply {
+                            ahead_us: int(at + 1).and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
+                            claim: int(at + 2).and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+                            admitted: true,
+                            remaining: int(at).and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+                            retry_us: 0,
+                        };
+                        self.state.settle(&report, reply, settled_at);
+                    }
                     continue;
                 }
-                Some((_, _, server_now)) => {
+                (Some(server_now), Some(_)) => {
                     node.clock.record(server_now, settled_at);
                     failure.get_or_insert("redis: the sync reached Redis after its deadline");
                 }
-                None => {
+                _ => {
                     if let Some(Value::ServerError(error)) = &value {
                         match error.kind() {
                             Some(ServerErrorKind::NoScript) => {
@@ -446,7 +504,9 @@ impl LocalFirst {
                     failure.get_or_insert("redis: unexpected reply to the sync script");
                 }
             }
-            self.state.retry(report);
+            for (report, _) in call.into_iter().rev() {
+                self.state.retry(report);
+            }
         }
         failure.map(|reason| (node.id.clone(), reason.to_owned()))
     }
