@@ -375,3 +375,44 @@ async fn limits_after_flushall() {
     let _serial = SERIAL.lock().await;
     limits_survive_redis_losing_its_data(|server| server.flushall()).await;
 }
+
+/// A slow link (10 ms each way, a fifth of the 50 ms timeout) while a backlog
+/// drains: batches shrink until they fit, everything is merged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_link_still_merges_a_backlog_once() {
+    let _serial = SERIAL.lock().await;
+    let server = Server::started();
+    let proxy = FaultProxy::start(server.port);
+    let p = redis_support::prefix("slow");
+    let quota = Quota::per_hour(1000).burst(10);
+    let a = layer(local_first(&proxy.url(), &p).await, quota);
+    proxy.set_blackhole(true);
+    let clients = 20_000;
+    for i in 0..clients {
+        assert!(decide(&a, &client(i)).await.unwrap().allowed);
+    }
+    proxy.set_delay(Duration::from_millis(10));
+    proxy.set_blackhole(false);
+    assert!(
+        eventually(Duration::from_secs(20), || a.store().pending_keys() == 0).await,
+        "{} keys unmerged after 20 s on a slow link",
+        a.store().pending_keys()
+    );
+    let mut conn = redis_support::raw(&server.url()).await;
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let server_now = secs * 1_000_000 + micros;
+    for i in (0..clients).step_by(200) {
+        let key = format!("{p}:p:{}", client(i).to_store_key());
+        let tat: Option<u64> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("t")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ahead = tat.unwrap_or(0).saturating_sub(server_now);
+        assert!(
+            ahead <= 3_600_000,
+            "{key}: TAT {ahead} µs ahead: charged more than once"
+        );
+    }
+}

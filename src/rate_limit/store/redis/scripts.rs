@@ -78,19 +78,31 @@ local function share(key, t, tau, admit, me, entry, acked, total, cap, age, want
     end
   end
   local claim = 0
+  local ahead = math.max(tat - now, 0)
+  local record = nil
   if me ~= '' then
     if avail > 0 then
-      claim = math.min(want, math.floor(avail / (others + 1)))
+      -- A fair share of what is left; while more than half the burst is
+      -- left, at least half of it, however little the replica used lately.
+      local fair = math.floor(avail / (others + 1))
+      if 2 * avail >= (tau / t + 1) then
+        want = math.max(want, math.floor(fair / 2))
+      end
+      claim = math.min(want, fair)
     end
-    redis.call('HSET', key, me, entry .. ' ' .. string.format('%.0f', applied) .. ' '
-      .. claim .. ' ' .. string.format('%.0f', now_ms + life))
+    record = entry .. ' ' .. string.format('%.0f', applied) .. ' ' .. claim .. ' '
+      .. string.format('%.0f', now_ms + life)
   end
-  local ahead = math.max(tat - now, 0)
-  if tat > now then
+  if tat > now and record then
+    redis.call('HSET', key, 't', string.format('%.0f', tat), me, record)
+  elseif tat > now then
     redis.call('HSET', key, 't', string.format('%.0f', tat))
+  elseif record then
+    redis.call('HSET', key, me, record)
   end
   local ttl = math.max(math.ceil(ahead / 1000), keep)
-  if ttl > 0 and redis.call('PTTL', key) < ttl then
+  -- A key that had no fields has no TTL to keep: no need to read it.
+  if ttl > 0 and (#fields == 0 or redis.call('PTTL', key) < ttl) then
     redis.call('PEXPIRE', key, ttl)
   end
   return outcome, math.max(avail, 0), ahead, retry, claim

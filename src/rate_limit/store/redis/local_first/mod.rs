@@ -441,13 +441,7 @@ impl LocalState {
             } else {
                 now.saturating_sub(start)
             },
-            // Twice the last interval's demand, and at least what a key new
-            // to this replica may spend unasked.
-            want: demand
-                .saturating_mul(2)
-                .saturating_add(1)
-                .max(self.provisional(params))
-                .min(params.burst),
+            want: demand.saturating_mul(2).saturating_add(1).min(params.burst),
             sent_at: now,
             since,
         }

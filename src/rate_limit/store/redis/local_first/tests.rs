@@ -92,7 +92,12 @@ fn share(
     let mut claim = 0;
     if let Some((replica, report)) = me {
         if avail > 0 {
-            claim = (report.want as i64).min(avail / (others as i64 + 1));
+            let fair = avail / (others as i64 + 1);
+            let mut want = report.want as i64;
+            if 2 * avail >= i64::from(p.burst) {
+                want = want.max(fair / 2);
+            }
+            claim = want.min(fair);
         }
         key.fields.insert(
             replica,
