@@ -4,8 +4,11 @@
 //!
 //! ```text
 //! cargo bench --bench shared_state -- replicas [ROUNDS]   # over-admission at 3, 6, 12 replica processes
-//! cargo bench --bench shared_state -- recovery            # backlogs of 20k and 100k keys, a 30 s outage at 5k new clients/s
+//! cargo bench --bench shared_state -- recovery [ROUNDS]   # backlogs of 20k and 100k keys, a 30 s outage at 5k new clients/s
 //! ```
+//!
+//! `scripts/shared-state.sh` runs both, pinned (the replica on core 0, Redis
+//! on core 1), and prints the machine and the date with the figures.
 //!
 //! `replicas`: R child processes (this binary, as replicas) each build a
 //! local-first [`RateLimitLayer`] (600/min, burst 20, sync every 50 ms) on one
@@ -46,10 +49,13 @@ fn main() {
             let rounds = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(3);
             replicas(&redis, rounds);
         }
-        Some("recovery") => recovery(&redis),
+        Some("recovery") => {
+            let rounds = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(3);
+            recovery(&redis, rounds);
+        }
         _ => {
             replicas(&redis, 3);
-            recovery(&redis);
+            recovery(&redis, 3);
         }
     }
 }
@@ -61,9 +67,19 @@ struct RedisServer {
 }
 
 impl RedisServer {
+    /// `TOLLGATE_BENCH_REDIS_CPU=1` pins the server to that core
+    /// (`taskset`), so that it does not share one with the replica.
     fn start() -> Self {
         let port = free_port();
-        let child = Command::new("redis-server")
+        let mut command = match std::env::var("TOLLGATE_BENCH_REDIS_CPU") {
+            Ok(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu, "redis-server"]);
+                c
+            }
+            Err(_) => Command::new("redis-server"),
+        };
+        let child = command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -261,24 +277,60 @@ fn cpu_and_rss() -> (Duration, u64) {
     (cpu, rss)
 }
 
-fn recovery(redis: &RedisServer) {
+fn recovery(redis: &RedisServer, rounds: usize) {
     println!("# recovery after an outage: local-first, 1000/h burst 10, sync 50 ms, timeout 50 ms");
     println!(
-        "scenario\tkeys\tall_merged_s\thot_refused_on_b_s\tone_request_refused_on_b\toutage_cpu_s\toutage_rss_growth_mib"
+        "scenario\tround\tkeys\tall_merged_s\thot_refused_on_b_s\tone_request_refused_on_b\toutage_cpu_s\toutage_rss_growth_mib"
     );
     let rt = runtime();
-    for (name, outage, rate) in [
+    let cases = [
         ("20k at once", Duration::from_secs(2), 10_000u64),
         ("100k at once", Duration::from_secs(5), 20_000),
         ("30 s at 5k/s", Duration::from_secs(30), 5_000),
-    ] {
-        rt.block_on(recovery_case(redis, name, outage, rate));
+    ];
+    let mut results: Vec<Vec<Outcome>> = cases.iter().map(|_| Vec::new()).collect();
+    // Rounds interleave the scenarios, so that a slow minute of the machine
+    // does not land on one of them only.
+    for round in 1..=rounds {
+        for (case, (name, outage, rate)) in cases.iter().enumerate() {
+            let outcome = rt.block_on(recovery_case(redis, name, round, *outage, *rate));
+            results[case].push(outcome);
+        }
+    }
+    println!("# medians (range) over {rounds} rounds");
+    for ((name, _, _), outcomes) in cases.iter().zip(&results) {
+        let spread = |f: &dyn Fn(&Outcome) -> f64| {
+            let mut v: Vec<f64> = outcomes.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            format!("{:.2} ({:.2}–{:.2})", v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        println!(
+            "{name}: all merged {} s; hot client refused on b {} s; one-request clients refused on b: {}; outage CPU {} s",
+            spread(&|o| o.merged),
+            spread(&|o| o.hot),
+            outcomes.iter().map(|o| o.refused).max().unwrap_or(0),
+            spread(&|o| o.cpu),
+        );
     }
 }
 
-async fn recovery_case(redis: &RedisServer, name: &str, outage: Duration, rate: u64) {
+/// One run of a recovery scenario (seconds; `f64::INFINITY`: never).
+struct Outcome {
+    merged: f64,
+    hot: f64,
+    refused: u64,
+    cpu: f64,
+}
+
+async fn recovery_case(
+    redis: &RedisServer,
+    name: &str,
+    round: usize,
+    outage: Duration,
+    rate: u64,
+) -> Outcome {
     let prefix = format!(
-        "bench-recovery-{}-{}",
+        "bench-recovery-{}-{round}-{}",
         std::process::id(),
         name.replace(' ', "-")
     );
@@ -330,13 +382,19 @@ async fn recovery_case(redis: &RedisServer, name: &str, outage: Duration, rate: 
             refused += 1;
         }
     }
-    let secs =
-        |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{:.2}", d.as_secs_f64()));
+    let secs = |d: Option<Duration>| d.map_or(f64::INFINITY, |d| d.as_secs_f64());
+    let outcome = Outcome {
+        merged: secs(all_merged),
+        hot: secs(hot_refused),
+        refused,
+        cpu: (cpu1 - cpu0).as_secs_f64(),
+    };
     println!(
-        "{name}\t{clients}\t{}\t{}\t{refused}\t{:.2}\t{:.1}",
-        secs(all_merged),
-        secs(hot_refused),
-        (cpu1 - cpu0).as_secs_f64(),
+        "{name}\t{round}\t{clients}\t{:.2}\t{:.2}\t{refused}\t{:.2}\t{:.1}",
+        outcome.merged,
+        outcome.hot,
+        outcome.cpu,
         rss1.saturating_sub(rss0) as f64 / 1024.0
     );
+    outcome
 }

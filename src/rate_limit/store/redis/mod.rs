@@ -145,9 +145,12 @@ fn micros(d: Duration) -> u64 {
 ///   state ("TAT − now" on the server's clock, so replica clocks do not
 ///   matter) and a renewed claim. A sync that timed out (and may or may not
 ///   have run) is sent again as it was and **charged once**.
-/// - A claim is at most the tokens left, less the other replicas' live
-///   claims, divided among the replicas holding one, and at most twice what
-///   the replica admitted in the last interval (plus one). It lives
+/// - A claim is at most a fair share: the tokens left that no other live
+///   claim reserves, divided among the replicas holding one. While more than
+///   half the burst is left, it is at least half that share (a busy key far
+///   from its limit never waits); below, at most twice what the replica
+///   admitted in the last interval, plus one (so a replica that stopped
+///   using a key near its limit reserves little of it). It lives
 ///   max(2 s, 40 intervals) in Redis; the replica stops using it a quarter
 ///   earlier. Exact decisions and new claims only see the tokens that no
 ///   live claim reserves.
