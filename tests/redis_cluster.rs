@@ -384,6 +384,14 @@ async fn a_dead_node_fails_only_its_own_keys() {
             .store(store)
             .build()
             .unwrap();
+        if mode == "local" {
+            // Until the replica count is confirmed, new keys ask Redis.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while layer.store().replicas().is_none() {
+                assert!(Instant::now() < deadline, "the store never registered");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         first = Instant::now();
         for key in &keys {
             assert_eq!(

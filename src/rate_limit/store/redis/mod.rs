@@ -423,8 +423,9 @@ impl RedisStore {
     }
 
     /// The replicas of this local-first store (same Redis, same prefix) that
-    /// registered within the last 10 s, this one included; `None` before the
-    /// first registration answered, and in exact mode. Sizes what a key new
+    /// registered within the last 10 s, this one included; `None` in exact
+    /// mode and until two registrations (one a second) answered in a row, so
+    /// that replicas started together count each other. Sizes what a key new
     /// to this replica may admit before asking Redis (see the type docs).
     pub fn replicas(&self) -> Option<u32> {
         self.local
@@ -513,12 +514,7 @@ impl RateLimitStore for RedisStore {
                 self.params.clone(),
                 self.max_local_keys,
                 self.backend.clock.clone(),
-                Settings {
-                    // Long enough that a client's next request, seconds
-                    // later, still finds its claim; short enough that an idle
-                    // replica's claim is released soon for the others.
-                    claim_life_us: micros(interval.saturating_mul(40)).max(2_000_000),
-                },
+                Settings::new(interval),
             );
             let engine = Arc::new(LocalFirst::new(
                 state,

@@ -16,7 +16,9 @@
 //!   the replicas holding one. So the replicas' own decisions together never
 //!   spend more than the bucket holds, however many replicas there are.
 //!
-//! Exactly one key (`KEYS[1]`) per call: no `CROSSSLOT` on a cluster. Every
+//! A call touches one key, or (a sync's [`SHARE_MANY`]) keys of one slot: no
+//! `CROSSSLOT` on a cluster. A key that is not a hash (0.2 stored a string
+//! TAT under the same name) is taken over, its TAT kept. Every
 //! call takes a deadline on the server's clock (0: none) and does nothing past
 //! it: work that arrives after the caller gave up spends nothing.
 
@@ -28,12 +30,23 @@ macro_rules! share_fn {
         r"
 local function share(key, t, tau, admit, me, entry, acked, total, cap, age, want, life, keep, now)
   local now_ms = math.floor(now / 1000)
-  local fields = redis.call('HGETALL', key)
   local tat = 0
+  local fields = redis.pcall('HGETALL', key)
+  if fields.err then
+    -- Not a hash (a 0.2 string TAT under the same name): taken over.
+    local old = redis.pcall('GET', key)
+    if type(old) == 'string' then
+      tat = tonumber(old) or 0
+    end
+    redis.call('DEL', key)
+    fields = {}
+  end
   local reserved = 0
   local others = 0
   local mine_entry = nil
   local mine_applied = 0
+  local mine_claim = 0
+  local mine_until = 0
   for i = 1, #fields, 2 do
     local name = fields[i]
     local value = fields[i + 1]
@@ -44,19 +57,29 @@ local function share(key, t, tau, admit, me, entry, acked, total, cap, age, want
       if name == me and e then
         mine_entry = e
         mine_applied = tonumber(a)
+        mine_claim = tonumber(c)
+        mine_until = tonumber(u)
       elseif u and tonumber(u) > now_ms then
         reserved = reserved + tonumber(c)
         others = others + 1
-      elseif not u or tonumber(u) + keep < now_ms then
+      elseif me ~= '' and (not u or tonumber(u) + keep < now_ms) then
         redis.call('HDEL', key, name)
       end
     end
   end
   local applied = 0
+  -- What this replica may still spend of its last claim while this call is
+  -- on its way: it stays reserved, whatever the new claim.
+  local holding = 0
   if me ~= '' then
     applied = acked
-    if mine_entry == entry and mine_applied > applied then
-      applied = mine_applied
+    if mine_entry == entry then
+      if mine_applied > applied then
+        applied = mine_applied
+      end
+      if mine_until > now_ms then
+        holding = math.max(mine_claim - (total - mine_applied), 0)
+      end
     end
     if total > applied then
       local n = math.min(total - applied, cap)
@@ -65,7 +88,7 @@ local function share(key, t, tau, admit, me, entry, acked, total, cap, age, want
     end
   end
   local start = math.max(tat, now)
-  local avail = math.floor((now + tau + t - start) / t) - reserved
+  local avail = math.floor((now + tau + t - start) / t) - reserved - holding
   local outcome = 1
   local retry = 0
   if admit then
@@ -74,10 +97,10 @@ local function share(key, t, tau, admit, me, entry, acked, total, cap, age, want
       avail = avail - 1
     else
       outcome = 0
-      retry = math.max(start - tau + reserved * t - now, 1)
+      retry = math.max(start - tau + (reserved + holding) * t - now, 1)
     end
   end
-  local claim = 0
+  local claim = holding
   local ahead = math.max(tat - now, 0)
   local record = nil
   if me ~= '' then
@@ -88,7 +111,7 @@ local function share(key, t, tau, admit, me, entry, acked, total, cap, age, want
       if 2 * avail >= (tau / t + 1) then
         want = math.max(want, math.floor(fair / 2))
       end
-      claim = math.min(want, fair)
+      claim = holding + math.min(want, fair)
     end
     record = entry .. ' ' .. string.format('%.0f', applied) .. ' ' .. claim .. ' '
       .. string.format('%.0f', now_ms + life)

@@ -263,7 +263,11 @@ impl LocalFirst {
             if results.contains(&false) {
                 self.batch
                     .store((size / 2).max(MIN_BATCH), Ordering::Relaxed);
-                break;
+                // Keys of a failing node went to the back; the others may go
+                // on, unless nothing got through.
+                if !results.contains(&true) {
+                    break;
+                }
             }
             if took < Self::micros(self.call_timeout) / 2 {
                 self.batch
@@ -280,6 +284,10 @@ impl LocalFirst {
     /// than ten intervals), and says when it caught up.
     fn watch_lag(&self) {
         let lag = self.state.lag();
+        // Claims stop being spent before what was spent of them could
+        // outlive them in Redis unmerged.
+        self.state
+            .set_lagging(lag > Duration::from_micros(self.state.settings().margin_us / 2));
         #[cfg(feature = "metrics")]
         {
             #[expect(clippy::cast_precision_loss, reason = "a gauge of key counts")]
@@ -427,8 +435,8 @@ impl LocalFirst {
             Err(_) => "redis: timed out".to_owned(),
         };
         self.state.unreachable();
-        // Back in front, in their order.
-        for (report, _) in calls.into_iter().flatten().rev() {
+        // Back in the queue, in their order.
+        for (report, _) in calls.into_iter().flatten() {
             self.state.retry(report);
         }
         if load {
@@ -504,7 +512,7 @@ impl LocalFirst {
                     failure.get_or_insert("redis: unexpected reply to the sync script");
                 }
             }
-            for (report, _) in call.into_iter().rev() {
+            for (report, _) in call {
                 self.state.retry(report);
             }
         }
@@ -550,6 +558,9 @@ impl LocalFirst {
             self.state.answered();
             self.state
                 .set_replicas(u32::try_from(count).unwrap_or(u32::MAX).max(1));
+        } else {
+            // Unknown again: new keys ask until two registrations answer.
+            self.state.set_replicas(0);
         }
     }
 }

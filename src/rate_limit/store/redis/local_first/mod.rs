@@ -32,15 +32,25 @@ type Hasher = foldhash::fast::RandomState;
 /// How claims are timed; fixed when the store is built.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Settings {
-    /// How long Redis keeps a claim reserved (µs). The replica stops using
-    /// it a quarter earlier, measured from when it asked, so it never spends
-    /// a claim Redis has already released.
+    /// How long Redis keeps a claim reserved (µs): max(4 s, 80 intervals).
     pub(super) claim_life_us: u64,
+    /// The end of a claim the replica leaves unspent (µs): max(1 s, 20
+    /// intervals), so that what it spent reaches Redis while the claim still
+    /// covers it. It spends no claim while its sync lags half of this.
+    pub(super) margin_us: u64,
 }
 
 impl Settings {
+    pub(super) fn new(interval: Duration) -> Self {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Self {
+            claim_life_us: us(interval.saturating_mul(80)).max(4_000_000),
+            margin_us: us(interval.saturating_mul(20)).max(1_000_000),
+        }
+    }
+
     fn claim_use_us(&self) -> u64 {
-        self.claim_life_us - self.claim_life_us / 4
+        self.claim_life_us.saturating_sub(self.margin_us)
     }
 }
 
@@ -65,6 +75,11 @@ struct Entry {
     claim: u32,
     /// Until when (local µs) the claim may be used.
     claim_until: u64,
+    /// The claim is Redis's (false: the provisional allowance of a new key).
+    claim_reserved: bool,
+    /// When the report whose reply set the claim was made: an older reply,
+    /// arriving late, does not replace it.
+    claim_sent: u64,
     /// Admissions since the last report: what the next claim should cover.
     demand: u32,
     /// In a sync queue.
@@ -83,6 +98,8 @@ impl Entry {
             acked: 0,
             claim: provisional,
             claim_until: now.saturating_add(settings.claim_use_us()),
+            claim_reserved: false,
+            claim_sent: 0,
             demand: 0,
             queued: false,
             urgent: false,
@@ -178,6 +195,15 @@ pub(super) struct LocalState {
     /// Replicas of this store seen live in Redis's registry (0: not known
     /// yet).
     replicas: AtomicU32,
+    /// Registrations answered in a row (a provisional allowance needs two:
+    /// replicas started together have all registered by the second).
+    registrations: AtomicU32,
+    /// The sync lags more than a quarter of a claim's life: claims are not
+    /// spent (keys ask) until it catches up.
+    lagging: AtomicBool,
+    /// The oldest `since` among retried reports waiting in a queue
+    /// (`u64::MAX`: none).
+    oldest_retry: AtomicU64,
 }
 
 impl std::fmt::Debug for LocalState {
@@ -220,17 +246,35 @@ impl LocalState {
             oldest_in_flight: AtomicU64::new(u64::MAX),
             forgiven: AtomicU64::new(0),
             replicas: AtomicU32::new(0),
+            registrations: AtomicU32::new(0),
+            lagging: AtomicBool::new(false),
+            oldest_retry: AtomicU64::new(u64::MAX),
         }
     }
 
-    /// How many replicas the registry counts (0: not known yet).
+    /// How many replicas the registry counts (0: not known yet, or not
+    /// confirmed by a second registration).
     pub(super) fn replicas(&self) -> u32 {
+        if self.registrations.load(Ordering::Relaxed) < 2 {
+            return 0;
+        }
         self.replicas.load(Ordering::Relaxed)
     }
 
-    /// Records how many replicas the registry counts.
+    /// Records how many replicas the registry counts (0: the registration
+    /// failed, so the count is not known).
     pub(super) fn set_replicas(&self, replicas: u32) {
         self.replicas.store(replicas, Ordering::Relaxed);
+        if replicas == 0 {
+            self.registrations.store(0, Ordering::Relaxed);
+        } else {
+            self.registrations.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether claims may be spent: not while the sync lags.
+    pub(super) fn set_lagging(&self, lagging: bool) {
+        self.lagging.store(lagging, Ordering::Relaxed);
     }
 
     /// What a key new to this replica may admit before Redis is asked:
@@ -238,6 +282,9 @@ impl LocalState {
     /// of them together, meeting one key at once, spend at most a quarter
     /// of its burst unasked (none while the count is unknown).
     fn provisional(&self, params: &Params) -> u32 {
+        if self.registrations.load(Ordering::Relaxed) < 2 {
+            return 0;
+        }
         match self.replicas.load(Ordering::Relaxed) {
             0 => 0,
             replicas => params.burst / replicas.saturating_mul(4),
@@ -275,6 +322,7 @@ impl LocalState {
             .flatten()
             .map(|q| q.since)
             .chain(Some(self.oldest_in_flight.load(Ordering::Relaxed)))
+            .chain(Some(self.oldest_retry.load(Ordering::Relaxed)))
             .min()
             .filter(|&since| since != u64::MAX);
         from_us(oldest.map_or(0, |since| now.saturating_sub(since)))
@@ -368,7 +416,8 @@ impl LocalState {
                 from_us(earliest - now),
             )));
         }
-        let claimed = entry.claim > 0 && now < entry.claim_until;
+        let claimed =
+            entry.claim > 0 && now < entry.claim_until && !self.lagging.load(Ordering::Relaxed);
         if !claimed && !alone {
             let report = self.report(policy, key, &mut entry, params, now, 0);
             return Ok(Local::Ask(report));
@@ -430,6 +479,11 @@ impl LocalState {
             .saturating_sub(charged.saturating_mul(params.t_us));
         let demand = entry.demand;
         entry.demand = 0;
+        if !entry.claim_reserved {
+            // Redis does not know the provisional allowance: what is left of
+            // it is not spent while the reply is on its way.
+            entry.claim = 0;
+        }
         Report {
             policy,
             key: key.clone(),
@@ -453,6 +507,7 @@ impl LocalState {
         let mut reports = Vec::new();
         while reports.len() < max {
             let Some(queued) = self.lock_queues().pop() else {
+                self.oldest_retry.store(u64::MAX, Ordering::Relaxed);
                 break;
             };
             let (Some(params), Some(map)) =
@@ -503,7 +558,8 @@ impl LocalState {
     }
 
     /// A sync's report did not reach Redis (or came back late): queued again,
-    /// in front, to be sent again as it is (Redis charges it at most once).
+    /// at the back of the urgent queue, to be sent again (Redis charges its
+    /// admissions at most once).
     pub(super) fn retry(&self, report: Report) {
         self.landed();
         let Some(map) = self.maps.get(report.policy) else {
@@ -521,7 +577,10 @@ impl LocalState {
         entry.queued = true;
         entry.urgent = true;
         drop(entry);
-        self.lock_queues().urgent.push_front(Queued {
+        // At the back: a key that keeps failing (its node down) does not
+        // hold up the others.
+        self.oldest_retry.fetch_min(report.since, Ordering::Relaxed);
+        self.lock_queues().urgent.push_back(Queued {
             policy: report.policy,
             key: report.key,
             since: report.since,
@@ -547,10 +606,14 @@ impl LocalState {
         // Admissions made while the call was on its way: part of what the
         // claim covered, and not in the shared state yet.
         let since = entry.total.saturating_sub(report.total);
-        entry.claim = reply
-            .claim
-            .saturating_sub(u32::try_from(since).unwrap_or(u32::MAX));
-        entry.claim_until = report.sent_at.saturating_add(self.settings.claim_use_us());
+        if report.sent_at >= entry.claim_sent {
+            entry.claim = reply
+                .claim
+                .saturating_sub(u32::try_from(since).unwrap_or(u32::MAX));
+            entry.claim_until = report.sent_at.saturating_add(self.settings.claim_use_us());
+            entry.claim_reserved = true;
+            entry.claim_sent = report.sent_at;
+        }
         let since_us = since.saturating_mul(t);
         let shared = now.saturating_add(reply.ahead_us);
         let synced = shared
@@ -570,21 +633,20 @@ impl LocalState {
     }
 
     /// Removes keys that are full again and have nothing waiting for Redis
-    /// (indistinguishable from new keys), and shrinks the maps. While Redis
-    /// is unreachable, admissions so old that the key refilled since (one
-    /// whole burst's time) are forgiven, so that the cap does not fill with
-    /// keys that can no longer change a decision.
+    /// (indistinguishable from new keys), and shrinks the maps. Admissions
+    /// still unmerged so long after they were made that the key refilled
+    /// since (one whole burst's time: Redis unreachable, or its node down)
+    /// are forgiven, so that the cap does not fill with keys that can no
+    /// longer change a decision here.
     pub(super) fn cleanup(&self) {
         let now = self.clock.now_us();
-        let degraded = !self.healthy();
         for (policy, map) in self.maps.iter().enumerate() {
             let full_refill = self
                 .params
                 .get(policy)
                 .map_or(0, |p| p.tau_us.saturating_add(p.t_us));
             map.retain(|key, entry| {
-                if degraded
-                    && entry.unmerged() > 0
+                if entry.unmerged() > 0
                     && entry.tat <= now
                     && entry.batch_tat.saturating_add(full_refill) <= now
                 {

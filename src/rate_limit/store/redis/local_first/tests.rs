@@ -18,9 +18,7 @@ fn params(r: u64, b: u32, interval: u64) -> Params {
 }
 
 fn settings(interval: u64) -> Settings {
-    Settings {
-        claim_life_us: (40 * interval).max(2 * SEC),
-    }
+    Settings::new(from_us(interval))
 }
 
 /// One key in Redis: its TAT and each replica's field.
@@ -48,7 +46,7 @@ fn share(
     let mut mine = None;
     key.fields.retain(|&replica, &mut (e, a, c, u)| {
         if Some(replica) == me.map(|m| m.0) {
-            mine = Some((e, a));
+            mine = Some((e, a, c, u));
             true
         } else if u > now_ms {
             reserved += u64::from(c);
@@ -62,13 +60,16 @@ fn share(
     let now_i = now as i64;
     let mut tat = key.tat as i64;
     let mut applied = 0;
+    let mut holding = 0i64;
     if let Some((_, report)) = me {
         applied = report.acked;
-        if let Some((e, a)) = mine
+        if let Some((e, a, c, u)) = mine
             && e == report.entry
-            && a > applied
         {
-            applied = a;
+            applied = applied.max(a);
+            if u > now_ms {
+                holding = (i64::from(c) - (report.total as i64 - a as i64)).max(0);
+            }
         }
         if report.total > applied {
             let n = (report.total - applied).min(u64::from(p.max_merge)) as i64;
@@ -77,7 +78,7 @@ fn share(
         }
     }
     let start = tat.max(now_i);
-    let mut avail = (now_i + tau + t - start).div_euclid(t) - reserved as i64;
+    let mut avail = (now_i + tau + t - start).div_euclid(t) - reserved as i64 - holding;
     let mut outcome = 1;
     let mut retry = 0;
     if admit {
@@ -86,10 +87,10 @@ fn share(
             avail -= 1;
         } else {
             outcome = 0;
-            retry = (start - tau + reserved as i64 * t - now_i).max(1);
+            retry = (start - tau + (reserved as i64 + holding) * t - now_i).max(1);
         }
     }
-    let mut claim = 0;
+    let mut claim = holding;
     if let Some((replica, report)) = me {
         if avail > 0 {
             let fair = avail / (others as i64 + 1);
@@ -97,7 +98,7 @@ fn share(
             if 2 * avail >= i64::from(p.burst) {
                 want = want.max(fair / 2);
             }
-            claim = want.min(fair);
+            claim = holding + want.min(fair);
         }
         key.fields.insert(
             replica,
@@ -138,6 +139,8 @@ impl World {
             .map(|_| {
                 let state =
                     LocalState::new(vec![params], cap, LocalClock::Manual(Arc::clone(&now)), s);
+                // Two registrations: provisional allowances are on.
+                state.set_replicas(count as u32);
                 state.set_replicas(count as u32);
                 state
             })
@@ -223,6 +226,34 @@ impl World {
 
     fn sync(&mut self, replica: usize) {
         self.sync_with(replica, false);
+    }
+
+    /// A sync in two halves: the reports leave now, Redis runs them and the
+    /// replies land at `finish` (admissions made in between are in flight).
+    fn begin_sync(&self, replica: usize) -> Vec<Report> {
+        self.replicas[replica].take(usize::MAX)
+    }
+
+    fn finish_sync(&mut self, replica: usize, reports: Vec<Report>) {
+        let server_now = self.server_now();
+        let params = *self.replicas[replica].params(0).unwrap();
+        for report in reports {
+            let shared = self
+                .shared
+                .entry((report.policy, report.key.clone()))
+                .or_default();
+            let (_, reply) = share(
+                shared,
+                server_now,
+                &params,
+                false,
+                Some((replica, &report)),
+                self.life_ms,
+                self.keep_ms,
+            );
+            let state = &self.replicas[replica];
+            state.settle(&report, reply, state.now_us());
+        }
     }
 
     fn fail_sync(&self, replica: usize) {
@@ -369,7 +400,7 @@ fn a_key_far_from_its_limit_never_waits_for_redis() {
     }
     let asks = world.asks;
     for tick in 0..100u64 {
-        world.set(2 * SEC + tick * 100 * MS);
+        world.set(SEC + 100 * MS + tick * 100 * MS);
         assert!(world.decide((tick % 3) as usize, &key).allowed);
         for replica in 0..3 {
             world.sync(replica);
@@ -444,8 +475,8 @@ fn replenished_keys_are_cleaned_up_and_the_cap_holds() {
     assert!(!world.decide(0, &RateKey::text("new8")).allowed);
     assert!(world.replicas[0].overflowed());
     assert_eq!(world.replicas[0].len(), 3);
-    // Unmerged keys stay, even when full again.
-    world.set(10 * SEC);
+    // Unmerged keys stay, even when full again (until a whole refill later).
+    world.set(SEC + 500 * MS);
     world.replicas[0].answered();
     world.replicas[0].cleanup();
     assert_eq!(world.replicas[0].len(), 3);
@@ -493,10 +524,103 @@ fn keys_are_synced_urgent_first_and_in_bounded_batches() {
     assert_eq!(first.len(), 10);
     assert_eq!(first[0].key, hot, "a key near its limit goes first");
     assert_eq!(state.pending_keys(), 101, "in flight still counts");
-    // A failed batch goes back in its order (last first, each in front).
-    for report in first.into_iter().rev() {
+    // A failed batch goes to the back of the urgent queue, in its order,
+    // ahead of the keys far from their limit.
+    for report in first {
         state.retry(report);
     }
     let again = state.take(1);
-    assert_eq!(again[0].key, hot, "a retried key goes back in front");
+    assert_eq!(again[0].key, hot, "a retried urgent key goes first again");
+}
+
+/// Review of issue 22's redesign: a replica that spends its claim while its
+/// sync is on its way must not see that part handed to others by the reply.
+#[test]
+fn a_claim_spent_while_its_sync_is_on_its_way_stays_reserved() {
+    // 3 replicas, burst 100, nothing refills during the test.
+    let mut world = World::new(3, params(1, 100, 50 * MS), 100, 50 * MS);
+    world.replicas.iter().for_each(|r| r.set_replicas(3));
+    let key = RateKey::text("k");
+    let mut admitted = 0;
+    // A and B learn the key and get claims.
+    for replica in [0, 1] {
+        if world.decide(replica, &key).allowed {
+            admitted += 1;
+        }
+        world.sync(replica);
+    }
+    // A admits once, reports it, and spends the rest of its claim while the
+    // report is on its way.
+    if world.decide(0, &key).allowed {
+        admitted += 1;
+    }
+    let in_flight = world.begin_sync(0);
+    for _ in 0..100 {
+        if let Local::Decided(d) = world.replicas[0].decide(0, &key).unwrap() {
+            if d.allowed {
+                admitted += 1;
+            }
+        } else {
+            break;
+        }
+    }
+    world.finish_sync(0, in_flight);
+    // The others take what they can before A says anything more.
+    for _ in 0..200 {
+        for replica in [2, 1] {
+            if world.decide(replica, &key).allowed {
+                admitted += 1;
+            }
+        }
+    }
+    for _ in 0..100 {
+        for replica in [0, 1, 2] {
+            if world.decide(replica, &key).allowed {
+                admitted += 1;
+            }
+        }
+    }
+    for replica in 0..3 {
+        world.sync(replica);
+    }
+    // One GCRA admits the burst, 100; C's provisional allowance may add
+    // ⌊100 / 12⌋ (the bound: ⌊100/4⌋ for all three).
+    assert!(admitted <= 100 + 8, "{admitted} admitted of a burst of 100");
+    assert!(admitted >= 95, "{admitted}: under-used");
+}
+
+/// Review of issue 22's redesign: replies that land out of order (two asks
+/// of one key) do not let an older, larger claim replace the newer one Redis
+/// holds.
+#[test]
+fn an_older_reply_landing_late_does_not_replace_the_claim() {
+    let world = World::new(1, params(1, 100, 50 * MS), 100, 50 * MS);
+    let state = &world.replicas[0];
+    let key = RateKey::text("k");
+    let Local::Decided(_) = state.decide(0, &key).unwrap() else {
+        panic!("the provisional allowance decides the first request");
+    };
+    let older = state.take(1).remove(0);
+    world.set(SEC + MS);
+    // A newer report of the same entry (an ask).
+    let newer = Report {
+        sent_at: state.now_us(),
+        ..older.clone()
+    };
+    let reply = |claim| Reply {
+        ahead_us: 0,
+        claim,
+        admitted: true,
+        remaining: 0,
+        retry_us: 0,
+    };
+    state.apply(&newer, reply(2), state.now_us());
+    state.settle(&older, reply(50), state.now_us());
+    let mut local = 0;
+    while let Local::Decided(d) = state.decide(0, &key).unwrap() {
+        assert!(d.allowed);
+        local += 1;
+        assert!(local <= 2, "spent the older reply's claim of 50");
+    }
+    assert_eq!(local, 2, "the newer claim");
 }
