@@ -150,23 +150,37 @@ fn micros(d: Duration) -> u64 {
 ///   half the burst is left, it is at least half that share (a busy key far
 ///   from its limit never waits); below, at most twice what the replica
 ///   admitted in the last interval, plus one (so a replica that stopped
-///   using a key near its limit reserves little of it). It lives
-///   max(2 s, 40 intervals) in Redis; the replica stops using it a quarter
-///   earlier. Exact decisions and new claims only see the tokens that no
-///   live claim reserves.
+///   using a key near its limit reserves little of it). What the replica may
+///   still spend of its previous claim while a call is on its way stays
+///   reserved in the new one. Exact decisions and new claims only see the
+///   tokens that no live claim reserves.
+/// - A claim lives L = max(4 s, 80 intervals) in Redis. The replica spends it
+///   until a margin M = max(1 s, 20 intervals) before that (counted from when
+///   it asked), and not at all while its sync lags more than M/2, so that
+///   what it spent is merged while the claim still covers it. A key idle on
+///   a replica longer than L − M asks once when it comes back.
 /// - A request whose key has no claim left **asks** Redis: one awaited call
 ///   that merges, decides this request exactly and renews the claim. Only
 ///   keys near their limit, shared by several replicas, pay it.
 /// - A key new to this replica may admit ⌊b / (4·R)⌋ requests before its
 ///   first answer (b the burst, R the replicas registered under this prefix in
-///   the last 10 s; none before the first registration answered).
+///   the last 10 s, once two registrations a second apart confirmed it, so
+///   that replicas started together count each other; none before, nor after
+///   a registration failed).
 ///
-/// **Over-admission bound**, with Redis answering: in any window, the
-/// replicas together admit at most what one GCRA admits (b + r·W in a window
-/// W), plus at most **⌊b / 4⌋ per key and episode**, whatever the number of
-/// replicas: the provisional allowances of the replicas meeting a key for the
-/// first time while it is already spent elsewhere (R replicas × ⌊b / (4R)⌋).
-/// Claims cannot over-admit: they are reserved before they are spent.
+/// **Over-admission bound**, with Redis answering and the sync within M/2:
+/// in any window, the replicas together admit at most what one GCRA admits
+/// (b + r·W in a window W), plus at most **⌊b / 4⌋ per key each time it
+/// becomes active on replicas that had let it go** (at most once per refill
+/// time b/r, since a replica lets a key go only once it is full again there),
+/// whatever the number of replicas: the provisional allowances of the
+/// replicas meeting it while it is spent elsewhere (R × ⌊b / (4R)⌋). Claims
+/// do not over-admit: they are reserved before they are spent and stay
+/// reserved until what was spent of them is merged. Outside these conditions
+/// (Redis unreachable, or a sync more than M behind), each replica decides
+/// alone, below. Replica clocks never matter; the Redis primary's clock does
+/// (claims expire by its `TIME`: a step forward by more than M, or a failover
+/// to a primary whose clock runs ahead, releases claims early).
 /// Measured (one key hammered round-robin, 600/min, burst 20, sync 50 ms,
 /// 6 s; one GCRA admits 80): 79 admitted at 3, 6 and 12 replicas
 /// (`tests/redis.rs`, separate stores on one Redis) and at 1 to 96 replicas
@@ -200,11 +214,14 @@ fn micros(d: Duration) -> u64 {
 ///
 /// **When Redis fails** (a call times out or errors), every key is decided in
 /// this process alone until a call succeeds again (each replica then enforces
-/// the whole quota by itself: up to R times the quota while it lasts). The
+/// the whole quota by itself: up to R times the quota while it lasts; one
+/// flag per replica, so on a cluster with one node down, a key of that node
+/// whose claim is spent waits up to the timeout before it is decided alone). The
 /// failures are counted and logged at `warn` — the first one, then at most
 /// one line per 10 s. The admissions are merged when Redis answers again, at
-/// most b + ⌈r·(I + timeout)⌉ + 1 per key (charging a whole outage would lock
-/// keys out long after Redis returned), and admissions so old that their key
+/// most b + ⌈r·(I + timeout)⌉ + 1 per key and call of a replica (charging a
+/// whole outage would lock keys out long after Redis returned; the rest is
+/// not counted), and admissions so old that their key
 /// has refilled since are forgiven ([`forgiven`](RedisStore::forgiven)) so
 /// that an outage does not fill the key cap. `SECURITY.md` lists what each
 /// fault can over-admit, with the test that shows it.
@@ -213,8 +230,9 @@ fn micros(d: Duration) -> u64 {
 /// local-first replica that touched the key keeps one field (its merged total
 /// and its claim). A key lives until its bucket is full again and, while a
 /// replica holds a field in it, at least a claim life plus 2 s. 0.2 stored
-/// strings under the same names: give a 0.3 deployment its own prefix while
-/// 0.2 replicas still run.
+/// strings under the same names: this version takes such a key over (keeping
+/// its TAT), and 0.2 replicas then fail on it, so give a 0.3 deployment its
+/// own prefix while 0.2 replicas still run.
 ///
 /// # Redis Cluster
 ///
