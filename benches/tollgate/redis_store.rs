@@ -111,6 +111,15 @@ pub fn bench(c: &mut Criterion) {
                     .build()
                     .expect("layer")
             });
+            if mode == "redis_local_first" {
+                // Until the replica count is confirmed (two registrations, a
+                // second apart), new keys ask Redis.
+                rt.block_on(async {
+                    while layer.store().replicas().is_none() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                });
+            }
             let name = format!("allowed/{keys_name}/{mode}");
             let before = layer.store().round_trips();
             let started = Instant::now();
