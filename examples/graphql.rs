@@ -26,6 +26,9 @@
 //!   Its `[auth.revocation]` table makes the auth layer refuse revoked tokens;
 //!   with `redis_url` the revocations are shared by every replica through
 //!   Redis, without it they are per process
+//! - `TOLLGATE_PUBLIC_SCHEME`: the scheme browsers reach the service at, for
+//!   the CSRF guard's same-origin check (default `http`, what this example
+//!   serves; `https` behind an ingress that terminates TLS)
 //! - `TOLLGATE_LAYERS=off`: serve without tollgate (for throughput comparisons only)
 //!
 //! `POST /logout` revokes the caller's token (its `jti`) and `POST
@@ -246,6 +249,7 @@ pub(crate) struct Config {
     oidc_issuer: Option<String>,
     file: Option<TollgateConfig>,
     refresh_within: Option<Duration>,
+    scheme: http::uri::Scheme,
 }
 
 impl Config {
@@ -296,6 +300,16 @@ impl Config {
             refresh_within: match env_u32("TOLLGATE_REFRESH_WITHIN_SECS", 0)? {
                 0 => None,
                 secs => Some(Duration::from_secs(secs.into())),
+            },
+            scheme: match var("TOLLGATE_PUBLIC_SCHEME", "http").as_str() {
+                "http" => http::uri::Scheme::HTTP,
+                "https" => http::uri::Scheme::HTTPS,
+                other => {
+                    return Err(format!(
+                        "TOLLGATE_PUBLIC_SCHEME must be http or https, got {other:?}"
+                    )
+                    .into());
+                }
             },
         })
     }
@@ -352,10 +366,12 @@ pub(crate) async fn app(
     let revocations = auth.revocations().cloned().unwrap_or(local);
     // Logout needs a token (401 without), and a cookie-authenticated POST
     // from another site is refused by the CSRF guard.
+    // The guard compares an `Origin` with the scheme browsers use here.
+    let csrf = CsrfGuardLayer::new().scheme(config.scheme.clone());
     let session = || {
         ServiceBuilder::new()
             .layer(auth.clone().required())
-            .layer(CsrfGuardLayer::new())
+            .layer(csrf.clone())
             .layer(limit.clone())
     };
     let logout_routes = Router::new()
@@ -381,7 +397,7 @@ pub(crate) async fn app(
                 ServiceBuilder::new()
                     .layer(auth.clone().lenient())
                     // cookie sessions: refuse cross-site POSTs and WebSockets
-                    .layer(CsrfGuardLayer::new())
+                    .layer(csrf)
                     .layer(limit.clone()),
             ),
         )

@@ -64,7 +64,8 @@ pub(crate) enum RateDecision {
     FailedClosed,
 }
 
-#[cfg(feature = "rate-limit")]
+/// The label values, for the metric handles registered up front.
+#[cfg(all(feature = "rate-limit", feature = "metrics"))]
 impl RateDecision {
     pub(crate) const ALL: [Self; 4] = [
         Self::Allowed,
@@ -117,12 +118,6 @@ mod noop {
             _decision: super::RateDecision,
             _enforced: bool,
         ) {
-        }
-        #[inline]
-        pub(crate) fn keys(&self, _keys: usize, _max: Option<usize>) {}
-        #[inline]
-        pub(crate) fn keys_unset(&self) -> bool {
-            false
         }
     }
 }

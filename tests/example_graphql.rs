@@ -511,3 +511,39 @@ async fn near_expiry_cookie_is_refreshed_when_configured() {
         assert!(headers.get("set-cookie").is_none());
     }
 }
+
+/// Issue 26: the example serves plain http, and its CSRF guard checked
+/// `Origin` against `https`: a same-origin POST without `Sec-Fetch-Site`
+/// (a browser that sends only `Origin`) was refused, and an `https` Origin
+/// accepted. It now compares with the scheme it is reached at.
+#[tokio::test]
+async fn the_csrf_guard_knows_the_example_is_served_over_http() {
+    let (_child, addr) = start();
+    let http = http(addr.clone());
+    let session = mint("scheme-user");
+    let with_origin = |origin: String| {
+        let mut headers = da3(&session);
+        headers.push(("origin", origin));
+        headers
+    };
+    let host = addr.trim_start_matches("http://").to_owned();
+    let (status, _, body) = http
+        .send(
+            Method::POST,
+            "/graphql",
+            &with_origin(format!("https://{host}")),
+            Some(json!({"query": "{ me { id } }"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["reason"], "csrf");
+    let (status, _, body) = http
+        .send(
+            Method::POST,
+            "/graphql",
+            &with_origin(format!("http://{host}")),
+            Some(json!({"query": "{ me { id } }"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -34,7 +34,8 @@ pub fn command(secret: &str) -> Command {
         .env_remove("TOLLGATE_REFRESH_WITHIN_SECS")
         .env_remove("TOLLGATE_CONFIG")
         .env_remove("TOLLGATE_JWKS_URL")
-        .env_remove("TOLLGATE_OIDC_ISSUER");
+        .env_remove("TOLLGATE_OIDC_ISSUER")
+        .env_remove("TOLLGATE_PUBLIC_SCHEME");
     cmd
 }
 
