@@ -480,7 +480,19 @@ async fn from_env(
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    // A configuration error is shown as written (a TOML error spans several
+    // lines and points at the line), not as `Debug` would escape it.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // tollgate's warnings (a Redis store failing, a misordered stack) and
     // notices on stderr; RUST_LOG overrides, e.g. `RUST_LOG=tollgate=debug`.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

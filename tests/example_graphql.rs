@@ -547,3 +547,20 @@ async fn the_csrf_guard_knows_the_example_is_served_over_http() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// Issue 26: a configuration error came out as one `Debug`-escaped line;
+/// a multi-line TOML error must read as written.
+#[test]
+fn a_configuration_error_is_printed_as_written() {
+    let dir = std::env::temp_dir().join(format!("tollgate-bad-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[auth]\nissuer = \"x\"\nleeway_secs = \"soon\"\n").unwrap();
+    let out = command().env("TOLLGATE_CONFIG", &file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("error: "), "{stderr}");
+    assert!(!stderr.contains("\\n"), "escaped newlines: {stderr}");
+    assert!(stderr.lines().count() > 1, "one line: {stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -622,3 +622,21 @@ fn decisions_and_the_subject_are_recorded_on_the_current_span() {
         );
     }
 }
+
+/// Issue 26: an `[auth]` table with no key gave the code hint
+/// `.key(Key::hmac(..))`; the error names the file's setting instead.
+#[tokio::test]
+async fn an_auth_table_without_keys_names_the_setting_to_add() {
+    let config = TollgateConfig::from_toml("[auth]\ncookie = \"da3\"\n").unwrap();
+    let error = config
+        .auth
+        .as_ref()
+        .unwrap()
+        .layer::<Value>()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("auth.keys"), "{error}");
+    assert!(error.contains("jwks_url"), "{error}");
+    assert!(!error.contains(".key("), "{error}");
+}

@@ -505,6 +505,13 @@ impl AuthConfig {
             b = b.refresh(refresh.refresh(self.refresh_key()?));
         }
         match (&self.jwks_url, &self.oidc_issuer) {
+            (None, None) if self.keys.is_empty() => {
+                return Err(invalid(
+                    "auth.keys",
+                    "no verification key: give `keys = [{ type = \"hmac\", secret_env = \"…\" }]` \
+                     (or an RSA / EC / Ed25519 public key), `jwks_url` or `oidc_issuer`",
+                ));
+            }
             (None, None) => {}
             (Some(_), Some(_)) => {
                 return Err(invalid(
