@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, StatusCode};
 use redis_support::{
-    Logs, Server, client_count, ok_service, only_client_left, prefix, raw, shared_url,
+    Logs, Server, client_count, eventually, ok_service, only_client_left, prefix, raw, shared_url,
 };
 use tollgate::rate_limit::store::{Check, Decision, RedisStore, StoreError};
 use tollgate::rate_limit::{KeyBy, OnStoreError, Quota, RateLimitLayer, RateLimitStore};
@@ -432,18 +432,6 @@ async fn local_first(url: &str, prefix: &str, interval_ms: u64) -> RedisStore {
         .prefix(prefix)
         .timeout(Duration::from_millis(50))
         .local_first(Duration::from_millis(interval_ms))
-}
-
-/// Polls `done` every 10 ms for at most `limit`.
-async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    done()
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, Request, StatusCode};
-use redis_support::{Cluster, ok_service, prefix};
+use redis_support::{Cluster, eventually, ok_service, prefix};
 use tollgate::rate_limit::store::RedisStore;
 use tollgate::rate_limit::{KeyBy, OnStoreError, Quota, RateLimitLayer};
 use tower::{Layer, ServiceExt};
@@ -64,17 +64,6 @@ async fn spread_keys(
         }
     }
     panic!("no keys on every node: {counts:?}");
-}
-
-async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    done()
 }
 
 #[tokio::test]

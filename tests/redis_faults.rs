@@ -6,8 +6,8 @@ mod redis_support;
 
 use std::time::{Duration, Instant};
 
-use redis_support::Server;
 use redis_support::faults::FaultProxy;
+use redis_support::{Server, eventually};
 
 /// These tests load the machine and measure time and CPU: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -113,16 +113,27 @@ async fn local_first(url: &str, prefix: &str) -> RedisStore {
         .local_first(Duration::from_millis(50))
 }
 
-/// Polls `done` every 10 ms for at most `limit`.
-async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Each sampled client's single admission of 1000/h reached Redis at most
+/// once: its key's TAT is at most 3.6 s ahead of the server's clock (none at
+/// all once its cost ran out: it was placed when it happened).
+async fn charged_once(url: &str, prefix: &str, sample: impl Iterator<Item = usize>) {
+    let mut conn = redis_support::raw(url).await;
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let server_now = secs * 1_000_000 + micros;
+    for i in sample {
+        let key = format!("{prefix}:p:{}", client(i).to_store_key());
+        let tat: Option<u64> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("t")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ahead = tat.unwrap_or(0).saturating_sub(server_now);
+        assert!(
+            ahead <= 3_600_000,
+            "{key}: TAT {ahead} µs ahead: charged more than once"
+        );
     }
-    done()
 }
 
 fn client(i: usize) -> RateKey {
@@ -164,23 +175,7 @@ async fn a_flood_of_new_clients_is_merged_and_nobody_is_charged_twice(clients: u
     // ...and every admission reached Redis once: one admission of 1000/h puts
     // a key's TAT at most 3.6 s ahead of the server's clock (none at all once
     // its cost ran out: it was placed when it happened).
-    let mut conn = redis_support::raw(&server.url()).await;
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
-    let server_now = secs * 1_000_000 + micros;
-    for i in (0..clients).step_by(clients / 200) {
-        let key = format!("{p}:p:{}", client(i).to_store_key());
-        let tat: Option<u64> = redis::cmd("HGET")
-            .arg(&key)
-            .arg("t")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let ahead = tat.unwrap_or(0).saturating_sub(server_now);
-        assert!(
-            ahead <= 3_600_000,
-            "{key}: TAT {ahead} µs ahead: charged more than once"
-        );
-    }
+    charged_once(&server.url(), &p, (0..clients).step_by(clients / 200)).await;
     // A healthy second replica admits every one of them again.
     let b = layer(local_first(&server.url(), &p).await, quota);
     for i in (0..clients).step_by(clients / 200) {
@@ -398,21 +393,5 @@ async fn a_slow_link_still_merges_a_backlog_once() {
         "{} keys unmerged after 20 s on a slow link",
         a.store().pending_keys()
     );
-    let mut conn = redis_support::raw(&server.url()).await;
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
-    let server_now = secs * 1_000_000 + micros;
-    for i in (0..clients).step_by(200) {
-        let key = format!("{p}:p:{}", client(i).to_store_key());
-        let tat: Option<u64> = redis::cmd("HGET")
-            .arg(&key)
-            .arg("t")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let ahead = tat.unwrap_or(0).saturating_sub(server_now);
-        assert!(
-            ahead <= 3_600_000,
-            "{key}: TAT {ahead} µs ahead: charged more than once"
-        );
-    }
+    charged_once(&server.url(), &p, (0..clients).step_by(200)).await;
 }

@@ -124,6 +124,18 @@ pub fn shared_url() -> &'static str {
     })
 }
 
+/// Polls `done` every 10 ms for at most `limit`.
+pub async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
 /// A prefix no other test or run shares.
 pub fn prefix(test: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);

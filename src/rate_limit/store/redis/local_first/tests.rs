@@ -196,45 +196,21 @@ impl World {
         }
     }
 
-    /// One sync of `replica`; `lose_replies`: Redis runs it, the replies are
-    /// lost (a timeout after the script ran).
-    fn sync_with(&mut self, replica: usize, lose_replies: bool) {
-        let server_now = self.server_now();
-        let state = &self.replicas[replica];
-        let params = *state.params(0).unwrap();
-        for report in state.take(usize::MAX) {
-            let shared = self
-                .shared
-                .entry((report.policy, report.key.clone()))
-                .or_default();
-            let (_, reply) = share(
-                shared,
-                server_now,
-                &params,
-                false,
-                Some((replica, &report)),
-                self.life_ms,
-                self.keep_ms,
-            );
-            if lose_replies {
-                state.retry(report);
-            } else {
-                state.settle(&report, reply, state.now_us());
-            }
-        }
-    }
-
+    /// One sync of `replica`.
     fn sync(&mut self, replica: usize) {
-        self.sync_with(replica, false);
+        let reports = self.begin_sync(replica);
+        self.finish_sync(replica, reports, false);
     }
 
     /// A sync in two halves: the reports leave now, Redis runs them and the
-    /// replies land at `finish` (admissions made in between are in flight).
+    /// replies land at `finish` (admissions made in between are in flight);
+    /// `lose_replies`: Redis runs them, the replies are lost (a timeout after
+    /// the script ran) and the replica sends them again later.
     fn begin_sync(&self, replica: usize) -> Vec<Report> {
         self.replicas[replica].take(usize::MAX)
     }
 
-    fn finish_sync(&mut self, replica: usize, reports: Vec<Report>) {
+    fn finish_sync(&mut self, replica: usize, reports: Vec<Report>, lose_replies: bool) {
         let server_now = self.server_now();
         let params = *self.replicas[replica].params(0).unwrap();
         for report in reports {
@@ -252,8 +228,17 @@ impl World {
                 self.keep_ms,
             );
             let state = &self.replicas[replica];
-            state.settle(&report, reply, state.now_us());
+            if lose_replies {
+                state.retry(report);
+            } else {
+                state.settle(&report, reply, state.now_us());
+            }
         }
+    }
+
+    fn sync_losing_replies(&mut self, replica: usize) {
+        let reports = self.begin_sync(replica);
+        self.finish_sync(replica, reports, true);
     }
 
     fn fail_sync(&self, replica: usize) {
@@ -326,9 +311,9 @@ fn a_sync_whose_reply_was_lost_is_not_charged_again() {
         assert!(world.decide(0, &key).allowed);
     }
     // Redis ran the sync; the replica never heard: it sends it again, twice.
-    world.sync_with(0, true);
+    world.sync_losing_replies(0);
     let after_lost = world.tat_ahead(&key);
-    world.sync_with(0, true);
+    world.sync_losing_replies(0);
     world.sync(0);
     assert_eq!(
         world.tat_ahead(&key),
@@ -564,7 +549,7 @@ fn a_claim_spent_while_its_sync_is_on_its_way_stays_reserved() {
             break;
         }
     }
-    world.finish_sync(0, in_flight);
+    world.finish_sync(0, in_flight, false);
     // The others take what they can before A says anything more.
     for _ in 0..200 {
         for replica in [2, 1] {
