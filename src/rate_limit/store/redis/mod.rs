@@ -197,8 +197,8 @@ fn micros(d: Duration) -> u64 {
 /// adapts (halved when a batch times out, doubled while batches answer in
 /// under half the timeout; 16 to 10,000 keys, up to 4 batches in flight),
 /// keys near their limit first, then the oldest; each batch carries a deadline
-/// on the server's clock, so a late batch does nothing. One tick works at
-/// most one interval, so a backlog of any size (an outage, a flood of new
+/// on the server's clock, so a late batch does nothing. One tick starts no
+/// new round after one interval, so a backlog of any size (an outage, a flood of new
 /// clients) drains at the rate Redis answers: 100,000 keys in a few seconds on
 /// loopback (`tests/redis_faults.rs`). Its health is visible:
 /// [`pending_keys`](RedisStore::pending_keys), [`sync_lag`](RedisStore::sync_lag),

@@ -26,6 +26,7 @@ use tokio::time::MissedTickBehavior;
 use super::connection::{Backend, kind_name};
 use super::exact::DecisionFuture;
 use super::local_first::{LocalState, Reply, Report};
+use super::micros;
 use super::scripts::{REGISTER, SHARE, SHARE_MANY};
 use super::topology::{Node, key_slot};
 use crate::observe::WarnEvery;
@@ -134,10 +135,6 @@ impl LocalFirst {
         format!("{}:{}:{}", self.prefix, name, key.to_store_key())
     }
 
-    fn micros(d: Duration) -> u64 {
-        u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-    }
-
     /// The script's arguments after the key, for `report`: four numbers,
     /// this replica's id, eight numbers.
     fn args(&self, report: &Report, deadline: i64, admit: bool) -> ([u64; 4], [u64; 8]) {
@@ -171,7 +168,7 @@ impl LocalFirst {
     fn deadline(&self, node: Option<&Node>, now: u64) -> i64 {
         node.and_then(|node| {
             node.clock
-                .server_time(now.saturating_add(Self::micros(self.call_timeout)), now)
+                .server_time(now.saturating_add(micros(self.call_timeout)), now)
         })
         .unwrap_or(0)
         .max(0)
@@ -244,7 +241,7 @@ impl LocalFirst {
     /// the interval is used up.
     pub(super) async fn sync_once(&self) {
         let started = self.state.now_us();
-        let budget = Self::micros(self.interval);
+        let budget = micros(self.interval);
         loop {
             let size = self.batch.load(Ordering::Relaxed);
             let batches: Vec<Vec<Report>> = (0..IN_FLIGHT)
@@ -269,7 +266,7 @@ impl LocalFirst {
                     break;
                 }
             }
-            if took < Self::micros(self.call_timeout) / 2 {
+            if took < micros(self.call_timeout) / 2 {
                 self.batch
                     .store((size * 2).min(MAX_BATCH), Ordering::Relaxed);
             }

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::Params;
 use super::clock::LocalClock;
+use super::{Params, micros};
 use crate::rate_limit::key::RateKey;
 use crate::rate_limit::store::{Decision, StoreError};
 
@@ -42,10 +42,9 @@ pub(super) struct Settings {
 
 impl Settings {
     pub(super) fn new(interval: Duration) -> Self {
-        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         Self {
-            claim_life_us: us(interval.saturating_mul(80)).max(4_000_000),
-            margin_us: us(interval.saturating_mul(20)).max(1_000_000),
+            claim_life_us: micros(interval.saturating_mul(80)).max(4_000_000),
+            margin_us: micros(interval.saturating_mul(20)).max(1_000_000),
         }
     }
 
