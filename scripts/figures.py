@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Turns what scripts/figures.sh measured into the README's tables and chart.
+"""Turns what scripts/figures.sh measured into docs/performance.md's tables and chart.
 
     scripts/figures.py target/figures [--write]
 
 Reads criterion's estimates (target/criterion/**/new/), the proxy_hop and
 multicore output and the throughput rounds; prints markdown. With --write,
-replaces the README's sections between `<!-- figures:NAME:begin -->` and
+replaces docs/performance.md's sections between `<!-- figures:NAME:begin -->` and
 `<!-- figures:NAME:end -->` and writes docs/figures.svg.
 """
 
@@ -275,7 +275,7 @@ def replace_section(readme, name, body):
     begin, end = f"<!-- figures:{name}:begin -->", f"<!-- figures:{name}:end -->"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if not pattern.search(readme):
-        sys.exit(f"README.md has no {begin} ... {end} section")
+        sys.exit(f"docs/performance.md has no {begin} ... {end} section")
     return pattern.sub(lambda _: f"{begin}\n{body}\n{end}", readme)
 
 
@@ -294,14 +294,14 @@ def main():
     print()
     print(bench_body)
     if write:
-        readme_path = ROOT / "README.md"
+        readme_path = ROOT / "docs" / "performance.md"
         readme = readme_path.read_text()
         readme = replace_section(readme, "hop", hop_body)
         readme = replace_section(readme, "bench", bench_body)
         readme_path.write_text(readme)
         (ROOT / "docs").mkdir(exist_ok=True)
         (ROOT / "docs" / "figures.svg").write_text(svg(adds, kept))
-        print("README.md and docs/figures.svg updated", file=sys.stderr)
+        print("docs/performance.md and docs/figures.svg updated", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Every performance figure in the README, from one command.
+# Every performance figure in docs/performance.md, from one command.
 #
 #   scripts/figures.sh            # measure, print the tables
-#   scripts/figures.sh --write    # ... and replace the README's generated
+#   scripts/figures.sh --write    # ... and replace docs/performance.md's generated
 #                                 # sections and docs/figures.svg
 #
 # What it runs (loopback only, bounded in time — about 6 minutes):

@@ -123,6 +123,20 @@ pub use identity::{Anonymous, CredentialSource, Identity};
 #[cfg(feature = "rate-limit")]
 pub use rate_limit::{KeyBy, Quota, RateLimitLayer, TrustedProxies};
 
+// Guides, topic by topic (doc-only; their snippets are doc tests). They
+// need every feature, as docs.rs builds them.
+#[cfg(all(
+    any(doc, doctest),
+    feature = "axum",
+    feature = "axum-connect-info",
+    feature = "tonic",
+    feature = "redis",
+    feature = "jwks",
+    feature = "config",
+    feature = "metrics"
+))]
+pub mod guide;
+
 /// The README's snippets, compiled (and where they need no network, run) as
 /// doc tests, so that what users paste works.
 #[cfg(all(

@@ -1,7 +1,7 @@
 //! tollgate's limiter layer next to tower_governor's, on the same request and
 //! the same never-refusing quota, keyed by the peer IP (axum's
 //! `ConnectInfo`), both over an axum-bodied service: the comparison the
-//! README makes lives here, run in one process.
+//! performance page (docs/performance.md) makes lives here, run in one process.
 //!
 //! `cargo bench --bench tollgate -- peers`
 
