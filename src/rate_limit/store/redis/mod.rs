@@ -184,7 +184,7 @@ fn micros(d: Duration) -> u64 {
 /// Measured (one key hammered round-robin, 600/min, burst 20, sync 50 ms,
 /// 6 s; one GCRA admits 80): 79 admitted at 3, 6 and 12 replicas
 /// (`tests/redis.rs`, separate stores on one Redis) and at 1 to 96 replicas
-/// in the simulation of `local_first/tests.rs`; 0.2 admitted 1.52× the quota
+/// in the simulation of `local_first/tests.rs`; 0.2 admitted (by the outside review's measurement) 1.52× the quota
 /// at 6. `benches/shared_state.rs` measures the same with replica processes.
 ///
 /// The price is under-use and round trips, not over-admission: a claim a
