@@ -52,27 +52,44 @@ pub mod fields {
     pub const RATE_LIMIT_DECISION: &str = "tollgate.rate_limit.decision";
 }
 
+/// The request's span, if it declares any of `names`. A service whose spans
+/// declare none of tollgate's fields (or that runs in no span) pays for one
+/// look-up of the current span's metadata, not for a `Span` handle: making
+/// one takes a reference on the subscriber's span and dropping it releases
+/// it, on every request.
+fn declaring(names: &[&str]) -> Option<Span> {
+    let declared = tracing::dispatcher::get_default(|dispatch| {
+        dispatch.current_span().metadata().is_some_and(|meta| {
+            let fields = meta.fields();
+            names.iter().any(|name| fields.field(name).is_some())
+        })
+    });
+    declared.then(Span::current)
+}
+
 pub(crate) fn auth(outcome: &'static str, reason: &'static str) {
-    let span = Span::current();
-    if !span.is_disabled() {
+    if let Some(span) = declaring(&[fields::AUTH_OUTCOME, fields::AUTH_REASON]) {
         span.record(fields::AUTH_OUTCOME, outcome);
         span.record(fields::AUTH_REASON, reason);
     }
 }
 
 pub(crate) fn refresh(outcome: &'static str) {
-    Span::current().record(fields::AUTH_REFRESH, outcome);
+    if let Some(span) = declaring(&[fields::AUTH_REFRESH]) {
+        span.record(fields::AUTH_REFRESH, outcome);
+    }
 }
 
 pub(crate) fn end_user(subject: Option<&str>) {
-    if let Some(subject) = subject {
-        Span::current().record(fields::END_USER, subject);
+    if let Some(subject) = subject
+        && let Some(span) = declaring(&[fields::END_USER])
+    {
+        span.record(fields::END_USER, subject);
     }
 }
 
 pub(crate) fn rate_limit(policy: &str, decision: &'static str) {
-    let span = Span::current();
-    if !span.is_disabled() {
+    if let Some(span) = declaring(&[fields::RATE_LIMIT_POLICY, fields::RATE_LIMIT_DECISION]) {
         span.record(fields::RATE_LIMIT_POLICY, policy);
         span.record(fields::RATE_LIMIT_DECISION, decision);
     }
