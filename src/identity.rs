@@ -5,7 +5,8 @@
 //! read them, and take a request carrying neither as a sign that the auth
 //! layer is not in front of them.
 
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::AuthErrorKind;
 
@@ -30,6 +31,29 @@ pub struct Identity {
     issuer: Option<Arc<str>>,
     source: CredentialSource,
     token: TokenFacts,
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    derived: Option<Derived>,
+}
+
+/// What later layers derive from a verified token, computed once and shared
+/// by every request that carries the same token (through the auth layer's
+/// cache): the rate limiter's subject key, a SHA-256 it would otherwise
+/// compute on every request. Not part of the identity's equality.
+#[derive(Clone, Default)]
+pub(crate) struct Derived(Arc<OnceLock<[u8; 16]>>);
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Derived {}
+
+impl fmt::Debug for Derived {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Derived")
+    }
 }
 
 /// What a handler needs to revoke the token it was called with.
@@ -53,12 +77,29 @@ impl Identity {
             issuer,
             source,
             token: TokenFacts::default(),
+            derived: None,
         }
     }
 
     pub(crate) fn with_token(mut self, token: TokenFacts) -> Self {
         self.token = token;
         self
+    }
+
+    /// Shares `derived` (the verified token's) with this identity.
+    pub(crate) fn with_derived(mut self, derived: Derived) -> Self {
+        self.derived = Some(derived);
+        self
+    }
+
+    /// The subject's rate-limit key digest: computed by `compute` once per
+    /// verified token when the identity came from one, else every time.
+    #[cfg(feature = "rate-limit")]
+    pub(crate) fn subject_digest(&self, compute: impl FnOnce() -> [u8; 16]) -> [u8; 16] {
+        match &self.derived {
+            Some(derived) => *derived.0.get_or_init(compute),
+            None => compute(),
+        }
     }
 
     /// The token's `sub`, if it had one.

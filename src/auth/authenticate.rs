@@ -176,14 +176,15 @@ impl<T: DeserializeOwned> AuthState<T> {
                 "the token does not grant access to this resource",
             ));
         }
-        let identity =
-            Identity::new(subject.clone(), issuer.clone(), found.source).with_token(TokenFacts {
+        let identity = Identity::new(subject.clone(), issuer.clone(), found.source)
+            .with_token(TokenFacts {
                 jti: verified.jti.clone(),
                 iat: verified.iat,
                 exp: verified.exp,
                 session_end: verified.session_end,
                 session_start: verified.session_start,
-            });
+            })
+            .with_derived(verified.derived.clone());
         // Cookies only: a bearer token belongs to a client that refreshes
         // it itself.
         let refresh = match &self.refresh {

@@ -37,6 +37,8 @@ pub(crate) struct Verified<T> {
     pub(crate) session_end: Option<u64>,
     /// The session's start (`auth_time`, `session_start`), for revocations.
     pub(crate) session_start: Option<u64>,
+    /// What later layers derive from the token, shared by its cache hits.
+    pub(crate) derived: crate::identity::Derived,
 }
 
 fn err(kind: AuthErrorKind, detail: &'static str) -> AuthError {
@@ -174,6 +176,7 @@ pub(crate) fn verify<T: DeserializeOwned>(
         iat: checked.iat,
         session_end: checked.session_end,
         session_start: checked.session_start,
+        derived: crate::identity::Derived::default(),
     })
 }
 

@@ -47,27 +47,13 @@ impl RateKey {
     /// The key of a verified subject: `(issuer, subject)`, so that the same
     /// `sub` from two issuers counts in two buckets.
     pub fn subject(issuer: Option<&str>, subject: &str) -> Self {
-        match issuer {
-            Some(issuer) => Self::digest(b"iss+sub", &[issuer.as_bytes(), subject.as_bytes()]),
-            None => Self::digest(b"sub", &[subject.as_bytes()]),
-        }
+        Self(Repr::Digest(subject_digest(issuer, subject)))
     }
 
     /// Each part is length-prefixed and the kind is a separate domain, so no
     /// choice of texts makes two different tuples hash the same input.
     fn digest(kind: &[u8], parts: &[&[u8]]) -> Self {
-        use sha2::{Digest as _, Sha256};
-        let mut hasher = Sha256::new();
-        hasher.update([u8::try_from(kind.len()).unwrap_or(u8::MAX)]);
-        hasher.update(kind);
-        for part in parts {
-            hasher.update((part.len() as u64).to_le_bytes());
-            hasher.update(part);
-        }
-        let full = hasher.finalize();
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&full[..16]);
-        Self(Repr::Digest(out))
+        Self(Repr::Digest(digest(kind, parts)))
     }
 
     /// A key from an address: IPv4-mapped IPv6 is IPv4, IPv6 is masked to
@@ -274,14 +260,43 @@ impl KeyBy {
             KeyKind::ClientIp { proxies, v6_prefix } => client_key(parts, proxies, *v6_prefix),
             KeyKind::Subject { proxies, v6_prefix } => {
                 let identity = parts.extensions.get::<Identity>();
-                match identity.and_then(|i| Some((i.issuer(), i.subject()?))) {
-                    Some((issuer, subject)) => Some(RateKey::subject(issuer, subject)),
+                match identity.and_then(|i| Some((i, i.subject()?))) {
+                    // computed once per verified token, shared by its cache hits
+                    Some((identity, subject)) => {
+                        Some(RateKey(Repr::Digest(identity.subject_digest(|| {
+                            subject_digest(identity.issuer(), subject)
+                        }))))
+                    }
                     None => client_key(parts, proxies, *v6_prefix),
                 }
             }
             KeyKind::Header(name) => parts.headers.get(name).map(|v| RateKey::text(v.as_bytes())),
             KeyKind::Custom(f) => f(parts),
         }
+    }
+}
+
+/// SHA-256 of `kind` and the length-prefixed `parts`, truncated to 128 bits.
+fn digest(kind: &[u8], parts: &[&[u8]]) -> [u8; 16] {
+    use sha2::{Digest as _, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update([u8::try_from(kind.len()).unwrap_or(u8::MAX)]);
+    hasher.update(kind);
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    let full = hasher.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+/// The digest of a verified subject's key.
+fn subject_digest(issuer: Option<&str>, subject: &str) -> [u8; 16] {
+    match issuer {
+        Some(issuer) => digest(b"iss+sub", &[issuer.as_bytes(), subject.as_bytes()]),
+        None => digest(b"sub", &[subject.as_bytes()]),
     }
 }
 
@@ -296,6 +311,35 @@ fn client_key(parts: &Parts, proxies: &TrustedProxies, v6_prefix: u8) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The subject key a verified token's identity shares with its cache
+    /// hits is the key of its (issuer, subject), for every identity that
+    /// shares it, and not another subject's.
+    #[test]
+    fn a_shared_subject_key_is_the_subjects_key() {
+        use crate::identity::{CredentialSource, Derived, Identity};
+        let by_subject = KeyBy::subject_or_client_ip(TrustedProxies::none());
+        let derived = Derived::default();
+        let identity = |sub: &str| {
+            Identity::new(
+                Some(sub.into()),
+                Some("https://a".into()),
+                CredentialSource::Cookie,
+            )
+        };
+        let key = |identity: Identity| {
+            let mut req = http::Request::new(());
+            req.extensions_mut().insert(identity);
+            by_subject.key(&req.into_parts().0)
+        };
+        let alice = RateKey::subject(Some("https://a"), "alice");
+        for _ in 0..2 {
+            let shared = identity("alice").with_derived(derived.clone());
+            assert_eq!(key(shared), Some(alice.clone()));
+        }
+        assert_eq!(key(identity("alice")), Some(alice.clone()));
+        assert_ne!(key(identity("bob")), Some(alice));
+    }
 
     #[test]
     fn key_is_compact() {
