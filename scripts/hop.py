@@ -160,7 +160,7 @@ def ratio_text(r, bold=False):
 def machine_line(m):
     return (
         f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory', '?')}; "
-        f"{m.get('rustc', '?')}; nginx {m.get('nginx', '?')}; {m.get('wrk', '?')}; "
+        f"{m.get('rustc', '?')}; {m.get('nginx', '?')}; {m.get('wrk', '?')}; "
         f"{m.get('date', '?')}; load average before/after: "
         f"{m.get('load_before', '?')} / {m.get('load_after', '?')}"
     )
