@@ -14,7 +14,7 @@
 //! median latency each path adds over (a) with a bootstrap 95 % interval
 //! (1,000 resamples of whole rounds), and the ratio (c − a) / (b − a) with
 //! its interval, or "not resolved" when the interval reaches zero or the
-//! embedded layers' added latency is not told apart from zero.
+//! embedded layers' added latency is not above zero.
 //! `scripts/hop.sh` compares CPU per request and latency of the example
 //! behind a real nginx, in rounds of separate processes.
 
@@ -332,7 +332,7 @@ pub fn bench(c: &mut Criterion) {
 /// What path `num` adds over path 0 as a multiple of what the embedded
 /// layers (path 1) add, or "not resolved" with the interval when that cannot
 /// be told: the ratio's low bound at or below zero (or not finite), or an
-/// added latency of the embedded layers whose interval includes zero. A
+/// added latency of the embedded layers whose interval is not above zero. A
 /// difference of two medians does not resolve a microsecond on every
 /// machine, and a ratio over such a difference means nothing.
 fn ratio_text(report: &stats::Paired, num: usize, what: &str) -> String {
