@@ -4,9 +4,10 @@
     scripts/figures.py target/figures [--write]
 
 Reads criterion's estimates (target/criterion/**/new/), the proxy_hop and
-multicore output and the throughput rounds; prints markdown. With --write,
-replaces docs/performance.md's sections between `<!-- figures:NAME:begin -->` and
-`<!-- figures:NAME:end -->` and writes docs/figures.svg.
+multicore output, the throughput rounds and scripts/hop.sh's rounds (through
+scripts/hop.py); prints markdown. With --write, replaces docs/performance.md's
+sections between `<!-- figures:NAME:begin -->` and `<!-- figures:NAME:end -->`
+and writes docs/figures.svg (scripts/hop.py draws it).
 """
 
 import json
@@ -156,7 +157,7 @@ def bench_section(out, est, thp):
     return "\n\n".join(parts)
 
 
-def hop_section(out):
+def proxy_hop_section(out):
     text = (out / "proxy_hop.txt").read_text()
     paths = {}
     for name, p50, p99, n in re.findall(
@@ -169,8 +170,9 @@ def hop_section(out):
             r"proxy_hop/added/(\w+): (-?[\d.]+) µs \(95 % CI (-?[\d.]+) – (-?[\d.]+)\)", text
         )
     }
-    ratio = re.search(r"proxy_hop/ratio: .*?([\d.]+) × .*?CI ([-\d.]+) – ([-\d.]+)", text)
-    nginx = re.search(r"proxy_hop/ratio_nginx: .*?([\d.]+) × .*?CI ([-\d.]+) – ([-\d.]+)", text)
+    # A ratio is quoted only when the bench resolved it (it prints "not
+    # resolved (...)" otherwise).
+    ratios = dict(re.findall(r"proxy_hop/(ratio\w*): (.*)", text))
     labels = {
         "a_bare": "(a) client → bare service",
         "b_embedded_tollgate": "(b) client → service with tollgate's auth + rate limit",
@@ -184,24 +186,23 @@ def hop_section(out):
         rows.append([labels.get(name, name), f"{p50:.1f} µs", f"{p99:.1f} µs", add_text])
     n = next(iter(paths.values()))[2] if paths else 0
     lines = [
-        f"Per-request latency over loopback, keep-alive HTTP/1.1, the paths taken "
-        f"in turn ({n:,} rounds; `cargo bench --bench tollgate -- proxy_hop`); "
-        "added latency is the difference of medians with a bootstrap 95 % interval:",
+        f"Per-request latency over loopback, keep-alive HTTP/1.1, within one bench "
+        f"process, the paths taken in turn ({n:,} rounds; `cargo bench --bench "
+        "tollgate -- proxy_hop`); added latency is the difference of medians with a "
+        "bootstrap 95 % interval (within this run; runs differ by more):",
         "",
         table(["path", "p50", "p99", "added over (a), median (95 % CI)"], rows),
     ]
-    if ratio:
-        lines += [
-            "",
-            f"The gateway hop adds **{float(ratio.group(1)):.1f} ×** what the embedded "
-            f"layers add (95 % CI {float(ratio.group(2)):.1f}–{float(ratio.group(3)):.1f}).",
-        ]
-    if nginx:
-        lines[-1] += (
-            f" An nginx hop alone adds {float(nginx.group(1)):.1f} × "
-            f"(95 % CI {float(nginx.group(2)):.1f}–{float(nginx.group(3)):.1f})."
-        )
-    return "\n".join(lines), paths, adds
+    sentences = []
+    for name, what in [("ratio", "the Rust gateway hop"), ("ratio_nginx", "the nginx hop")]:
+        said = ratios.get(name, "").strip()
+        if said.startswith("not resolved"):
+            sentences.append(f"What {what} adds ÷ what the embedded layers add: {said}.")
+        elif said:
+            sentences.append(f"In this run, {said}.")
+    if sentences:
+        lines += ["", " ".join(sentences)]
+    return "\n".join(lines)
 
 
 def throughput_section(out):
@@ -230,47 +231,6 @@ def throughput_section(out):
     return text, (statistics.median(kept), min(kept), max(kept))
 
 
-def svg(adds, kept):
-    """Added latency per path with its interval, and the throughput kept."""
-    rows = [
-        ("embedded tollgate layers", adds.get("b_embedded_tollgate")),
-        ("Rust gateway hop", adds.get("c_rust_gateway_hop")),
-        ("nginx hop (no JWT check)", adds.get("d_nginx_hop")),
-    ]
-    rows = [(label, value) for label, value in rows if value]
-    width, left, bar_h, gap = 640, 200, 26, 14
-    top = 40
-    height = top + len(rows) * (bar_h + gap) + (70 if kept else 30)
-    scale_max = max(v[2] for _, v in rows) * 1.1 if rows else 1
-    x = lambda us: left + (width - left - 60) * max(us, 0) / scale_max
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        'font-family="sans-serif" font-size="13">',
-        '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="10" y="22" font-weight="bold">Latency added per request over a bare service (µs, median, 95 % CI)</text>',
-    ]
-    y = top
-    for label, (median, low, high) in rows:
-        color = "#2e7d32" if label.startswith("embedded") else "#c62828"
-        out.append(f'<text x="10" y="{y + bar_h * 0.7:.0f}">{label}</text>')
-        out.append(
-            f'<rect x="{left}" y="{y}" width="{x(median) - left:.1f}" height="{bar_h}" fill="{color}"/>'
-        )
-        out.append(
-            f'<line x1="{x(low):.1f}" x2="{x(high):.1f}" y1="{y + bar_h / 2}" y2="{y + bar_h / 2}" stroke="black"/>'
-        )
-        out.append(f'<text x="{x(high) + 6:.1f}" y="{y + bar_h * 0.7:.0f}">{median:.1f}</text>')
-        y += bar_h + gap
-    if kept:
-        median, low, high = kept
-        out.append(
-            f'<text x="10" y="{y + 20}">Example throughput kept with the layers on: '
-            f"{100 * median:.1f} % (rounds: {100 * low:.1f}–{100 * high:.1f} %)</text>"
-        )
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
-
-
 def replace_section(readme, name, body):
     begin, end = f"<!-- figures:{name}:begin -->", f"<!-- figures:{name}:end -->"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
@@ -286,21 +246,26 @@ def main():
     # The 1M-key decision with malloc on huge pages, when this run measured it.
     thp = criterion_estimates("thp") if (out / "criterion-thp.txt").exists() else {}
     where = f"Machine and date: {machine(out)}. Generated by `scripts/figures.sh`."
-    hop, _, adds = hop_section(out)
-    through, kept = throughput_section(out)
-    hop_body = "\n\n".join(part for part in [hop, through, where] if part)
+    # scripts/hop.sh's comparison (its own machine and date line).
+    import hop
+
+    hop_summary = hop.summarize(out)
+    hop_body = hop.markdown(hop_summary)
+    through, _ = throughput_section(out)
+    latency_body = "\n\n".join(part for part in [proxy_hop_section(out), through, where] if part)
     bench_body = bench_section(out, est, thp) + "\n\n" + where
-    print(hop_body)
-    print()
-    print(bench_body)
+    for body in (hop_body, latency_body, bench_body):
+        print(body)
+        print()
     if write:
         readme_path = ROOT / "docs" / "performance.md"
         readme = readme_path.read_text()
         readme = replace_section(readme, "hop", hop_body)
+        readme = replace_section(readme, "latency", latency_body)
         readme = replace_section(readme, "bench", bench_body)
         readme_path.write_text(readme)
         (ROOT / "docs").mkdir(exist_ok=True)
-        (ROOT / "docs" / "figures.svg").write_text(svg(adds, kept))
+        (ROOT / "docs" / "figures.svg").write_text(hop.svg(hop_summary))
         print("docs/performance.md and docs/figures.svg updated", file=sys.stderr)
 
 

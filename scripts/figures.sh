@@ -5,15 +5,18 @@
 #   scripts/figures.sh --write    # ... and replace docs/performance.md's generated
 #                                 # sections and docs/figures.svg
 #
-# What it runs (loopback only, bounded in time — about 6 minutes):
+# What it runs (loopback only, bounded in time — about 9 minutes):
 # 1. criterion groups `peers` (tollgate's limiter layer next to
 #    tower_governor's), `stack`-level benches of `rate_limit` and
 #    `fast_path`, `example` (the example's own stack, Prometheus recorder on)
 #    and `multicore`, pinned to one core with taskset where there are two
 #    (the 1M-key decision also with malloc on transparent huge pages);
 # 2. `proxy_hop`: bare vs embedded layers vs a gateway hop, interleaved per
-#    request, medians with bootstrap 95 % intervals;
-# 3. the example's throughput with the layers off and on: the server pinned
+#    request within one process, medians with bootstrap 95 % intervals;
+# 3. scripts/hop.sh: the example bare, with its layers on, and with its layers
+#    off behind nginx, in rounds of fresh processes: CPU per request and
+#    latency, with what each adds over bare (docs' `hop` section);
+# 4. the example's throughput with the layers off and on: the server pinned
 #    to one core, the load generator (wrk) to the other, alternating rounds,
 #    medians and the range.
 # Results go to target/figures/; scripts/figures.py turns them into tables.
@@ -63,6 +66,12 @@ cargo bench --bench tollgate -- multicore > "$out/multicore.txt" 2>&1
 
 echo "== proxy_hop (interleaved)" >&2
 cargo bench --bench tollgate -- proxy_hop > "$out/proxy_hop.txt" 2>&1
+
+echo "== hop: bare vs embedded vs nginx (scripts/hop.sh)" >&2
+scripts/hop.sh > "$out/hop.log" 2>&1 || {
+  cat "$out/hop.log" >&2
+  exit 1
+}
 
 echo "== throughput (${rounds} alternating rounds of ${seconds} s)" >&2
 if command -v wrk >/dev/null; then
