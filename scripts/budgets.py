@@ -34,7 +34,8 @@ def limit(budget):
     return budget + -(-budget // 50) + 64
 
 
-def main(out):
+def counts_of(out):
+    """(instructions, allocations) per path from a scripts/budgets.sh run."""
     out = Path(out)
     counts = {}
     for line in (out / "instructions.json").read_text().splitlines():
@@ -47,6 +48,20 @@ def main(out):
     text = (out / "allocations.txt").read_text() if (out / "allocations.txt").exists() else ""
     for m in re.finditer(r"allocations/(\w+): ([\d.]+)", text):
         allocs[m.group(1)] = float(m.group(2))
+    return counts, allocs
+
+
+def added(counts, path, bare):
+    if path in counts and bare in counts:
+        return counts[path] - counts[bare]
+    return None
+
+
+def markdown(out):
+    """The tables scripts/budgets.sh prints, as markdown."""
+    counts, allocs = counts_of(out)
+    lines = []
+    print = lines.append
     table = budgets()
     print("| path | instructions | budget (fails above) | allocations | budget |")
     print("|---|---|---|---|---|")
@@ -66,23 +81,18 @@ def main(out):
             ab_text += " **over**"
         print(f"| {name} | {ins_text} | {ib_text} | {al_text} | {ab_text} |")
 
-    def added(path, bare):
-        if path in counts and bare in counts:
-            return counts[path] - counts[bare]
-        return None
-
-    print()
+    print("")
     rows = [
-        ("auth, verified-token cache hit", added("auth_cache_hit", "auth_bare")),
-        ("auth, HS256 uncached", added("auth_hs256_uncached", "auth_bare")),
+        ("auth, verified-token cache hit", added(counts, "auth_cache_hit", "auth_bare")),
+        ("auth, HS256 uncached", added(counts, "auth_hs256_uncached", "auth_bare")),
         ("jsonwebtoken::decode alone, HS256", counts.get("jsonwebtoken_decode_hs256")),
-        ("limiter, no headers", added("limit_no_headers", "limit_bare")),
-        ("tower_governor, no headers", added("tower_governor_no_headers", "limit_bare")),
-        ("limiter, IETF headers", added("limit_ietf_headers", "limit_bare")),
-        ("tower_governor, use_headers()", added("tower_governor_headers", "limit_bare")),
-        ("Redis local-first decision (claim held)", added("redis_local_first", "limit_bare")),
-        ("per-IP → auth (hit) → per-subject stack", added("stack_cache_hit", "auth_bare")),
-        ("the example's layers", added("example_layers_on", "example_layers_off")),
+        ("limiter, no headers", added(counts, "limit_no_headers", "limit_bare")),
+        ("tower_governor, no headers", added(counts, "tower_governor_no_headers", "limit_bare")),
+        ("limiter, IETF headers", added(counts, "limit_ietf_headers", "limit_bare")),
+        ("tower_governor, use_headers()", added(counts, "tower_governor_headers", "limit_bare")),
+        ("Redis local-first decision (claim held)", added(counts, "redis_local_first", "limit_bare")),
+        ("per-IP → auth (hit) → per-subject stack", added(counts, "stack_cache_hit", "auth_bare")),
+        ("the example's layers", added(counts, "example_layers_on", "example_layers_off")),
     ]
     print("| added per request | instructions |")
     print("|---|---|")
@@ -92,7 +102,7 @@ def main(out):
     def ratio(a, b):
         return f"{a / b:.2f} ×" if a and b else "—"
 
-    print()
+    print("")
     print("Ratios (instruction counts are exact; no interval):")
     print(f"- HS256 uncached ÷ jsonwebtoken::decode: {ratio(rows[1][1], rows[2][1])}")
     print(f"- limiter without headers ÷ tower_governor without: {ratio(rows[3][1], rows[4][1])}")
@@ -100,6 +110,11 @@ def main(out):
     if "example_layers_on" in counts and "example_layers_off" in counts:
         kept = counts["example_layers_off"] / counts["example_layers_on"]
         print(f"- the example's instructions per request, layers off ÷ on: {kept:.1%}")
+    return "\n".join(lines)
+
+
+def main(out):
+    print(markdown(out))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ and writes docs/figures.svg (scripts/hop.py draws it).
 """
 
 import json
+import math
 import re
 import statistics
 import sys
@@ -231,6 +232,118 @@ def throughput_section(out):
     return text, (statistics.median(kept), min(kept), max(kept))
 
 
+def ratio_of_added(est, path, base, peer, peer_base):
+    """(path − base) ÷ (peer − peer_base) with the widest interval the four
+    criterion intervals allow; None when a bench is missing."""
+    if not all(k in est for k in (path, base, peer, peer_base)):
+        return None
+    num = added(est[path], est[base])
+    den = added(est[peer], est[peer_base])
+    point = num[0] / den[0] if den[0] > 0 else math.nan
+    if den[1] <= 0 or num[1] <= 0:
+        return point, None
+    return point, (num[1] / den[2], num[2] / den[1])
+
+
+def ratio_text(r, goal):
+    if r is None:
+        return "not measured"
+    point, interval = r
+    if interval is None:
+        return "not resolved (an interval reaches zero)"
+    low, high = interval
+    met = "met" if high <= goal else ("not met" if low > goal else "not resolved against the goal")
+    return f"{point:.2f} × ({low:.2f}–{high:.2f}): {met}"
+
+
+def goals_section(out, est, hop_summary):
+    """The performance issue's goals, each next to what this run measured."""
+    import budgets
+
+    rows = []
+    if "fast_path/HS256/auth_hit" in est and "fast_path/bare" in est:
+        d, low, high = added(est["fast_path/HS256/auth_hit"], est["fast_path/bare"])
+        met = "met" if high <= 150 else ("not met" if low > 150 else "not resolved")
+        rows.append(["verified-token cache hit, added over a bare service", "≤ 150 ns",
+                     f"+{ns(d)} (+{ns(max(low, 0))} to +{ns(high)}): {met}"])
+    rows.append(["HS256 uncached, layer's added time ÷ `jsonwebtoken::decode`", "≤ 1.0 ×",
+                 ratio_text(hs256_ratio(est), 1.0)])
+    rows.append(["limiter without headers ÷ tower_governor without", "≤ 1.0 ×",
+                 ratio_text(ratio_of_added(est, "peers/tollgate_no_headers", "peers/bare",
+                                           "peers/tower_governor", "peers/bare"), 1.0)])
+    rows.append(["limiter with IETF headers ÷ tower_governor with `use_headers()`", "≤ 0.7 ×",
+                 ratio_text(ratio_of_added(est, "peers/tollgate", "peers/bare",
+                                           "peers/tower_governor_headers", "peers/bare"), 0.7)])
+    _, kept = throughput_section(out)
+    if kept:
+        median, low, high = (100 * k for k in kept)
+        met = "met" if low >= 92 else ("not met" if high < 92 else "not resolved")
+        rows.append(["the example, share of its bare throughput (wrk, pinned)", "≥ 92 %",
+                     f"{median:.1f} % (rounds {low:.1f}–{high:.1f} %): {met}"])
+    if hop_summary:
+        a = hop_summary["added"]["cpu_us"]["embedded"]
+        low, high = a["ci"]
+        met = "met" if high <= 3 else ("not met" if low > 3 else "not resolved")
+        rows.append(["CPU per request the layers add in the example (`scripts/hop.sh`)", "≤ 3 µs",
+                     f"+{a['median']:.1f} µs (95 % CI +{low:.1f} to +{high:.1f}): {met}"])
+        r = hop_summary["ratio"]["p50_us"]
+        if r["resolved"]:
+            low, high = r["ci"]
+            met = "met" if low >= 10 else ("not met" if high < 10 else "not resolved")
+            text = f"{r['ratio']:.1f} × (95 % CI {low:.1f}–{high:.1f}): {met}"
+        else:
+            text = "not resolved (its interval reaches zero)"
+        rows.append(["nginx hop's added p50 latency ÷ the layers' (`scripts/hop.sh`)", "≥ 10 ×", text])
+    text = (
+        "The goals of the performance issue, each next to this run's figure "
+        "(wall-clock ratios carry the widest interval their criterion "
+        "intervals allow; \"not resolved\" where it reaches the goal or zero):\n\n"
+        + table(["goal", "target", "measured"], rows)
+    )
+    if (out.parent / "budgets" / "instructions.json").exists():
+        text += (
+            "\n\nThe same paths in instructions per request (callgrind through "
+            "gungraun, `scripts/budgets.sh`; exact counts, so ratios carry no "
+            "interval) and heap allocations (dhat), next to the budgets CI "
+            "enforces (`benches/budgets.txt`):\n\n" + budgets.markdown(out.parent / "budgets")
+        )
+    return text
+
+
+def hs256_ratio(est):
+    """(layer − bare) ÷ decode alone, with the widest interval."""
+    keys = ("auth/HS256/layer", "auth/HS256/bare", "auth/HS256/jsonwebtoken_decode")
+    if not all(k in est for k in keys):
+        return None
+    num = added(est[keys[0]], est[keys[1]])
+    den = est[keys[2]]
+    if num[1] <= 0:
+        return num[0] / den[0], None
+    return num[0] / den[0], (num[1] / den[2], num[2] / den[1])
+
+
+def readme_hop(s):
+    """The README's one-paragraph summary of scripts/hop.sh's run."""
+    m = s["machine"]
+    cpu, p50 = s["added"]["cpu_us"], s["added"]["p50_us"]
+    r = s["ratio"]["cpu_us"]
+    if r["resolved"]:
+        ratio = f"{r['ratio']:.1f} × as much CPU (95 % CI {r['ci'][0]:.1f}–{r['ci'][1]:.1f})"
+    else:
+        ratio = "a CPU ratio this run did not resolve"
+    return (
+        "What the hop costs, measured on loopback with the example service\n"
+        f"(`scripts/hop.sh`; an {m.get('cpu', '?')} VM, {m.get('cores', '?')} cores, "
+        f"{m.get('date', '?')[:10]}): an nginx hop that\n"
+        f"checks nothing added {cpu['gateway']['median']:.1f} µs of CPU and "
+        f"{p50['gateway']['median']:.0f} µs of median latency per request,\n"
+        f"tollgate's layers {cpu['embedded']['median']:.1f} µs and "
+        f"{p50['embedded']['median']:.0f} µs — {ratio}. The\n"
+        "intervals, the spread between runs and the machine are in\n"
+        "[Performance](docs/performance.md)."
+    )
+
+
 def replace_section(readme, name, body):
     begin, end = f"<!-- figures:{name}:begin -->", f"<!-- figures:{name}:end -->"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
@@ -254,7 +367,8 @@ def main():
     through, _ = throughput_section(out)
     latency_body = "\n\n".join(part for part in [proxy_hop_section(out), through, where] if part)
     bench_body = bench_section(out, est, thp) + "\n\n" + where
-    for body in (hop_body, latency_body, bench_body):
+    goals_body = goals_section(out, est, hop_summary) + "\n\n" + where
+    for body in (goals_body, hop_body, latency_body, bench_body):
         print(body)
         print()
     if write:
@@ -263,7 +377,10 @@ def main():
         readme = replace_section(readme, "hop", hop_body)
         readme = replace_section(readme, "latency", latency_body)
         readme = replace_section(readme, "bench", bench_body)
+        readme = replace_section(readme, "goals", goals_body)
         readme_path.write_text(readme)
+        front = ROOT / "README.md"
+        front.write_text(replace_section(front.read_text(), "readme", readme_hop(hop_summary)))
         (ROOT / "docs").mkdir(exist_ok=True)
         (ROOT / "docs" / "figures.svg").write_text(hop.svg(hop_summary))
         print("docs/performance.md and docs/figures.svg updated", file=sys.stderr)

@@ -16,7 +16,9 @@
 # 3. scripts/hop.sh: the example bare, with its layers on, and with its layers
 #    off behind nginx, in rounds of fresh processes: CPU per request and
 #    latency, with what each adds over bare (docs' `hop` section);
-# 4. the example's throughput with the layers off and on: the server pinned
+# 4. scripts/budgets.sh: instruction and allocation counts per request of
+#    each budgeted path (docs' `budgets` section; counts, not times);
+# 5. the example's throughput with the layers off and on: the server pinned
 #    to one core, the load generator (wrk) to the other, alternating rounds,
 #    medians and the range.
 # Results go to target/figures/; scripts/figures.py turns them into tables.
@@ -60,7 +62,7 @@ GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "${pin_server[@]}" cargo bench --bench tol
 # Single-threaded groups on one core, so the other one absorbs the rest of
 # the system. `multicore` needs every core.
 "${pin_server[@]}" cargo bench --bench tollgate -- \
-  'peers|rate_limit/local_decision/1000000_keys|rate_limit/stack|fast_path/(bare|HS256/auth_hit$|HS256/auth_miss|HS256/stack_hit)|example' \
+  'peers|auth/HS256|rate_limit/local_decision/1000000_keys|rate_limit/stack|fast_path/(bare|HS256/auth_hit$|HS256/auth_miss|HS256/stack_hit)|example' \
   > "$out/criterion.txt" 2>&1
 cargo bench --bench tollgate -- multicore > "$out/multicore.txt" 2>&1
 
@@ -70,6 +72,12 @@ cargo bench --bench tollgate -- proxy_hop > "$out/proxy_hop.txt" 2>&1
 echo "== hop: bare vs embedded vs nginx (scripts/hop.sh)" >&2
 scripts/hop.sh > "$out/hop.log" 2>&1 || {
   cat "$out/hop.log" >&2
+  exit 1
+}
+
+echo "== cost budgets: instructions and allocations per request (scripts/budgets.sh)" >&2
+scripts/budgets.sh > "$out/budgets.log" 2>&1 || {
+  cat "$out/budgets.log" >&2
   exit 1
 }
 
