@@ -215,39 +215,100 @@ async fn call(layer: &JwtAuthLayer<Value>, token: &str) -> (StatusCode, String) 
 #[tokio::test]
 async fn keys_rotate_without_a_restart() {
     let (server, base) = jwks_server(json!([ec_jwk("ec1")])).await;
-    // Long enough that the first unknown kid below comes before it has
-    // passed since the start-up fetch, however slow the machine.
+    let interval = Duration::from_millis(500);
     let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
-        .unknown_kid_interval(Duration::from_millis(500))
+        .unknown_kid_interval(interval)
+        .allow_symmetric_keys(true)
+        .start()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let layer = layer(remote.clone());
+    let old = ec_token("ec1", &good_claims());
+    assert_eq!(call(&layer, &old).await, (StatusCode::OK, "user-1".into()));
+
+    // The issuer rotates: ec1 out, hs2 in, right after the start-up fetch. The
+    // first token with the new kid waits for the next fetch the interval
+    // allows, and is accepted.
+    set(&server, Mode::Serve, Some(json!([oct_jwk("hs2")])));
+    let new = hs_token("hs2", &good_claims());
+    assert_eq!(call(&layer, &new).await, (StatusCode::OK, "user-1".into()));
+    assert_eq!(fetches(&server), 2);
+    // The interval held: the fetch did not start before it had passed.
+    assert!(
+        started.elapsed() >= interval - Duration::from_millis(100),
+        "fetched again after {:?}",
+        started.elapsed()
+    );
+
+    // The removed kid is refused (its cached verification is not used), after
+    // one more fetch.
+    assert_eq!(
+        call(&layer, &old).await,
+        (StatusCode::UNAUTHORIZED, "unknown_key".into())
+    );
+    assert_eq!(fetches(&server), 3);
+    assert_eq!(remote.key_count(), 1);
+}
+
+/// Issue 25: a provider publishes a key and at once signs with it, seconds or
+/// milliseconds after the service's last fetch; the first token is accepted,
+/// with one fetch during its request, each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_token_of_a_new_key_is_accepted_however_recent_the_last_fetch() {
+    let (server, base) = jwks_server(json!([oct_jwk("hs1")])).await;
+    let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
         .allow_symmetric_keys(true)
         .start()
         .await
         .unwrap();
     let layer = layer(remote.clone());
-    let old = ec_token("ec1", &good_claims());
-    assert_eq!(call(&layer, &old).await, (StatusCode::OK, "user-1".into()));
+    // Gaps after the previous fetch: under the default interval (1 s), and
+    // over it.
+    for (round, gap) in [0_u64, 300, 1_200, 50].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+        let kid = format!("hs{}", round + 2);
+        set(&server, Mode::Serve, Some(json!([oct_jwk(&kid)])));
+        let before = fetches(&server);
+        let got = call(&layer, &hs_token(&kid, &good_claims())).await;
+        assert_eq!(got, (StatusCode::OK, "user-1".into()), "round {round}, gap {gap} ms");
+        assert_eq!(fetches(&server), before + 1, "round {round}: one fetch");
+    }
+}
 
-    // The issuer rotates: ec1 out, hs2 in. A token with the new kid fetches
-    // the new set on the spot (once the minimum interval since the last
-    // fetch has passed; before that it is refused without a fetch).
+/// With `max_wait` shorter than what is left of the interval, the request is
+/// refused at once, but the fetch it asked for still comes, so the token is
+/// accepted once it has.
+#[tokio::test]
+async fn a_fetch_too_late_for_the_request_still_comes() {
+    let (server, base) = jwks_server(json!([oct_jwk("hs1")])).await;
+    let remote = RemoteKeys::jwks(format!("{base}/jwks.json"))
+        .unknown_kid_interval(Duration::from_millis(800))
+        .max_wait(Duration::from_millis(100))
+        .allow_symmetric_keys(true)
+        .start()
+        .await
+        .unwrap();
+    let layer = layer(remote.clone());
     set(&server, Mode::Serve, Some(json!([oct_jwk("hs2")])));
-    let new = hs_token("hs2", &good_claims());
+    let token = hs_token("hs2", &good_claims());
+    let asked = Instant::now();
     assert_eq!(
-        call(&layer, &new).await,
+        call(&layer, &token).await,
         (StatusCode::UNAUTHORIZED, "unknown_key".into())
     );
+    assert!(asked.elapsed() < Duration::from_millis(400), "refused at once");
     assert_eq!(fetches(&server), 1);
-    tokio::time::sleep(Duration::from_millis(550)).await;
-    assert_eq!(call(&layer, &new).await, (StatusCode::OK, "user-1".into()));
-    assert_eq!(fetches(&server), 2);
-
-    // The removed kid is refused (its cached verification is not used).
-    tokio::time::sleep(Duration::from_millis(550)).await;
-    assert_eq!(
-        call(&layer, &old).await,
-        (StatusCode::UNAUTHORIZED, "unknown_key".into())
-    );
-    assert_eq!(remote.key_count(), 1);
+    // More refusals in the meantime schedule nothing more.
+    assert_eq!(call(&layer, &token).await.0, StatusCode::UNAUTHORIZED);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fetches(&server) < 2 {
+        assert!(Instant::now() < deadline, "the scheduled fetch never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fetches(&server), 2, "one fetch for both refusals");
+    assert_eq!(call(&layer, &token).await, (StatusCode::OK, "user-1".into()));
 }
 
 #[tokio::test]
@@ -773,3 +834,4 @@ async fn a_cancelled_refresh_frees_the_fetch_slot() {
     assert_eq!(fetches(&server), 4);
     assert_eq!(remote.failures(), 0);
 }
+

@@ -9,8 +9,12 @@
 //! - A background task refreshes every `refresh_interval` (default 10 min),
 //!   or as the response's `Cache-Control: max-age` says, within bounds.
 //! - A token with an unknown `kid` triggers at most one fetch at a time, no
-//!   more often than `unknown_kid_interval` (default 1 s); the request waits
-//!   for it at most `max_wait` (default 1 s).
+//!   more often than `unknown_kid_interval` (default 1 s): at once if that
+//!   long has passed since the last fetch, otherwise as soon as it has. The
+//!   request waits for that fetch to start if it starts within `max_wait`
+//!   (default 1 s), then at most `max_wait` for it to end; so with the
+//!   defaults the first token signed with a newly published key is accepted
+//!   however recent the last fetch was.
 //! - A failed fetch (error status, timeout, garbage, oversized body) keeps the
 //!   old keys serving; failures are counted and logged.
 //! - JWKs with an unsupported `kty`/`alg`/curve or `use: "enc"` are skipped; a
@@ -89,6 +93,11 @@ struct Inner {
     settings: Settings,
     epoch: Instant,
     fetching: AtomicBool,
+    /// A fetch for an unknown `kid` is scheduled for when the interval
+    /// since the last one has passed.
+    scheduled: AtomicBool,
+    /// Warned that a request off any tokio runtime cannot fetch keys.
+    warned_no_runtime: AtomicBool,
     /// Milliseconds since `epoch` of the last fetch started (+1, 0 = never).
     last_fetch: AtomicU64,
     done: watch::Sender<u64>,
@@ -187,35 +196,67 @@ impl RemoteKeys {
         self.inner.keys.load()
     }
 
-    /// Starts a fetch for an unknown `kid` if one is allowed now, and returns
-    /// a future that resolves when a fetch completes or `max_wait` passes.
-    /// `None`: no fetch is allowed now (too soon), refuse at once.
+    /// Asks for a fetch for an unknown `kid`, and returns a future that
+    /// resolves when a fetch completes or the wait is over.
+    ///
+    /// A fetch starts at once when `unknown_kid_interval` has passed since
+    /// the last one; otherwise one fetch is scheduled for the moment it has
+    /// (however many requests ask). The request waits for the fetch to start
+    /// if that is within `max_wait`, then at most `max_wait` for it to end.
+    /// `None`: the scheduled fetch starts too late for this request (or
+    /// there is no runtime to fetch on): refuse at once.
     pub(crate) fn refresh_for_unknown_kid(&self) -> Option<Wait> {
         let inner = &self.inner;
         let rx = inner.done.subscribe();
         let max_wait = inner.settings.max_wait;
-        let wait = move || -> Wait {
+        let wait = move |start: Duration| -> Wait {
             let mut rx = rx;
             Box::pin(async move {
-                let _ = tokio::time::timeout(max_wait, rx.changed()).await;
+                let _ = tokio::time::timeout(start + max_wait, rx.changed()).await;
             })
         };
         if inner.fetching.load(Ordering::Acquire) {
-            return Some(wait());
+            return Some(wait(Duration::ZERO));
         }
-        let last = inner.last_fetch.load(Ordering::Relaxed);
-        let interval = millis(inner.settings.unknown_kid_interval);
-        if last != 0 && inner.now_ms() + 1 < last.saturating_add(interval) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            if !inner.warned_no_runtime.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "tollgate: a token names an unknown kid, but the request is not served on a                      tokio runtime, so no key fetch can start: such tokens are refused"
+                );
+            }
             return None;
-        }
-        let handle = tokio::runtime::Handle::try_current().ok()?;
-        let Some(slot) = FetchSlot::claim(inner) else {
-            return Some(wait());
         };
-        handle.spawn(async move {
-            let _ = slot.fetch().await;
-        });
-        Some(wait())
+        let last = inner.last_fetch.load(Ordering::Relaxed);
+        let now = inner.now_ms() + 1;
+        let due = match last {
+            0 => now,
+            last => last.saturating_add(millis(inner.settings.unknown_kid_interval)),
+        };
+        if due <= now {
+            if let Some(slot) = FetchSlot::claim(inner) {
+                handle.spawn(slot.fetch());
+            }
+            return Some(wait(Duration::ZERO));
+        }
+        let delay = Duration::from_millis(due - now);
+        if !inner.scheduled.swap(true, Ordering::AcqRel) {
+            let inner = Arc::downgrade(inner);
+            handle.spawn(async move {
+                tokio::time::sleep(delay).await;
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                inner.scheduled.store(false, Ordering::Release);
+                // A fetch that started since (or is under way) serves the
+                // kid as well as this one would.
+                if inner.last_fetch.load(Ordering::Relaxed) == last
+                    && let Some(slot) = FetchSlot::claim(&inner)
+                {
+                    let _ = slot.fetch().await;
+                }
+            });
+        }
+        (delay <= max_wait).then(|| wait(delay))
     }
 }
 
@@ -262,8 +303,10 @@ impl RemoteKeysBuilder {
         self
     }
 
-    /// Longest a request waits for the fetch its unknown `kid` caused
-    /// (default 1 s).
+    /// Longest a request waits for the fetch its unknown `kid` caused to
+    /// start, and then to end (default 1 s each). A fetch that cannot start
+    /// within it (because `unknown_kid_interval` has not passed) is still
+    /// scheduled, but the request is refused at once.
     pub fn max_wait(mut self, wait: Duration) -> Self {
         self.settings.max_wait = wait;
         self
@@ -329,6 +372,8 @@ impl RemoteKeysBuilder {
             settings: self.settings,
             epoch: Instant::now(),
             fetching: AtomicBool::new(false),
+            scheduled: AtomicBool::new(false),
+            warned_no_runtime: AtomicBool::new(false),
             last_fetch: AtomicU64::new(0),
             done,
             fetches: AtomicU64::new(0),
