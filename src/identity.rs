@@ -64,6 +64,8 @@ pub(crate) struct TokenFacts {
     pub(crate) exp: Option<u64>,
     pub(crate) session_end: Option<u64>,
     pub(crate) session_start: Option<u64>,
+    /// The identity provider's session id (`sid`), for session revocation.
+    pub(crate) sid: Option<Arc<str>>,
 }
 
 impl Identity {
@@ -115,6 +117,13 @@ impl Identity {
     /// Where the token came from.
     pub fn source(&self) -> CredentialSource {
         self.source
+    }
+
+    /// The identity provider's session id (the token's `sid` claim, as
+    /// OpenID Connect sets it), if it had one: what a back-channel logout
+    /// names.
+    pub fn session_id(&self) -> Option<&str> {
+        self.token.sid.as_deref()
     }
 
     /// The token's `jti`, if it had one (to revoke just this token).

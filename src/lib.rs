@@ -79,6 +79,7 @@
 //! | `tonic` | no | the peer address from tonic's `TcpConnectInfo` |
 //! | `redis` | no | `RedisStore`: rate-limit state shared by replicas, on Redis or Redis Cluster; exact or local-first. With `auth`: `RedisRevocations`, revocations shared by replicas |
 //! | `jwks` | no | `RemoteKeys`: keys from a JWKS URL or an OIDC issuer |
+//! | `backchannel-logout` | no | `BackChannelLogout`: the OpenID Connect back-channel logout endpoint |
 //! | `metrics` | no | counters, histogram and gauge on the `metrics` facade ([`observe`]) |
 //! | `config` | no | [`config`]: the whole stack from a TOML file |
 //! | `test-util` | no | `testing`: claims, identities and signed tokens for tests |

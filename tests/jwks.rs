@@ -271,7 +271,11 @@ async fn the_first_token_of_a_new_key_is_accepted_however_recent_the_last_fetch(
         set(&server, Mode::Serve, Some(json!([oct_jwk(&kid)])));
         let before = fetches(&server);
         let got = call(&layer, &hs_token(&kid, &good_claims())).await;
-        assert_eq!(got, (StatusCode::OK, "user-1".into()), "round {round}, gap {gap} ms");
+        assert_eq!(
+            got,
+            (StatusCode::OK, "user-1".into()),
+            "round {round}, gap {gap} ms"
+        );
         assert_eq!(fetches(&server), before + 1, "round {round}: one fetch");
     }
 }
@@ -297,7 +301,10 @@ async fn a_fetch_too_late_for_the_request_still_comes() {
         call(&layer, &token).await,
         (StatusCode::UNAUTHORIZED, "unknown_key".into())
     );
-    assert!(asked.elapsed() < Duration::from_millis(400), "refused at once");
+    assert!(
+        asked.elapsed() < Duration::from_millis(400),
+        "refused at once"
+    );
     assert_eq!(fetches(&server), 1);
     // More refusals in the meantime schedule nothing more.
     assert_eq!(call(&layer, &token).await.0, StatusCode::UNAUTHORIZED);
@@ -308,7 +315,10 @@ async fn a_fetch_too_late_for_the_request_still_comes() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(fetches(&server), 2, "one fetch for both refusals");
-    assert_eq!(call(&layer, &token).await, (StatusCode::OK, "user-1".into()));
+    assert_eq!(
+        call(&layer, &token).await,
+        (StatusCode::OK, "user-1".into())
+    );
 }
 
 #[tokio::test]
@@ -834,4 +844,3 @@ async fn a_cancelled_refresh_frees_the_fetch_slot() {
     assert_eq!(fetches(&server), 4);
     assert_eq!(remote.failures(), 0);
 }
-

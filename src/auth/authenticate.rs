@@ -155,10 +155,11 @@ impl<T: DeserializeOwned> AuthState<T> {
         } = &*verified;
         // Cache hits included: a revocation takes effect on the next request.
         if let Some(revocations) = &self.revocations
-            && revocations.is_revoked(
+            && revocations.check(
                 issuer.as_deref(),
                 subject.as_deref(),
                 verified.jti.as_deref(),
+                verified.sid.as_deref(),
                 super::revocation::issue_time(verified.iat, verified.session_start),
                 now,
             )
@@ -183,6 +184,7 @@ impl<T: DeserializeOwned> AuthState<T> {
                 exp: verified.exp,
                 session_end: verified.session_end,
                 session_start: verified.session_start,
+                sid: verified.sid.clone(),
             })
             .with_derived(verified.derived.clone());
         // Cookies only: a bearer token belongs to a client that refreshes

@@ -167,6 +167,7 @@ mod tests {
             iat: None,
             session_end: None,
             session_start: None,
+            sid: None,
             derived: crate::identity::Derived::default(),
         })
     }

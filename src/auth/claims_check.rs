@@ -47,6 +47,8 @@ pub(crate) struct Checked {
     /// When the session began: the earlier of `auth_time` and
     /// [`SESSION_START_CLAIM`], if either is present.
     pub(crate) session_start: Option<u64>,
+    /// The identity provider's session id.
+    pub(crate) sid: Option<Arc<str>>,
 }
 
 /// The claim holding the start of a session that a sliding refresh carries
@@ -69,6 +71,7 @@ pub(crate) fn check(payload: &[u8], rules: &Rules, now: u64) -> Result<Checked, 
     Ok(Checked {
         subject: registered.sub,
         jti: registered.jti,
+        sid: registered.sid,
         issuer,
         exp: registered.exp,
         nbf: registered.nbf,
@@ -186,6 +189,7 @@ struct Registered {
     aud_matched: bool,
     sub: Option<Arc<str>>,
     jti: Option<Arc<str>>,
+    sid: Option<Arc<str>>,
     /// Bit i set: required claim i is present.
     required_seen: u64,
 }
@@ -212,6 +216,7 @@ fn read_registered(payload: &[u8], rules: &Rules) -> Result<Registered, AuthErro
                 "aud" => "the aud claim is not a string or an array of strings",
                 "sub" => "the sub claim is not a string",
                 "jti" => "the jti claim is not a string",
+                "sid" => "the sid claim is not a string",
                 "duplicate" => "a registered claim appears twice",
                 "depth" => "a claim nests deeper than 64 levels",
                 _ => "the claims are not a JSON object",
@@ -310,6 +315,12 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                     self.current.set("jti");
                     let Name(jti) = map.next_value::<Name<'de>>()?;
                     r.jti = Some(Arc::from(&*jti));
+                }
+                "sid" => {
+                    duplicate(r.sid.is_some())?;
+                    self.current.set("sid");
+                    let Name(sid) = map.next_value::<Name<'de>>()?;
+                    r.sid = Some(Arc::from(&*sid));
                 }
                 "aud" => {
                     duplicate(r.aud_present)?;

@@ -166,6 +166,8 @@
 mod authenticate;
 #[cfg(feature = "axum")]
 mod axum;
+#[cfg(feature = "backchannel-logout")]
+mod backchannel;
 mod builder;
 mod cache;
 mod claims;
@@ -183,6 +185,11 @@ mod verify;
 #[cfg(feature = "axum")]
 pub use self::axum::{AuthRejection, AuthRejectionKind};
 pub use authenticate::AuthMode;
+#[cfg(feature = "backchannel-logout")]
+pub use backchannel::{
+    BACKCHANNEL_LOGOUT_EVENT, BackChannelLogout, BackChannelLogoutBuilder,
+    DEFAULT_LOGOUT_TOKEN_MAX_AGE,
+};
 pub use builder::{DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder};
 pub use claims::Claims;
 pub use claims_check::{SESSION_END_CLAIM, SESSION_START_CLAIM};

@@ -37,6 +37,8 @@ pub(crate) struct Verified<T> {
     pub(crate) session_end: Option<u64>,
     /// The session's start (`auth_time`, `session_start`), for revocations.
     pub(crate) session_start: Option<u64>,
+    /// The identity provider's session id (`sid`), for revocations.
+    pub(crate) sid: Option<Arc<str>>,
     /// What later layers derive from the token, shared by its cache hits.
     pub(crate) derived: crate::identity::Derived,
 }
@@ -151,6 +153,17 @@ pub(crate) fn verify<T: DeserializeOwned>(
                 "the token's typ is not accepted here",
             ));
         }
+    } else if header
+        .typ
+        .as_deref()
+        .is_some_and(|typ| media_type_eq(typ, "logout+jwt"))
+    {
+        // An identity provider's logout token (OpenID Connect back-channel
+        // logout) ends a session: it never opens one.
+        return Err(err(
+            AuthErrorKind::InvalidHeader,
+            "a logout token is not a credential",
+        ));
     }
 
     let signature = b64(signature_b64, "the signature is not base64url")?;
@@ -176,6 +189,7 @@ pub(crate) fn verify<T: DeserializeOwned>(
         iat: checked.iat,
         session_end: checked.session_end,
         session_start: checked.session_start,
+        sid: checked.sid,
         derived: crate::identity::Derived::default(),
     })
 }
@@ -271,7 +285,19 @@ fn check_signature(
 
 /// `typ` is a media type: compared case-insensitively, with the optional
 /// `application/` prefix (RFC 7515 §4.1.9).
-fn media_type_eq(actual: &str, expected: &str) -> bool {
+/// The `typ` of a token's header, if it has one (the token unverified: only
+/// to choose which rules verify it).
+#[cfg(feature = "backchannel-logout")]
+pub(crate) fn header_typ(token: &str) -> Result<Option<String>, AuthError> {
+    let header_b64 = token
+        .split_once('.')
+        .map(|(header, _)| header)
+        .ok_or_else(|| malformed("a JWT has three dot-separated segments"))?;
+    let json = b64(header_b64, "the header is not base64url")?;
+    Ok(parse_header(&json)?.typ.map(std::borrow::Cow::into_owned))
+}
+
+pub(crate) fn media_type_eq(actual: &str, expected: &str) -> bool {
     fn strip(s: &str) -> &str {
         match s.get(..12) {
             Some(p) if p.eq_ignore_ascii_case("application/") => &s[12..],

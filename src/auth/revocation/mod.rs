@@ -51,6 +51,9 @@ struct Cut {
     until: u64,
 }
 
+/// A revoked session of one issuer: (issuer, keep until).
+type SessionCut = (Option<Box<str>>, u64);
+
 #[derive(Default)]
 struct Shard {
     /// `jti` → keep until (unix seconds).
@@ -58,6 +61,8 @@ struct Shard {
     /// subject → its cuts, one per issuer (looked up by `&str`, without
     /// allocating).
     subjects: HashMap<Box<str>, Vec<Cut>>,
+    /// session id (`sid`) → (issuer, keep until), one per issuer.
+    sessions: HashMap<Box<str>, Vec<SessionCut>>,
 }
 
 struct Inner {
@@ -74,6 +79,8 @@ struct Inner {
     /// `jti` is held at least this long past its revocation.
     max_session: AtomicU64,
     clock: RwLock<Arc<dyn WallClock>>,
+    /// Logout tokens seen (`[issuer, jti]` → keep until), for replays.
+    logouts: std::sync::Mutex<HashMap<Box<str>, u64>>,
     /// Entries the clean-up has looked at, for the tests that pin its cost.
     #[cfg(test)]
     swept: AtomicUsize,
@@ -166,6 +173,7 @@ impl Revocations {
                 leeway: AtomicU64::new(crate::auth::DEFAULT_LEEWAY.as_secs()),
                 max_session: AtomicU64::new(0),
                 clock: RwLock::new(Arc::new(SystemClock)),
+                logouts: std::sync::Mutex::new(HashMap::new()),
                 #[cfg(test)]
                 swept: AtomicUsize::new(0),
                 #[cfg(feature = "redis")]
@@ -372,6 +380,58 @@ impl Revocations {
         added
     }
 
+    /// Refuses every token of the session `sid` (the `sid` claim, from
+    /// `issuer` as [`Identity::issuer`] reports it), whenever issued: the
+    /// session ended at the identity provider (OpenID Connect back-channel
+    /// logout, see `BackChannelLogout`). Held as long as any token of a
+    /// session that ended now can live: [`max_token_lifetime`](Self::max_token_lifetime)
+    /// or, with a sliding refresh, its longest session (successors keep the
+    /// `sid`), plus the leeway.
+    ///
+    /// A shared set also sends the revocation to the other replicas.
+    pub fn revoke_session(&self, issuer: Option<&str>, sid: &str) {
+        let until = self.subject_until(self.now());
+        let added = self.hold_session(issuer, sid, until);
+        self.added(added);
+        #[cfg(feature = "redis")]
+        if let Some(link) = self.inner.link.get() {
+            link.publish(
+                &self::redis::Entry::Session { issuer, sid },
+                until,
+                self.now(),
+            );
+        }
+    }
+
+    /// Holds a session revocation, without cleaning: whether it is new.
+    fn hold_session(&self, issuer: Option<&str>, sid: &str, until: u64) -> bool {
+        let mut shard = write(self.shard(sid));
+        let cuts = shard.sessions.entry(sid.into()).or_default();
+        let added = match cuts.iter_mut().find(|(i, _)| i.as_deref() == issuer) {
+            Some((_, held)) => {
+                *held = (*held).max(until);
+                false
+            }
+            None => {
+                cuts.push((issuer.map(Into::into), until));
+                true
+            }
+        };
+        drop(shard);
+        added
+    }
+
+    /// Revokes the caller's session (by its `sid` claim), as
+    /// [`revoke_session`](Self::revoke_session). Returns whether the token
+    /// had a `sid`.
+    pub fn revoke_session_of(&self, identity: &Identity) -> bool {
+        let Some(sid) = identity.session_id() else {
+            return false;
+        };
+        self.revoke_session(identity.issuer(), sid);
+        true
+    }
+
     /// Revokes the token the caller presented (by its `jti`; a token without
     /// one cannot be revoked alone — use [`revoke_subject_of`](Self::revoke_subject_of)).
     /// Returns whether there was a `jti` to revoke.
@@ -407,6 +467,26 @@ impl Revocations {
         iat: Option<u64>,
         now: u64,
     ) -> bool {
+        self.check(issuer, subject, jti, None, iat, now)
+    }
+
+    /// Whether the session `sid` of `issuer` is revoked at `now` (see
+    /// [`revoke_session`](Self::revoke_session)).
+    pub fn is_session_revoked(&self, issuer: Option<&str>, sid: &str, now: u64) -> bool {
+        self.check(issuer, None, None, Some(sid), None, now)
+    }
+
+    /// Every dimension at once, as the auth layer asks on each request: one
+    /// atomic load while nothing is revoked.
+    pub(crate) fn check(
+        &self,
+        issuer: Option<&str>,
+        subject: Option<&str>,
+        jti: Option<&str>,
+        sid: Option<&str>,
+        iat: Option<u64>,
+        now: u64,
+    ) -> bool {
         if self.inner.count.load(Ordering::Relaxed) == 0 {
             return false;
         }
@@ -417,6 +497,17 @@ impl Revocations {
                 .is_some_and(|until| now < *until)
         {
             return true;
+        }
+        if let Some(sid) = sid {
+            let shard = read(self.shard(sid));
+            if !shard.sessions.is_empty()
+                && shard.sessions.get(sid).is_some_and(|cuts| {
+                    cuts.iter()
+                        .any(|(i, until)| i.as_deref() == issuer && now < *until)
+                })
+            {
+                return true;
+            }
         }
         let Some(subject) = subject else {
             return false;
@@ -434,7 +525,45 @@ impl Revocations {
         })
     }
 
-    /// How many revocations are held (tokens and subjects).
+    /// Records the logout token `jti` of `issuer`, kept until `until`:
+    /// whether it is the first time (a replay is refused). Shared sets ask
+    /// Redis, so a token replayed to another replica is caught; if Redis
+    /// does not answer, this replica's own record decides.
+    #[cfg_attr(not(feature = "backchannel-logout"), allow(dead_code))]
+    pub(crate) async fn first_logout(&self, issuer: Option<&str>, jti: &str, until: u64) -> bool {
+        let key = serde_json::to_string(&(issuer, jti)).unwrap_or_default();
+        let now = self.now();
+        let local = {
+            let mut seen = self
+                .inner
+                .logouts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if seen.len() >= 1024 {
+                seen.retain(|_, held| now < *held);
+            }
+            match seen.get_mut(key.as_str()) {
+                Some(held) if now < *held => false,
+                Some(held) => {
+                    *held = until;
+                    true
+                }
+                None => {
+                    seen.insert(key.as_str().into(), until);
+                    true
+                }
+            }
+        };
+        #[cfg(feature = "redis")]
+        if local && let Some(link) = self.inner.link.get() {
+            return link
+                .first_use(&key, until.saturating_sub(now).max(1), local)
+                .await;
+        }
+        local
+    }
+
+    /// How many revocations are held (tokens, subjects and sessions).
     pub fn len(&self) -> usize {
         self.inner.count.load(Ordering::Relaxed)
     }
@@ -457,7 +586,9 @@ impl Revocations {
     fn clean(&self, shard: usize, now: u64) {
         let mut shard = write(&self.inner.shards[shard]);
         let held = |shard: &Shard| {
-            shard.tokens.len() + shard.subjects.values().map(Vec::len).sum::<usize>()
+            shard.tokens.len()
+                + shard.subjects.values().map(Vec::len).sum::<usize>()
+                + shard.sessions.values().map(Vec::len).sum::<usize>()
         };
         let before = held(&shard);
         #[cfg(test)]
@@ -465,6 +596,10 @@ impl Revocations {
         shard.tokens.retain(|_, until| now < *until);
         shard.subjects.retain(|_, cuts| {
             cuts.retain(|cut| now < cut.until);
+            !cuts.is_empty()
+        });
+        shard.sessions.retain(|_, cuts| {
+            cuts.retain(|(_, until)| now < *until);
             !cuts.is_empty()
         });
         let removed = before - held(&shard);

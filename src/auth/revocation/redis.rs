@@ -6,12 +6,16 @@
 //! database the URL names:
 //! - `P:entries`, a sorted set: one member per revocation, scored by when it
 //!   may be dropped (unix seconds). A member is `"{until} {json}"`, the JSON
-//!   being `["t", jti]` or `["s", issuer or null, subject, issued_before]`.
+//!   being `["t", jti]`, `["s", issuer or null, subject, issued_before]` or
+//!   `["i", issuer or null, sid]` (a session).
 //!   Expired members are dropped by Redis's own clock (`TIME`), never a
 //!   replica's.
 //! - `P:version`, a counter incremented once per revocation written.
 //! - `P:epoch`, a random value written (`SET NX`) by the first replica that
 //!   finds none: it changes when Redis loses the set.
+//! - `P:logout:{json}`, one key per back-channel logout token received
+//!   (`[issuer, jti]`), set once (`SET NX`) with the token's remaining
+//!   validity as its TTL: a replay to any replica is refused.
 //! - `P:db{n}:events`, a pub/sub channel: `"{version} {member}"` per
 //!   revocation (pub/sub ignores databases, so the channel names its own).
 //!
@@ -97,6 +101,15 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', redis.call('TIME')[1])
 redis.call('SET', KEYS[3], ARGV[1], 'NX')
 return {redis.call('GET', KEYS[3]), redis.call('GET', KEYS[2]) or '0',
   redis.call('ZRANGE', KEYS[1], 0, -1)}
+";
+
+/// Records a logout token's id once. `KEYS`: the record. `ARGV`: this
+/// attempt's unique value, seconds to keep it. 1 when this attempt holds it
+/// (a retried call finds its own value: idempotent), 0 for a replay.
+const FIRST_USE: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
 ";
 
 /// A random 128-bit epoch, in hex: std's hasher keys are random per process
@@ -320,6 +333,10 @@ pub(super) enum Entry<'a> {
         subject: &'a str,
         before: u64,
     },
+    Session {
+        issuer: Option<&'a str>,
+        sid: &'a str,
+    },
 }
 
 impl Entry<'_> {
@@ -332,6 +349,7 @@ impl Entry<'_> {
                 subject,
                 before,
             } => serde_json::to_string(&("s", issuer, subject, before)),
+            Self::Session { issuer, sid } => serde_json::to_string(&("i", issuer, sid)),
         };
         json.ok().map(|json| format!("{until} {json}"))
     }
@@ -397,6 +415,14 @@ impl Revocations {
                 // This replica's own bound may be longer than the sender's.
                 let until = until.max(self.subject_until(before));
                 Some(self.hold_subject(issuer, subject, before, until))
+            }
+            [Value::String(tag), issuer, Value::String(sid)] if tag == "i" => {
+                let issuer = match issuer {
+                    Value::Null => None,
+                    Value::String(issuer) => Some(issuer.as_str()),
+                    _ => return None,
+                };
+                Some(self.hold_session(issuer, sid, until))
             }
             _ => None,
         }
@@ -587,6 +613,8 @@ pub(super) struct Link {
     conn: ConnectionManager,
     entries: String,
     version: String,
+    /// `{prefix}:logout`: the logout tokens seen (back-channel logout).
+    logouts: String,
     /// `{prefix}:epoch`: a random value that changes when Redis loses the
     /// set (restart without persistence, FLUSHALL, an empty replica
     /// promoted).
@@ -598,6 +626,7 @@ pub(super) struct Link {
     script: Script,
     check_script: Script,
     read_script: Script,
+    first_use_script: Script,
     /// The epoch this replica has read the set under.
     epoch: Mutex<Option<String>>,
     /// The epoch this replica writes when it finds none.
@@ -625,6 +654,7 @@ impl Link {
             conn,
             entries: format!("{prefix}:entries"),
             version: format!("{prefix}:version"),
+            logouts: format!("{prefix}:logout"),
             epoch_key: format!("{prefix}:epoch"),
             channel: format!("{prefix}:db{db}:events"),
             interval: settings.sync_interval,
@@ -633,6 +663,7 @@ impl Link {
             script: Script::new(WRITE),
             check_script: Script::new(CHECK),
             read_script: Script::new(READ),
+            first_use_script: Script::new(FIRST_USE),
             epoch: Mutex::new(None),
             candidate: fresh_epoch(),
             unsent: Mutex::new(Vec::new()),
@@ -814,6 +845,27 @@ impl Link {
             .await
             .map_err(|_| RevocationSyncError::timed_out("subscribe"))?
             .map_err(|e| RevocationSyncError::new("subscribe", &e))
+    }
+
+    /// Whether the logout token `key` (`[issuer, jti]`) is used for the
+    /// first time across the replicas, recorded for `ttl` seconds. If Redis
+    /// does not answer, `local` (this replica's record) decides.
+    pub(super) async fn first_use(&self, key: &str, ttl: u64, local: bool) -> bool {
+        let record = format!("{}:{key}", self.logouts);
+        let mut invocation = self.first_use_script.prepare_invoke();
+        invocation.key(&record).arg(fresh_epoch()).arg(ttl);
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, invocation.invoke_async::<u8>(&mut conn)).await {
+            Ok(Ok(first)) => first == 1,
+            Ok(Err(e)) => {
+                self.failed(&RevocationSyncError::new("logout replay check", &e));
+                local
+            }
+            Err(_) => {
+                self.failed(&RevocationSyncError::timed_out("logout replay check"));
+                local
+            }
+        }
     }
 
     /// Counts a failure and logs it at most every 10 s.
