@@ -291,8 +291,10 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevocationConfig {
-    /// The Redis server shared by the replicas (feature `redis`); absent,
-    /// revocations are per process.
+    /// The Redis server shared by the replicas (feature `redis`):
+    /// `redis://host:port/db`, or
+    /// `redis+sentinel://host:26379,host:26379/mymaster[/db]` for the primary
+    /// Redis Sentinel names; absent, revocations are per process.
     pub redis_url: Option<String>,
     /// Prefix of the Redis keys and channel (default `tollgate:revoked`).
     pub prefix: Option<String>,

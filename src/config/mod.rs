@@ -33,6 +33,7 @@
 //!
 //! # [rate_limit.redis]                # state shared by replicas (feature `redis`)
 //! # url = "redis://127.0.0.1:6379"    # one server or any cluster node; redis+cluster://a:7000,b:7001
+//! #                                   # or Sentinel: redis+sentinel://s1:26379,s2:26379/mymaster
 //! # prefix = "myapi"
 //! # timeout_ms = 50
 //! # sync_interval_ms = 50             # local-first mode; leave out for exact mode

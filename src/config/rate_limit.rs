@@ -93,8 +93,10 @@ pub struct QuotaConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port/db` (one server, or any node of a cluster), or
-    /// `redis+cluster://host:port,host:port` (a cluster's seed nodes).
+    /// `redis://host:port/db` (one server, or any node of a cluster),
+    /// `redis+cluster://host:port,host:port` (a cluster's seed nodes), or
+    /// `redis+sentinel://host:26379,host:26379/mymaster[/db]` (the primary
+    /// Redis Sentinel names, followed through failovers).
     pub url: String,
     /// Key prefix (default `tollgate`).
     pub prefix: Option<String>,

@@ -36,13 +36,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
-use ::redis::{Client, RedisError, Script};
+use ::redis::aio::{ConnectionManagerConfig, PubSubStream};
+use ::redis::{RedisError, Script};
 use tokio::sync::Notify;
 
 use super::Revocations;
 use crate::error::ConfigError;
 use crate::observe::WarnEvery;
+use crate::rate_limit::store::RedisStandalone;
 use crate::rate_limit::store::redis_error_kind as kind_name;
 
 /// Default prefix of the keys and the channel.
@@ -171,7 +172,9 @@ fn fresh_epoch() -> String {
 ///
 /// Redis Cluster is not supported here: the write touches two keys and the
 /// replicas listen on one channel; point `url` at a standalone server (or a
-/// primary with replicas).
+/// primary with replicas), or at the Sentinels that watch a primary
+/// (`redis+sentinel://…`: after a failover the set is written to and read
+/// from the new primary, and read again in full if it lost revocations).
 ///
 /// **Scope**: keys live in the URL's database and the channel names it, so
 /// stores on two databases never see each other's revocations. Services
@@ -201,7 +204,9 @@ impl fmt::Debug for RedisRevocations {
 
 impl RedisRevocations {
     /// Shares through the Redis server at `url` (`redis://host:port/db`,
-    /// `rediss://…`, `unix://…`). Nothing connects until
+    /// `rediss://…`, `unix://…`), or through the primary Redis Sentinel
+    /// names (`redis+sentinel://host:26379[,host:port…]/mymaster[/db]`,
+    /// followed through failovers). Nothing connects until
     /// [`Revocations::share`].
     pub fn new(url: impl Into<String>) -> Self {
         Self {
@@ -273,7 +278,9 @@ impl RedisRevocations {
         let authority = self.url.split_once("://").map_or("", |(_, rest)| {
             rest.split(['/', '?', '#']).next().unwrap_or_default()
         });
-        if scheme.ends_with("+cluster") || authority.contains(',') {
+        // A Sentinel URL lists several Sentinels, for one primary.
+        let sentinel = scheme.ends_with("+sentinel");
+        if scheme.ends_with("+cluster") || (authority.contains(',') && !sentinel) {
             return Err(ConfigError::new(
                 "revocation",
                 "shared revocations need a standalone Redis (or a primary), not a Redis Cluster",
@@ -436,8 +443,9 @@ impl Revocations {
     /// # Errors
     /// Called outside a tokio runtime; a set already shared; an empty
     /// prefix, a sync interval under 10 ms or a zero timeout; a URL that does
-    /// not parse or names a Redis Cluster; Redis not answering within 2 s,
-    /// or refusing `SUBSCRIBE` (turn [`pubsub`](RedisRevocations::pubsub)
+    /// not parse or names a Redis Cluster; Redis not answering within 2 s
+    /// (through Sentinel: no Sentinel naming a primary that answers), or
+    /// refusing `SUBSCRIBE` (turn [`pubsub`](RedisRevocations::pubsub)
     /// off) or the first read.
     pub async fn share(self, redis: RedisRevocations) -> Result<Self, ConfigError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
@@ -463,20 +471,14 @@ impl Revocations {
                  Give each service its own with RedisRevocations::prefix"
             );
         }
-        let client = Client::open(redis.url.as_str())
-            .map_err(|e| ConfigError::new("revocation", format!("bad Redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(SETUP_TIMEOUT))
             .set_response_timeout(Some(redis.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let mut conn = tokio::time::timeout(
-            2 * SETUP_TIMEOUT,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| ConfigError::new("revocation", "no Redis answered within 4 s"))?
-        .map_err(|e| ConfigError::new("revocation", format!("cannot connect to Redis: {e}")))?;
+        let mut conn = RedisStandalone::connect(&redis.url, config)
+            .await
+            .map_err(|e| ConfigError::new("revocation", e))?;
         // A cluster node would answer MOVED to half the calls: refused now.
         // (INFO may be forbidden by an ACL; then nothing is known.)
         if let Ok(Ok(info)) = tokio::time::timeout(
@@ -493,7 +495,7 @@ impl Revocations {
                 "shared revocations need a standalone Redis (or a primary), not a Redis Cluster",
             ));
         }
-        let link = Link::new(client, conn, &redis);
+        let link = Link::new(conn, &redis);
         let stream = if redis.pubsub {
             // Subscribed before the first read: nothing falls in between.
             Some(link.subscribe().await.map_err(|e| {
@@ -609,8 +611,10 @@ impl Revocations {
 /// What a shared set keeps: the connections, the queue of revocations not yet
 /// in Redis, what it has seen, its counters.
 pub(super) struct Link {
-    client: Client,
-    conn: ConnectionManager,
+    /// One server or Sentinel's primary; also opens the pub/sub connections.
+    conn: RedisStandalone,
+    /// The connection's generation when the channel was last subscribed.
+    subscribed_on: AtomicU64,
     entries: String,
     version: String,
     /// `{prefix}:logout`: the logout tokens seen (back-channel logout).
@@ -645,13 +649,13 @@ pub(super) struct Link {
 }
 
 impl Link {
-    fn new(client: Client, conn: ConnectionManager, settings: &RedisRevocations) -> Self {
+    fn new(conn: RedisStandalone, settings: &RedisRevocations) -> Self {
         let prefix = &settings.prefix;
         // Pub/sub ignores the database number: the channel names it.
-        let db = client.get_connection_info().redis_settings().db();
+        let db = conn.db();
         Self {
-            client,
             conn,
+            subscribed_on: AtomicU64::new(0),
             entries: format!("{prefix}:entries"),
             version: format!("{prefix}:version"),
             logouts: format!("{prefix}:logout"),
@@ -834,17 +838,26 @@ impl Link {
         }
     }
 
+    /// Whether the subscription is on a server no longer used (Sentinel
+    /// named another primary): then it is made again.
+    pub(super) fn subscribed_elsewhere(&self) -> bool {
+        self.conn.generation() != self.subscribed_on.load(Ordering::Relaxed)
+    }
+
     /// A new pub/sub connection, subscribed to the channel.
     pub(super) async fn subscribe(&self) -> Result<PubSubStream, RevocationSyncError> {
+        let generation = self.conn.generation();
         let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+            let mut pubsub = self.conn.pubsub().await?;
             pubsub.subscribe(&self.channel).await?;
             Ok::<_, RedisError>(pubsub.into_on_message())
         };
-        tokio::time::timeout(self.timeout.max(SETUP_TIMEOUT), connect)
+        let stream = tokio::time::timeout(self.timeout.max(SETUP_TIMEOUT), connect)
             .await
             .map_err(|_| RevocationSyncError::timed_out("subscribe"))?
-            .map_err(|e| RevocationSyncError::new("subscribe", &e))
+            .map_err(|e| RevocationSyncError::new("subscribe", &e))?;
+        self.subscribed_on.store(generation, Ordering::Relaxed);
+        Ok(stream)
     }
 
     /// Whether the logout token `key` (`[issuer, jti]`) is used for the
@@ -1018,6 +1031,11 @@ mod tests {
             let err = RedisRevocations::new(url).check().unwrap_err();
             assert!(err.reason().contains("Cluster"), "{err}");
         }
+        assert!(
+            RedisRevocations::new("redis+sentinel://a:26379,b:26379/mymaster")
+                .check()
+                .is_ok()
+        );
         let err = RedisRevocations::new("redis://a")
             .sync_interval(Duration::from_millis(1))
             .check()

@@ -1,8 +1,9 @@
 //! The background task of a shared set: sends revocations made here as they
 //! come, applies those published by other replicas, and every sync interval
 //! checks it has seen them all (reading the set again if not), reconnects
-//! pub/sub and drops expired entries. It holds the set only weakly and ends
-//! once every clone of it is dropped.
+//! pub/sub (also once Sentinel names another primary) and drops expired
+//! entries. It holds the set only weakly and ends once every clone of it is
+//! dropped.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -81,7 +82,7 @@ async fn run(
                     link.failed(&e);
                     ok = false;
                 }
-                if link.pubsub && stream.is_none() {
+                if link.pubsub && (stream.is_none() || link.subscribed_elsewhere()) {
                     match link.subscribe().await {
                         // Messages missed meanwhile: the next check reads them.
                         Ok(subscribed) => stream = Some(subscribed),

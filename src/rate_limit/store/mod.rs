@@ -16,6 +16,10 @@ mod any;
 mod local;
 #[cfg(feature = "redis")]
 mod redis;
+/// One Redis server, reached directly or through Sentinel (for the
+/// revocation sync).
+#[cfg(all(feature = "redis", feature = "auth"))]
+pub(crate) use redis::Standalone as RedisStandalone;
 /// A redis-rs error's category, without any reply content (shared with the
 /// revocation sync).
 #[cfg(feature = "redis")]

@@ -1,6 +1,7 @@
-//! Reaching Redis: one server (an auto-reconnecting multiplexed connection) or
-//! a cluster (redis-rs's cluster client, which follows `MOVED` and `ASK`),
-//! detected at connect; the version check on every primary; the slot map.
+//! Reaching Redis: one server (an auto-reconnecting multiplexed connection),
+//! the primary Redis Sentinel names (followed through failovers) or a cluster
+//! (redis-rs's cluster client, which follows `MOVED` and `ASK`), detected at
+//! connect; the version check on every primary; the slot map.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use super::clock::LocalClock;
 use super::info::{check_server_version, cluster_enabled};
+use super::sentinel::{self, SentinelConn, SentinelUrl};
 use super::topology::{Node, Topology};
 use crate::error::ConfigError;
 
@@ -33,16 +35,26 @@ pub(super) enum Target {
     Detect(String),
     /// Seed nodes of a cluster, as one URL each.
     Cluster(Vec<String>),
+    /// The primary some Sentinels name.
+    Sentinel(SentinelUrl),
 }
 
 /// Reads `redis://host:port/db` (one node: standalone or cluster, detected),
-/// `redis+cluster://host:port[,host:port…]` (a cluster, from its seeds) and
-/// `redis://host:port,host:port` (several seeds: a cluster). Other schemes
-/// (`unix://`, `redis+unix://`, `rediss://…`) go to redis-rs as they are.
+/// `redis+cluster://host:port[,host:port…]` (a cluster, from its seeds),
+/// `redis://host:port,host:port` (several seeds: a cluster) and
+/// `redis+sentinel://host:port[,host:port…]/service[/db]` (the primary
+/// Sentinel names). Other schemes (`unix://`, `redis+unix://`,
+/// `rediss://…`) go to redis-rs as they are.
 ///
 /// # Errors
-/// A cluster URL with an empty host in its list.
+/// A cluster URL with an empty host in its list; a Sentinel URL that does
+/// not parse.
 pub(super) fn parse_target(url: &str) -> Result<Target, ConfigError> {
+    if let Some(sentinel) = sentinel::parse(url)
+        .map_err(|e| ConfigError::new("redis", format!("bad Redis Sentinel URL: {e}")))?
+    {
+        return Ok(Target::Sentinel(sentinel));
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return Ok(Target::Detect(url.to_owned()));
     };
@@ -87,10 +99,12 @@ pub(super) fn parse_target(url: &str) -> Result<Target, ConfigError> {
     Ok(Target::Cluster(seeds))
 }
 
-/// A connection to one server or to a cluster; cheap to clone.
+/// A connection to one server, to the primary Sentinel names, or to a
+/// cluster; cheap to clone.
 #[derive(Clone)]
 pub(super) enum Conn {
     Single(ConnectionManager),
+    Sentinel(SentinelConn),
     Cluster(ClusterConnection),
 }
 
@@ -98,6 +112,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Sentinel(conn) => conn.req_packed_command(cmd),
             Self::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -110,6 +125,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(conn) => conn.req_packed_commands(pipeline, offset, count),
             Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -117,6 +133,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(conn) => conn.get_db(),
+            Self::Sentinel(conn) => conn.get_db(),
             Self::Cluster(conn) => conn.get_db(),
         }
     }
@@ -133,6 +150,7 @@ impl Conn {
     ) -> RedisResult<Vec<Value>> {
         match self {
             Self::Single(conn) => conn.req_packed_commands(pipeline, 0, pipeline.len()).await,
+            Self::Sentinel(conn) => conn.req_packed_commands(pipeline, 0, pipeline.len()).await,
             Self::Cluster(conn) => {
                 conn.route_pipeline(pipeline.clone(), 0, pipeline.len(), route_to(node))
                     .await
@@ -144,6 +162,7 @@ impl Conn {
     pub(super) async fn command_on(&mut self, node: &Node, cmd: Cmd) -> RedisResult<Value> {
         match self {
             Self::Single(conn) => conn.req_packed_command(&cmd).await,
+            Self::Sentinel(conn) => conn.req_packed_command(&cmd).await,
             Self::Cluster(conn) => {
                 conn.route_command(cmd, RoutingInfo::SingleNode(route_to(node)))
                     .await
@@ -255,46 +274,74 @@ async fn with_timeout<T>(call: impl Future<Output = RedisResult<T>>) -> Result<T
     }
 }
 
+/// How a store's connection to one server (or Sentinel's primary) retries.
+fn single_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(SETUP_TIMEOUT))
+        .set_response_timeout(Some(SETUP_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500))
+}
+
 /// Connects as [`parse_target`] says and checks every primary's version.
 pub(super) async fn connect(url: &str) -> Result<Backend, ConfigError> {
     match parse_target(url)? {
         Target::Cluster(seeds) => connect_cluster(&seeds).await,
+        Target::Sentinel(sentinel) => {
+            let conn = SentinelConn::connect(&sentinel, single_config())
+                .await
+                .map_err(|e| ConfigError::new("redis", e))?;
+            let mut conn = Conn::Sentinel(conn);
+            let info = read_info(&mut conn).await?;
+            if cluster_enabled(&info) {
+                return Err(ConfigError::new(
+                    "redis",
+                    "the primary Sentinel names is a Redis Cluster node: give a cluster URL \
+                     (redis+cluster://host:port,...) instead",
+                ));
+            }
+            check_server_version(&info)?;
+            Ok(single_checked(conn).await)
+        }
         Target::Detect(url) => {
             let client = redis::Client::open(url.as_str())
                 .map_err(|e| ConfigError::new("redis", format!("bad Redis URL: {e}")))?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(SETUP_TIMEOUT))
-                .set_response_timeout(Some(SETUP_TIMEOUT))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(500));
-            let mut conn = ConnectionManager::new_with_config(client, config)
+            let conn = ConnectionManager::new_with_config(client, single_config())
                 .await
                 .map_err(|e| ConfigError::new("redis", format!("cannot connect to Redis: {e}")))?;
-            let info: String = redis::cmd("INFO")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| {
-                    ConfigError::new(
-                        "redis",
-                        format!(
-                            "cannot read the Redis version (INFO: {e}); if INFO is blocked, \
-                         build the store with RedisStore::from_connection, which skips the check"
-                        ),
-                    )
-                })?;
+            let mut conn = Conn::Single(conn);
+            let info = read_info(&mut conn).await?;
             if cluster_enabled(&info) {
                 drop(conn);
                 return connect_cluster(&[url]).await;
             }
             check_server_version(&info)?;
-            let backend = Backend::single(conn);
-            let topology = backend.topology.load_full();
-            if let Some(node) = topology.nodes.first() {
-                backend.sample_clock(node).await;
-            }
-            Ok(backend)
+            Ok(single_checked(conn).await)
         }
     }
+}
+
+/// `INFO` of one server, for its version and cluster mode.
+async fn read_info(conn: &mut Conn) -> Result<String, ConfigError> {
+    redis::cmd("INFO").query_async(conn).await.map_err(|e| {
+        ConfigError::new(
+            "redis",
+            format!(
+                "cannot read the Redis version (INFO: {e}); if INFO is blocked, \
+                 build the store with RedisStore::from_connection, which skips the check"
+            ),
+        )
+    })
+}
+
+/// A store's backend on one server already checked, its clock sampled.
+async fn single_checked(conn: Conn) -> Backend {
+    let backend = Backend::new(conn, Topology::single());
+    let topology = backend.topology.load_full();
+    if let Some(node) = topology.nodes.first() {
+        backend.sample_clock(node).await;
+    }
+    backend
 }
 
 /// Connects to a cluster through `seeds`, reads its slot map, checks the
@@ -424,5 +471,23 @@ mod tests {
             assert_eq!(err.setting(), "redis", "{url}");
             assert!(err.reason().contains("host:port"), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn sentinel_urls_name_their_sentinels_and_service() {
+        let Target::Sentinel(url) =
+            parse_target("redis+sentinel://:pw@a,b:26380/mymaster/2").unwrap()
+        else {
+            panic!("not a Sentinel target");
+        };
+        assert_eq!(
+            url.sentinels,
+            [("a".to_owned(), 26_379), ("b".to_owned(), 26_380)]
+        );
+        assert_eq!((url.service.as_str(), url.db), ("mymaster", 2));
+        let err = parse_target("redis+sentinel://:hunter2@a,b").unwrap_err();
+        assert_eq!(err.setting(), "redis");
+        assert!(err.reason().contains("mymaster"), "{err}");
+        assert!(!err.reason().contains("hunter2"), "{err}");
     }
 }

@@ -1,13 +1,17 @@
 //! Rate-limit state in Redis, shared by every replica of a service, on one
-//! server or a Redis Cluster — in one of two modes.
+//! server, the primary Redis Sentinel names or a Redis Cluster — in one of
+//! two modes.
 //!
 //! The modes, the over-admission bound of local-first mode and the cluster
-//! support are documented on [`RedisStore`], the module's public face.
+//! and Sentinel support are documented on [`RedisStore`], the module's
+//! public face.
 //!
-//! Layout: `connection` (one server or a cluster, the version check, the slot
-//! map's upkeep), `exact` (one script call per decision, the deny cache),
-//! `local_first` (in-process state) and `sync` (its background task),
-//! `scripts`, `topology` (slots to nodes), `clock` (local and Redis clocks).
+//! Layout: `connection` (one server, Sentinel's primary or a cluster, the
+//! version check, the slot map's upkeep), `sentinel` (the `redis+sentinel://`
+//! URL, following failovers), `standalone` (one server, for the revocations),
+//! `exact` (one script call per decision, the deny cache), `local_first`
+//! (in-process state) and `sync` (its background task), `scripts`,
+//! `topology` (slots to nodes), `clock` (local and Redis clocks).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,6 +33,11 @@ mod exact;
 mod info;
 mod local_first;
 mod scripts;
+mod sentinel;
+#[cfg(feature = "auth")]
+mod standalone;
+#[cfg(feature = "auth")]
+pub(crate) use standalone::Standalone;
 mod sync;
 mod topology;
 
@@ -248,6 +257,19 @@ fn micros(d: Duration) -> u64 {
 /// local-first: decided locally), and the others keep working as long as the
 /// cluster serves them (`cluster-require-full-coverage no`).
 ///
+/// # Redis Sentinel
+///
+/// `redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/service[/db]`
+/// names Sentinels (port 26379 by default) and the name they monitor the
+/// primary under; `?sentinel_username=…&sentinel_password=…` authenticate to
+/// the Sentinels themselves, the user information to the primary. The store
+/// asks the Sentinels for the primary (redis-rs's Sentinel client, which
+/// checks its `ROLE`) and checks its version. When a call fails as a failover
+/// makes it fail (connection lost, timeout, `READONLY`, `MASTERDOWN`), a
+/// background task asks the Sentinels again, at most every 250 ms (and every
+/// 5 s regardless), and switches to the new primary; until then calls fail
+/// as against a Redis that is down.
+///
 /// # Redis version
 ///
 /// The scripts read `TIME` and then write. Redis allows a write
@@ -292,13 +314,17 @@ impl RedisStore {
     /// - `redis://host:port/db`: one server, or any node of a cluster
     ///   (detected with `INFO`: `cluster_enabled:1`);
     /// - `redis+cluster://host:port[,host:port…]` or
-    ///   `redis://host:port,host:port…`: a cluster, from seed nodes.
+    ///   `redis://host:port,host:port…`: a cluster, from seed nodes;
+    /// - `redis+sentinel://host:port[,host:port…]/service[/db]`: the primary
+    ///   Redis Sentinel names, followed through failovers (see
+    ///   [Redis Sentinel](Self#redis-sentinel)).
     ///
     /// One server gets a multiplexed, auto-reconnecting connection; a cluster
     /// redis-rs's cluster client.
     ///
     /// # Errors
-    /// A URL that does not parse, no Redis answering within 2 s, or a server
+    /// A URL that does not parse, no Redis answering within 2 s (through
+    /// Sentinel: no Sentinel naming a primary that answers), or a server
     /// older than [`MIN_REDIS_VERSION`](Self::MIN_REDIS_VERSION) or whose
     /// version `INFO` does not give.
     pub async fn connect(url: &str) -> Result<Self, ConfigError> {
