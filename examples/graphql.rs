@@ -62,6 +62,7 @@ use tollgate::config::TollgateConfig;
 use tollgate::csrf::CsrfGuardLayer;
 use tollgate::rate_limit::store::AnyStore;
 use tollgate::rate_limit::{KeyBy, LocalStore, Quota, RateLimitLayer, TrustedProxies};
+use tollgate::routes::RouteTable;
 use tollgate::{Claims, Identity};
 use tower::ServiceBuilder;
 
@@ -359,59 +360,74 @@ pub(crate) async fn app(
     // bounds how long a logout-everywhere is kept: the example's tokens
     // live an hour).
     let local = Revocations::new().max_token_lifetime(Duration::from_secs(3600));
+    // Which layers do what on which route is declared in the `[routes]`
+    // table of the policy file (or, without one, of examples/tollgate.toml).
+    let routes = route_table(config)?;
     let (auth, limit) = match &config.file {
-        Some(file) => from_file(file, &local).await?,
-        None => from_env(config, &local).await?,
+        Some(file) => from_file(file, &local, &routes).await?,
+        None => from_env(config, &local, &routes).await?,
     };
     let revocations = auth.revocations().cloned().unwrap_or(local);
     // Logout needs a token (401 without), and a cookie-authenticated POST
     // from another site is refused by the CSRF guard.
     // The guard compares an `Origin` with the scheme browsers use here.
     let csrf = CsrfGuardLayer::new().scheme(config.scheme.clone());
-    let session = || {
-        ServiceBuilder::new()
-            .layer(auth.clone().required())
-            .layer(csrf.clone())
-            .layer(limit.clone())
-    };
     let logout_routes = Router::new()
-        .route("/logout", post(logout).route_layer(session()))
-        .route(
-            "/logout-everywhere",
-            post(logout_everywhere).route_layer(session()),
-        )
+        .route("/logout", post(logout))
+        .route("/logout-everywhere", post(logout_everywhere))
         .with_state(revocations);
-    // Outermost, on every route: a coarse limit per client IP, so that a
-    // flood of junk tokens is refused before any signature is checked.
+    // A coarse limit per client IP, so that a flood of junk tokens is
+    // refused before any signature is checked.
     let per_ip = RateLimitLayer::builder("per-ip", config.per_ip)
         .key(KeyBy::client_ip(config.proxies.clone()))
-        .exempt(|request| request.uri.path() == "/healthz")
         .build()?;
-    // Inside it, per route and in this order (ServiceBuilder: first is
-    // outermost): auth → CSRF guard → the per-subject limit.
+    // One stack on every route, in this order (ServiceBuilder: first is
+    // outermost): the route rules → per-IP limit → auth → CSRF guard → the
+    // per-subject limit. Each layer does on each route what its rule says.
     Ok(Router::new()
-        // lenient: a bad or expired cookie still gets the anonymous feed
-        .route(
-            "/graphql",
-            graphql_routes.route_layer(
-                ServiceBuilder::new()
-                    .layer(auth.clone().lenient())
-                    // cookie sessions: refuse cross-site POSTs and WebSockets
-                    .layer(csrf)
-                    .layer(limit.clone()),
-            ),
-        )
-        .route(
-            "/me",
-            get(me).route_layer(ServiceBuilder::new().layer(auth.required()).layer(limit)),
-        )
-        // never rate limited
+        .route("/graphql", graphql_routes)
+        .route("/me", get(me))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", metrics)
         .with_state(schema)
         .merge(logout_routes)
-        // `Router::layer` wraps every route, outside the route layers above.
-        .layer(per_ip))
+        .layer(
+            ServiceBuilder::new()
+                .layer(routes.layer())
+                .layer(per_ip)
+                .layer(auth)
+                .layer(csrf)
+                .layer(limit),
+        ))
+}
+
+/// The route rules: the policy file's `[routes]`, else those of
+/// examples/tollgate.toml. Every limit a rule names must exist: the per-IP
+/// limit built here, or a policy of the per-caller limit.
+fn route_table(config: &Config) -> Result<RouteTable, Box<dyn std::error::Error>> {
+    if let Some(file) = &config.file
+        && let Some(table) = file.route_table(&["per-ip"])?
+    {
+        return Ok(table);
+    }
+    let mut known = vec!["per-ip".to_owned()];
+    match config
+        .file
+        .as_ref()
+        .and_then(|file| file.rate_limit.as_ref())
+    {
+        Some(limit) => {
+            known.push(limit.default.name.clone());
+            known.extend(limit.authenticated.as_ref().map(|q| q.name.clone()));
+        }
+        None => known.extend(["anonymous".to_owned(), "registered".to_owned()]),
+    }
+    const BUILTIN: &str = include_str!("tollgate.toml");
+    let builtin = TollgateConfig::from_toml(BUILTIN)?;
+    let routes = builtin
+        .routes
+        .ok_or("examples/tollgate.toml has no [routes]")?;
+    Ok(routes.table(BUILTIN, Some(&known))?)
 }
 
 type Layers = (JwtAuthLayer<User>, RateLimitLayer<AnyStore>);
@@ -420,6 +436,7 @@ type Layers = (JwtAuthLayer<User>, RateLimitLayer<AnyStore>);
 async fn from_file(
     file: &TollgateConfig,
     revocations: &Revocations,
+    routes: &RouteTable,
 ) -> Result<Layers, Box<dyn std::error::Error>> {
     let auth = file
         .auth
@@ -432,7 +449,7 @@ async fn from_file(
     // With `[auth.revocation]`, the layer checks the revocations the table
     // describes (shared through Redis when it names `redis_url`); without
     // it, the per-process set.
-    let mut builder = auth.builder::<User>().await?;
+    let mut builder = auth.builder::<User>().await?.routes(routes);
     if auth.revocation.is_none() {
         builder = builder.revocations(revocations.clone());
     }
@@ -443,6 +460,7 @@ async fn from_file(
 async fn from_env(
     config: &Config,
     revocations: &Revocations,
+    routes: &RouteTable,
 ) -> Result<Layers, Box<dyn std::error::Error>> {
     let builder = JwtAuthLayer::<User>::builder();
     let builder = match (&config.jwks_url, &config.oidc_issuer) {
@@ -457,6 +475,7 @@ async fn from_env(
         .audience(&config.audience)
         // a browser sends the same session cookie on every request
         .cache(10_000)
+        .routes(routes)
         .revocations(revocations.clone());
     if let Some(within) = config.refresh_within {
         if config.jwks_url.is_some() || config.oidc_issuer.is_some() {

@@ -247,7 +247,13 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let pass = !needs_check(&req)
+        // A route rule can turn the guard off for its routes.
+        let off = req
+            .extensions()
+            .get::<crate::routes::MatchedRoute>()
+            .is_some_and(|route| route.0.csrf_check() == Some(false));
+        let pass = off
+            || !needs_check(&req)
             || match req.extensions().get::<Identity>() {
                 Some(identity) => {
                     identity.source() != CredentialSource::Cookie || self.config.allows(&req)

@@ -8,6 +8,8 @@
 //! - [`sessions`]: logout and logout everywhere, revocations shared between
 //!   replicas, sliding refresh, forwarding the caller's identity.
 //! - [`rate_limiting`]: rate limiting, and limits across replicas in Redis.
+//! - [`routes`]: per-route rules (access, roles and scopes, limits, CSRF)
+//!   declared in TOML.
 //! - [`operations`]: statistics, tracing, shadow mode, configuration files,
 //!   alerts, hardening, testing your service.
 
@@ -19,6 +21,9 @@ pub mod sessions {}
 
 #[doc = include_str!("../docs/guide/rate-limiting.md")]
 pub mod rate_limiting {}
+
+#[doc = include_str!("../docs/guide/routes.md")]
+pub mod routes {}
 
 #[doc = include_str!("../docs/guide/operations.md")]
 pub mod operations {}

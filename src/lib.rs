@@ -112,6 +112,7 @@ pub mod observe;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 pub mod reject;
+pub mod routes;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod trace;

@@ -22,6 +22,7 @@ use crate::future::Verdict;
 use crate::identity::{Anonymous, CredentialSource, Identity, TokenFacts};
 use crate::observe::AuthMetrics;
 use crate::reject::{Refusal, Responder};
+use crate::routes::{Access, MatchedRoute};
 use crate::trace;
 
 /// What the layer does with requests that carry no valid token.
@@ -74,6 +75,8 @@ pub(crate) struct Authenticated<T> {
     /// A re-mint for the response, when the cookie's token is near `exp`.
     pub(crate) refresh: Option<Box<Due>>,
     pub(crate) forward: Option<ForwardedToken>,
+    /// Roles and scopes, when route rules need them.
+    pub(crate) grants: Option<Arc<crate::routes::Grants>>,
 }
 
 /// What [`AuthState::authenticate`] found.
@@ -199,12 +202,31 @@ impl<T: DeserializeOwned> AuthState<T> {
             claims: Arc::clone(claims),
             identity,
             refresh,
+            grants: verified.grants.clone(),
             forward: if self.forward_identity {
                 ForwardedToken::bearer(&found.token)
             } else {
                 None
             },
         })
+    }
+}
+
+/// Whether a token's grants meet a route's needs. No grants read (the layer
+/// was not given the table): refused, with one `warn`.
+fn granted(route: &crate::routes::Route, grants: Option<&crate::routes::Grants>) -> bool {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    match grants {
+        Some(grants) => route.granted(grants),
+        None => {
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    route = route.pattern(),
+                    "tollgate: a route needs roles or scopes but the auth layer does not read                      them: build it with JwtAuthBuilder::routes(&table). Refusing (403)"
+                );
+            }
+            false
+        }
     }
 }
 
@@ -238,12 +260,40 @@ where
             return Verdict::Pass((req, None));
         }
     }
+    // Route rules, when a RouteRulesLayer outside put the request's rule
+    // here: its access replaces the layer's mode.
+    let (mode, needs) = match req.extensions().get::<MatchedRoute>() {
+        None => (mode, None),
+        Some(MatchedRoute(route)) => {
+            let mode = match route.access_mode() {
+                Access::Off => {
+                    req.extensions_mut().insert(Anonymous::new(None));
+                    return Verdict::Pass((req, None));
+                }
+                Access::Optional => AuthMode::Optional,
+                Access::Lenient => AuthMode::Lenient,
+                _ => AuthMode::Required,
+            };
+            (mode, route.needs_grants().then(|| Arc::clone(route)))
+        }
+    };
     let error = match state.authenticate(req.headers(), allow_refresh) {
+        Outcome::Authenticated(authenticated)
+            if needs
+                .as_deref()
+                .is_some_and(|route| !granted(route, authenticated.grants.as_deref())) =>
+        {
+            AuthError::new(
+                AuthErrorKind::Forbidden,
+                "the token lacks the roles or scopes this route needs",
+            )
+        }
         Outcome::Authenticated(Authenticated {
             claims,
             identity,
             refresh,
             forward,
+            ..
         }) => {
             state.metrics.authenticated();
             trace::auth("authenticated", "none");

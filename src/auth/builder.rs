@@ -64,6 +64,7 @@ pub struct JwtAuthBuilder<T> {
     refresh: Option<Refresh>,
     time_cache_hits: bool,
     forward_identity: bool,
+    grants: Option<crate::routes::GrantClaims>,
     _claims: PhantomData<fn() -> T>,
 }
 
@@ -106,6 +107,7 @@ impl<T> JwtAuthBuilder<T> {
             refresh: None,
             time_cache_hits: false,
             forward_identity: false,
+            grants: None,
             _claims: PhantomData,
         }
     }
@@ -271,6 +273,18 @@ impl<T> JwtAuthBuilder<T> {
         self
     }
 
+    /// Reads the roles and scopes the rules of `table` need from each
+    /// verified token (once per token: cache hits reuse them). Route rules
+    /// themselves reach the layer per request, from
+    /// [`RouteRulesLayer`](crate::routes::RouteRulesLayer); without this
+    /// call, a route that needs roles or scopes is refused (403) and a
+    /// `warn` says why.
+    #[must_use]
+    pub fn routes(mut self, table: &crate::routes::RouteTable) -> Self {
+        self.grants = table.grant_claims();
+        self
+    }
+
     /// Refuses revoked tokens (`revoked`, 401): by `jti`, or every token of
     /// a subject issued before a time. Checked on every request, cache hits
     /// included; keep a clone of `revocations` to revoke from handlers. The
@@ -365,6 +379,7 @@ impl<T> JwtAuthBuilder<T> {
             understood_crit: self.understood_crit,
             max_lifetime: self.max_lifetime.map(|d| d.as_secs()),
             required_claims: self.required_claims,
+            grants: self.grants.map(Arc::new),
         };
         #[cfg(feature = "jwks")]
         let remote = self.remote;

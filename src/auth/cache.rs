@@ -168,6 +168,7 @@ mod tests {
             session_end: None,
             session_start: None,
             sid: None,
+            grants: None,
             derived: crate::identity::Derived::default(),
         })
     }

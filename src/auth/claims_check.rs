@@ -28,6 +28,8 @@ pub(crate) struct Rules {
     pub(crate) understood_crit: Vec<Box<str>>,
     pub(crate) max_lifetime: Option<u64>,
     pub(crate) required_claims: Vec<Box<str>>,
+    /// Where roles and scopes are read, when route rules need them.
+    pub(crate) grants: Option<Arc<crate::routes::GrantClaims>>,
 }
 
 fn err(kind: AuthErrorKind, detail: &'static str) -> AuthError {
@@ -49,6 +51,8 @@ pub(crate) struct Checked {
     pub(crate) session_start: Option<u64>,
     /// The identity provider's session id.
     pub(crate) sid: Option<Arc<str>>,
+    /// Roles and scopes, when the rules read them.
+    pub(crate) grants: Option<Arc<crate::routes::Grants>>,
 }
 
 /// The claim holding the start of a session that a sliding refresh carries
@@ -72,6 +76,10 @@ pub(crate) fn check(payload: &[u8], rules: &Rules, now: u64) -> Result<Checked, 
         subject: registered.sub,
         jti: registered.jti,
         sid: registered.sid,
+        grants: rules
+            .grants
+            .as_ref()
+            .map(|claims| Arc::new(claims.read(&registered.captured))),
         issuer,
         exp: registered.exp,
         nbf: registered.nbf,
@@ -190,6 +198,8 @@ struct Registered {
     sub: Option<Arc<str>>,
     jti: Option<Arc<str>>,
     sid: Option<Arc<str>>,
+    /// Top-level claims holding roles or scopes (only when asked).
+    captured: Vec<(Box<str>, serde_json::Value)>,
     /// Bit i set: required claim i is present.
     required_seen: u64,
 }
@@ -327,6 +337,11 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                     r.aud_present = true;
                     self.current.set("aud");
                     r.aud_matched = map.next_value_seed(AudSeed(&self.rules.audiences))?;
+                }
+                other if self.rules.grants.as_ref().is_some_and(|g| g.wants(other)) => {
+                    self.current.set("depth");
+                    let value = map.next_value::<serde_json::Value>()?;
+                    r.captured.push((other.into(), value));
                 }
                 _ => {
                     self.current.set("depth");
@@ -497,6 +512,7 @@ mod tests {
             understood_crit: vec![],
             max_lifetime: None,
             required_claims: vec!["roles".into()],
+            grants: None,
         }
     }
 

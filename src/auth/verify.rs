@@ -39,6 +39,8 @@ pub(crate) struct Verified<T> {
     pub(crate) session_start: Option<u64>,
     /// The identity provider's session id (`sid`), for revocations.
     pub(crate) sid: Option<Arc<str>>,
+    /// Roles and scopes, for route rules that need them.
+    pub(crate) grants: Option<Arc<crate::routes::Grants>>,
     /// What later layers derive from the token, shared by its cache hits.
     pub(crate) derived: crate::identity::Derived,
 }
@@ -190,6 +192,7 @@ pub(crate) fn verify<T: DeserializeOwned>(
         session_end: checked.session_end,
         session_start: checked.session_start,
         sid: checked.sid,
+        grants: checked.grants,
         derived: crate::identity::Derived::default(),
     })
 }

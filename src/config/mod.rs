@@ -47,6 +47,7 @@
 
 mod auth;
 mod rate_limit;
+mod routes;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -61,6 +62,7 @@ pub use rate_limit::{
     ForwardedHeaderConfig, HeaderStyleConfig, KeyByConfig, MissingKeyConfig, OnStoreErrorConfig,
     QuotaConfig, RateLimitConfig, RedisConfig,
 };
+pub use routes::{AccessConfig, NeedsConfig, RoutesConfig, RuleConfig};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +72,11 @@ pub struct TollgateConfig {
     pub auth: Option<AuthConfig>,
     /// The `[rate_limit]` table.
     pub rate_limit: Option<RateLimitConfig>,
+    /// The `[routes]` table: per-route rules ([`route_table`](Self::route_table)).
+    pub routes: Option<RoutesConfig>,
+    /// The text parsed, for line numbers in later errors.
+    #[serde(skip)]
+    source: std::sync::Arc<str>,
 }
 
 pub(crate) fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -82,7 +89,37 @@ impl TollgateConfig {
     /// # Errors
     /// Syntax errors and unknown or mistyped fields, with the field and line.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| invalid("config", e.to_string().trim().to_owned()))
+        let mut config: Self =
+            toml::from_str(text).map_err(|e| invalid("config", e.to_string().trim().to_owned()))?;
+        config.source = text.into();
+        if let Some(routes) = &config.routes {
+            // Patterns, shadowing and methods now, with their lines; limit
+            // names once the service says which limits it mounts.
+            routes.table(text, None)?;
+        }
+        Ok(config)
+    }
+
+    /// The `[routes]` table as a [`RouteTable`](crate::routes::RouteTable)
+    /// (`None` without the table). Every name a rule's `limits` lists must
+    /// be a policy of `[rate_limit]` or one of `other_limits` (the policy
+    /// names of limits built in code).
+    ///
+    /// # Errors
+    /// See [`RoutesConfig::table`]; errors name the rule and its line.
+    pub fn route_table(
+        &self,
+        other_limits: &[&str],
+    ) -> Result<Option<crate::routes::RouteTable>, ConfigError> {
+        let Some(routes) = &self.routes else {
+            return Ok(None);
+        };
+        let mut known: Vec<String> = other_limits.iter().map(|&n| n.to_owned()).collect();
+        if let Some(limit) = &self.rate_limit {
+            known.push(limit.default.name.clone());
+            known.extend(limit.authenticated.as_ref().map(|q| q.name.clone()));
+        }
+        routes.table(&self.source, Some(&known)).map(Some)
     }
 
     /// Reads and parses a TOML file.

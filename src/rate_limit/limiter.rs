@@ -99,6 +99,12 @@ impl<St> Shared<St> {
         if self.exempt.iter().any(|exempt| exempt(parts)) {
             return None;
         }
+        // A route rule names the limits that count its requests.
+        if let Some(crate::routes::MatchedRoute(route)) = parts.extensions.get()
+            && !route.limited_by(self.policies.iter().map(|p| &*p.name))
+        {
+            return None;
+        }
         // Only a policy or key that reads the identity looks for it.
         let identified = self.needs_auth && parts.extensions.get::<Identity>().is_some();
         if self.needs_auth && !identified && parts.extensions.get::<Anonymous>().is_none() {
