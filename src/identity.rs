@@ -83,12 +83,27 @@ impl Identity {
         }
     }
 
-    pub(crate) fn with_token(mut self, token: TokenFacts) -> Self {
-        self.token = token;
-        self
+    /// The identity of a verified token, built in one go (no builder
+    /// chain: each step would move the whole identity).
+    #[cfg(feature = "auth")]
+    pub(crate) fn verified(
+        subject: Option<Arc<str>>,
+        issuer: Option<Arc<str>>,
+        source: CredentialSource,
+        token: TokenFacts,
+        derived: Derived,
+    ) -> Self {
+        Self {
+            subject,
+            issuer,
+            source,
+            token,
+            derived: Some(derived),
+        }
     }
 
     /// Shares `derived` (the verified token's) with this identity.
+    #[cfg(test)]
     pub(crate) fn with_derived(mut self, derived: Derived) -> Self {
         self.derived = Some(derived);
         self

@@ -180,16 +180,20 @@ impl<T: DeserializeOwned> AuthState<T> {
                 "the token does not grant access to this resource",
             ));
         }
-        let identity = Identity::new(subject.clone(), issuer.clone(), found.source)
-            .with_token(TokenFacts {
+        let identity = Identity::verified(
+            subject.clone(),
+            issuer.clone(),
+            found.source,
+            TokenFacts {
                 jti: verified.jti.clone(),
                 iat: verified.iat,
                 exp: verified.exp,
                 session_end: verified.session_end,
                 session_start: verified.session_start,
                 sid: verified.sid.clone(),
-            })
-            .with_derived(verified.derived.clone());
+            },
+            verified.derived.clone(),
+        );
         // Cookies only: a bearer token belongs to a client that refreshes
         // it itself.
         let refresh = match &self.refresh {
