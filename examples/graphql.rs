@@ -377,10 +377,15 @@ pub(crate) async fn app(
         .route("/logout-everywhere", post(logout_everywhere))
         .with_state(revocations);
     // A coarse limit per client IP, so that a flood of junk tokens is
-    // refused before any signature is checked.
-    let per_ip = RateLimitLayer::builder("per-ip", config.per_ip)
-        .key(KeyBy::client_ip(config.proxies.clone()))
-        .build()?;
+    // refused before any signature is checked: the policy file's
+    // `[limits.per-ip]`, else the environment's quota.
+    let per_ip = match config.file.as_ref().and_then(|file| file.limit("per-ip")) {
+        Some(limit) => limit.layer().await?,
+        None => RateLimitLayer::builder("per-ip", config.per_ip)
+            .key(KeyBy::client_ip(config.proxies.clone()))
+            .store(AnyStore::Local(LocalStore::new()))
+            .build()?,
+    };
     // One stack on every route, in this order (ServiceBuilder: first is
     // outermost): the route rules → per-IP limit → auth → CSRF guard → the
     // per-subject limit. Each layer does on each route what its rule says.

@@ -69,6 +69,7 @@ pub(crate) struct TokenFacts {
 }
 
 impl Identity {
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn new(
         subject: Option<Arc<str>>,
         issuer: Option<Arc<str>>,

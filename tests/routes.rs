@@ -350,3 +350,62 @@ async fn a_route_needing_roles_behind_a_layer_that_does_not_read_them_is_refused
         403
     );
 }
+
+#[tokio::test]
+async fn a_file_holds_several_named_limits_that_routes_refer_to() {
+    let config = TollgateConfig::from_toml(
+        r#"
+        [rate_limit]
+        key = "global"
+        default = { name = "user", per_minute = 600, burst = 100 }
+
+        [limits.per-ip]
+        key = "global"
+        default = { name = "per-ip", per_minute = 1, burst = 2 }
+
+        [[routes.rule]]
+        path = "/ip"
+        access = "off"
+        limits = ["per-ip"]
+
+        [[routes.rule]]
+        path = "/user"
+        access = "off"
+        limits = ["user"]
+        "#,
+    )
+    .unwrap();
+    assert!(config.limit("nope").is_none());
+    let table = config.route_table(&[]).unwrap().unwrap();
+    let per_ip = config.limit("per-ip").unwrap().layer().await.unwrap();
+    let user = config.rate_limit.as_ref().unwrap().layer().await.unwrap();
+    let app = axum::Router::new()
+        .route("/ip", axum::routing::get(|| async { "ok" }))
+        .route("/user", axum::routing::get(|| async { "ok" }))
+        .layer(
+            ServiceBuilder::new()
+                .layer(table.layer())
+                .layer(per_ip)
+                .layer(user),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::new();
+    let get = |path: &str| status(&client, reqwest::Method::GET, format!("{base}{path}"), None);
+    for _ in 0..5 {
+        assert_eq!(get("/user").await, 200);
+    }
+    assert_eq!(get("/ip").await, 200);
+    assert_eq!(get("/ip").await, 200);
+    assert_eq!(get("/ip").await, 429);
+    assert_eq!(get("/user").await, 200);
+
+    // A route naming a limit that no table defines is refused.
+    let misspelt = TollgateConfig::from_toml(
+        "[limits.per-ip]\ndefault = { name = \"per-ip\", per_minute = 1 }\n[[routes.rule]]\npath = \"/a\"\nlimits = [\"per_ip\"]\n",
+    )
+    .unwrap();
+    let e = misspelt.route_table(&[]).unwrap_err().to_string();
+    assert!(e.contains("\"per_ip\"") && e.contains("line 4"), "{e}");
+}

@@ -31,6 +31,10 @@
 //! default = { name = "anonymous", per_minute = 60, burst = 20 }
 //! authenticated = { name = "registered", per_minute = 600, burst = 100 }
 //!
+//! # [limits.per-ip]                   # more limits, by name: each the fields of [rate_limit]
+//! # key = "client_ip"
+//! # default = { name = "per-ip", per_minute = 1200, burst = 200 }
+//!
 //! # [rate_limit.redis]                # state shared by replicas (feature `redis`)
 //! # url = "redis://127.0.0.1:6379"    # one server or any cluster node; redis+cluster://a:7000,b:7001
 //! #                                   # or Sentinel: redis+sentinel://s1:26379,s2:26379/mymaster
@@ -72,6 +76,10 @@ pub struct TollgateConfig {
     pub auth: Option<AuthConfig>,
     /// The `[rate_limit]` table.
     pub rate_limit: Option<RateLimitConfig>,
+    /// More rate limits, by name: `[limits.per-ip]`, each table the same
+    /// fields as `[rate_limit]` (see [`limit`](Self::limit)).
+    #[serde(default)]
+    pub limits: std::collections::BTreeMap<String, RateLimitConfig>,
     /// The `[routes]` table: per-route rules ([`route_table`](Self::route_table)).
     pub routes: Option<RoutesConfig>,
     /// The text parsed, for line numbers in later errors.
@@ -115,11 +123,21 @@ impl TollgateConfig {
             return Ok(None);
         };
         let mut known: Vec<String> = other_limits.iter().map(|&n| n.to_owned()).collect();
-        if let Some(limit) = &self.rate_limit {
+        for limit in self.rate_limit.iter().chain(self.limits.values()) {
             known.push(limit.default.name.clone());
             known.extend(limit.authenticated.as_ref().map(|q| q.name.clone()));
         }
         routes.table(&self.source, Some(&known)).map(Some)
+    }
+
+    /// The `[limits.NAME]` table: build its layer with
+    /// [`RateLimitConfig::layer`] (or [`builder`](RateLimitConfig::builder)
+    /// to add tiers and exemptions). The file holds the limits; the order
+    /// of the stack stays in code, where the compiler checks it: route
+    /// rules, then limits keyed by client IP, then auth, the CSRF guard and
+    /// the limits keyed by the caller.
+    pub fn limit(&self, name: &str) -> Option<&RateLimitConfig> {
+        self.limits.get(name)
     }
 
     /// Reads and parses a TOML file.
