@@ -69,6 +69,7 @@ fn budget(name: &str) -> LibraryBenchmarkConfig {
 #[bench::auth_es256_uncached(args = (auth_es256_uncached()), config = budget("auth_es256_uncached"))]
 #[bench::jsonwebtoken_decode_hs256(args = (jsonwebtoken_decode_hs256()), config = budget("jsonwebtoken_decode_hs256"))]
 #[bench::stack_cache_hit(args = (stack_cache_hit()), config = budget("stack_cache_hit"))]
+#[bench::routes_stack_cache_hit(args = (routes_stack_cache_hit()), config = budget("routes_stack_cache_hit"))]
 fn auth(mut case: Case) {
     case();
     forget(case);

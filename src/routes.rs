@@ -381,28 +381,35 @@ fn compile(route: &Route) -> Result<Vec<Segment>, ConfigError> {
     Ok(segments)
 }
 
-/// Whether `segments` match `path` (which starts with `/`).
+/// Whether `segments` match `path` (which starts with `/`), walking the
+/// path once without a split iterator.
 fn matches(segments: &[Segment], path: &str) -> bool {
-    let Some(path) = path.strip_prefix('/') else {
+    let Some(mut rest) = path.strip_prefix('/') else {
         return false;
     };
-    let mut parts = path.split('/');
-    for segment in segments {
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        // The path's segment here, and what follows its '/'.
+        let (part, after) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], Some(&rest[slash + 1..])),
+            None => (rest, None),
+        };
         match segment {
             Segment::CatchAll => return true,
-            Segment::Literal(text) => {
-                if parts.next() != Some(&**text) {
-                    return false;
-                }
-            }
-            Segment::Param => {
-                if parts.next().is_none_or(str::is_empty) {
-                    return false;
-                }
+            Segment::Literal(text) if part != &**text => return false,
+            Segment::Param if part.is_empty() => return false,
+            _ => {}
+        }
+        match after {
+            Some(after) if i < last => rest = after,
+            // More path than pattern (unless a catch-all comes next).
+            Some(_) => return false,
+            None => {
+                return i == last || (i + 1 == last && segments[last] == Segment::CatchAll);
             }
         }
     }
-    parts.next().is_none()
+    false
 }
 
 /// The rank of a pattern at position `i` of a path of `n` segments it
@@ -494,7 +501,7 @@ impl RouteTable {
 
     /// The rule for a request: the most specific match, else the default.
     pub fn matched(&self, method: &Method, path: &str) -> &Arc<Route> {
-        let n = path.split('/').count().saturating_sub(1);
+        let n = path.bytes().filter(|&b| b == b'/').count();
         let mut best: Option<&Compiled> = None;
         for compiled in &self.inner.routes {
             if compiled
@@ -843,6 +850,55 @@ mod tests {
         ])
         .unwrap_err();
         assert!(error.to_string().contains("required"), "{error}");
+    }
+
+    /// The obvious matcher (split on '/'), against which the walking one is
+    /// checked.
+    fn naive(segments: &[Segment], path: &str) -> bool {
+        let Some(path) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = path.split('/');
+        for segment in segments {
+            match segment {
+                Segment::CatchAll => return true,
+                Segment::Literal(text) => {
+                    if parts.next() != Some(&**text) {
+                        return false;
+                    }
+                }
+                Segment::Param => {
+                    if parts.next().is_none_or(str::is_empty) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_walking_matcher_agrees_with_splitting(
+            pattern in proptest::collection::vec(
+                proptest::sample::select(vec!["a", "b", "", "{x}"]), 1..4),
+            catch_all in proptest::bool::ANY,
+            path in proptest::collection::vec(
+                proptest::sample::select(vec!["a", "b", "", "c"]), 0..5),
+        ) {
+            let mut pattern = format!("/{}", pattern.join("/"));
+            if catch_all {
+                pattern.push_str("/{*rest}");
+            }
+            let path = format!("/{}", path.join("/"));
+            if let Ok(segments) = compile(&Route::new(pattern.clone())) {
+                proptest::prop_assert_eq!(
+                    matches(&segments, &path),
+                    naive(&segments, &path),
+                    "{} against {}", pattern, path
+                );
+            }
+        }
     }
 
     #[test]

@@ -256,6 +256,64 @@ pub fn stack_cache_hit() -> Case {
     case(svc, cookie_request(hs256_cookie()))
 }
 
+/// `stack_cache_hit` behind route rules: a table of eight rules like a
+/// service's (the request's `/` matches one that lists both limits; one
+/// rule needs a role, so the auth layer reads roles), outermost.
+pub fn routes_stack_cache_hit() -> Case {
+    use tollgate::routes::{Access, Route, RouteTable};
+    tollgate::crypto::install_default_provider();
+    let table = RouteTable::builder()
+        .route(
+            Route::new("/healthz")
+                .access(Access::Off)
+                .limits::<&str>([]),
+        )
+        .route(
+            Route::new("/metrics")
+                .access(Access::Off)
+                .limits(["per-ip"]),
+        )
+        .route(
+            Route::new("/graphql")
+                .methods([http::Method::GET, http::Method::POST])
+                .access(Access::Lenient)
+                .limits(["per-ip", "anonymous"])
+                .csrf(true),
+        )
+        .route(Route::new("/me").limits(["per-ip", "anonymous"]))
+        .route(Route::new("/logout").methods([http::Method::POST]))
+        .route(Route::new("/admin/{*rest}").roles_any(["admin"]))
+        .route(Route::new("/users/{id}"))
+        .route(Route::new("/").limits(["per-ip", "anonymous"]))
+        .build()
+        .expect("route table");
+    let steady = Quota::per_second(1_000_000_000).burst(100);
+    let per_ip = RateLimitLayer::builder("per-ip", steady)
+        .key(KeyBy::peer_ip())
+        .build()
+        .expect("layer");
+    let per_user = RateLimitLayer::builder("anonymous", steady)
+        .authenticated("registered", steady)
+        .build()
+        .expect("layer");
+    let auth = JwtAuthLayer::<User>::builder()
+        .key(Key::hmac(SECRET).expect("key"))
+        .cookie("da3")
+        .issuer("https://auth.example")
+        .audience("api")
+        .cache(1_000)
+        .routes(&table)
+        .build()
+        .expect("auth layer");
+    let svc = ServiceBuilder::new()
+        .layer(table.layer())
+        .layer(per_ip)
+        .layer(auth)
+        .layer(per_user)
+        .service(bytes_noop());
+    case(svc, cookie_request(hs256_cookie()))
+}
+
 /// The example's own router (`examples/graphql.rs`), one GraphQL query with
 /// a session cookie, on a current-thread runtime, with a Prometheus
 /// recorder installed.
@@ -367,6 +425,7 @@ pub const ALL: &[(&str, MakeCase)] = &[
     ("auth_es256_uncached", auth_es256_uncached),
     ("jsonwebtoken_decode_hs256", jsonwebtoken_decode_hs256),
     ("stack_cache_hit", stack_cache_hit),
+    ("routes_stack_cache_hit", routes_stack_cache_hit),
     ("limit_bare", limit_bare),
     ("limit_ietf_headers", limit_ietf_headers),
     ("limit_no_headers", limit_no_headers),
