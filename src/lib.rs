@@ -111,6 +111,8 @@ mod macros;
 pub mod observe;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
+#[cfg(feature = "redis")]
+mod redis;
 pub mod reject;
 #[cfg(feature = "test-util")]
 pub mod testing;
