@@ -77,7 +77,7 @@
 //! | `axum` | no | `Claims<T>`, `Option<Claims<T>>` and `Identity` extractors, on `axum-core` only |
 //! | `axum-connect-info` | no | the peer address from axum's `ConnectInfo<SocketAddr>` |
 //! | `tonic` | no | the peer address from tonic's `TcpConnectInfo` |
-//! | `redis` | no | `RedisStore`: rate-limit state shared by replicas, on Redis, Redis Sentinel or Redis Cluster; exact or local-first. With `auth`: `RedisRevocations`, revocations shared by replicas |
+//! | `redis` | no | state shared by replicas on Redis, Redis Sentinel or Redis Cluster. With `rate-limit`: `RedisStore`, rate-limit state, exact or local-first; with `auth`: `RedisRevocations`, revocations |
 //! | `jwks` | no | `RemoteKeys`: keys from a JWKS URL or an OIDC issuer |
 //! | `backchannel-logout` | no | `BackChannelLogout`: the OpenID Connect back-channel logout endpoint |
 //! | `metrics` | no | counters, histogram and gauge on the `metrics` facade ([`observe`]) |
@@ -111,6 +111,8 @@ mod macros;
 pub mod observe;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
+#[cfg(feature = "redis")]
+mod redis;
 pub mod reject;
 pub mod routes;
 #[cfg(feature = "test-util")]

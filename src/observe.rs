@@ -16,9 +16,9 @@
 //! No label carries a token, subject or address: their cardinality is
 //! bounded by the configuration.
 
-#[cfg(feature = "rate-limit")]
+#[cfg(any(feature = "rate-limit", all(feature = "auth", feature = "redis")))]
 use std::sync::atomic::{AtomicU64, Ordering};
-#[cfg(feature = "rate-limit")]
+#[cfg(any(feature = "rate-limit", all(feature = "auth", feature = "redis")))]
 use std::time::Instant;
 
 /// Metric names, for dashboards and tests.
@@ -329,7 +329,7 @@ pub(crate) fn auth_refresh(_outcome: &'static str) {}
 
 /// Lets a repeated warning through the first time and then at most once per
 /// period, so an outage logs a line every 10 s rather than one per request.
-#[cfg(feature = "rate-limit")]
+#[cfg(any(feature = "rate-limit", all(feature = "auth", feature = "redis")))]
 #[derive(Debug)]
 pub(crate) struct WarnEvery {
     created: Instant,
@@ -339,7 +339,7 @@ pub(crate) struct WarnEvery {
     last: AtomicU64,
 }
 
-#[cfg(feature = "rate-limit")]
+#[cfg(any(feature = "rate-limit", all(feature = "auth", feature = "redis")))]
 impl WarnEvery {
     /// At most one warning per `period_secs` (at least 1).
     pub(crate) fn new(period_secs: u64) -> Self {

@@ -43,8 +43,7 @@ use tokio::sync::Notify;
 use super::Revocations;
 use crate::error::ConfigError;
 use crate::observe::WarnEvery;
-use crate::rate_limit::store::RedisStandalone;
-use crate::rate_limit::store::redis_error_kind as kind_name;
+use crate::redis::{Standalone as RedisStandalone, cluster_enabled, kind_name};
 
 /// Default prefix of the keys and the channel.
 pub const DEFAULT_REVOCATION_PREFIX: &str = "tollgate:revoked";
@@ -488,7 +487,7 @@ impl Revocations {
                 .query_async::<String>(&mut conn),
         )
         .await
-            && info.lines().any(|line| line.trim() == "cluster_enabled:1")
+            && cluster_enabled(&info)
         {
             return Err(ConfigError::new(
                 "revocation",

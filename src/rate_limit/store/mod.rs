@@ -16,14 +16,6 @@ mod any;
 mod local;
 #[cfg(feature = "redis")]
 mod redis;
-/// One Redis server, reached directly or through Sentinel (for the
-/// revocation sync).
-#[cfg(all(feature = "redis", feature = "auth"))]
-pub(crate) use redis::Standalone as RedisStandalone;
-/// A redis-rs error's category, without any reply content (shared with the
-/// revocation sync).
-#[cfg(feature = "redis")]
-pub(crate) use redis::kind_name as redis_error_kind;
 
 pub use any::AnyStore;
 pub use local::{DEFAULT_MAX_KEYS, LocalStore};

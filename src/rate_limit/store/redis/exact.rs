@@ -12,9 +12,10 @@ use quick_cache::sync::Cache;
 use redis::Script;
 
 use super::Params;
-use super::connection::{Backend, kind_name};
+use super::connection::Backend;
 use crate::rate_limit::key::RateKey;
 use crate::rate_limit::store::{Check, Decision, StoreError};
+use crate::redis::kind_name;
 
 /// The future of an exact decision.
 pub(super) type DecisionFuture = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;

@@ -1,18 +1,12 @@
-//! What `INFO` says: the server's version (checked against
-//! [`RedisStore::MIN_REDIS_VERSION`]) and whether it is a cluster node.
+//! What `INFO` says about the server's version, checked against
+//! [`RedisStore::MIN_REDIS_VERSION`] (whether it is a cluster node is
+//! `crate::redis::cluster_enabled`).
 
 use super::RedisStore;
 use crate::error::ConfigError;
 
 /// A Redis version as (major, minor, patch); tuples compare in that order.
 type Version = (u32, u32, u32);
-
-/// Whether an `INFO` reply (with its `cluster` section) comes from a node
-/// with cluster mode on.
-pub(super) fn cluster_enabled(info: &str) -> bool {
-    info.lines()
-        .any(|line| line.trim().strip_prefix("cluster_enabled:") == Some("1"))
-}
 
 /// The `redis_version` of an `INFO server` reply. `None` when the line is
 /// missing or its value is not `major.minor[.patch]` (a suffix such as
@@ -128,17 +122,5 @@ mod tests {
         for new in ["5.0.0", "6.2.0", "7.0.15", "7.4.1", "8.0.0", "255.255.255"] {
             assert_eq!(check_server_version(&info(new)), Ok(()), "{new}");
         }
-    }
-
-    #[test]
-    fn cluster_mode_is_read_from_info() {
-        assert!(cluster_enabled(
-            "# Server\r\nredis_version:7.0.15\r\n# Cluster\r\ncluster_enabled:1\r\n"
-        ));
-        assert!(!cluster_enabled("# Cluster\r\ncluster_enabled:0\r\n"));
-        assert!(!cluster_enabled("# Server\r\nredis_version:7.0.15\r\n"));
-        assert!(!cluster_enabled(
-            "xcluster_enabled:1\r\ncluster_enabled:10\r\n"
-        ));
     }
 }

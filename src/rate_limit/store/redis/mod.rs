@@ -6,10 +6,10 @@
 //! and Sentinel support are documented on [`RedisStore`], the module's
 //! public face.
 //!
-//! Layout: `connection` (one server, Sentinel's primary or a cluster, the
-//! version check, the slot map's upkeep), `sentinel` (the `redis+sentinel://`
-//! URL, following failovers), `standalone` (one server, for the revocations),
-//! `exact` (one script call per decision, the deny cache), `local_first`
+//! Layout: `connection` (the link to Redis, reached through `crate::redis`:
+//! one server, Sentinel's primary or a cluster; the version check, the slot
+//! map's upkeep), `info` (the version in `INFO`), `exact` (one script call
+//! per decision, the deny cache), `local_first`
 //! (in-process state) and `sync` (its background task), `scripts`,
 //! `topology` (slots to nodes), `clock` (local and Redis clocks).
 
@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redis::Script;
-use redis::aio::ConnectionManager;
+use ::redis::Script;
+use ::redis::aio::ConnectionManager;
 use tokio::runtime::Handle;
 
 use super::{Check, DEFAULT_MAX_KEYS, RateLimitStore};
@@ -28,16 +28,10 @@ use crate::rate_limit::quota::Policy;
 
 mod clock;
 mod connection;
-pub(crate) use connection::kind_name;
 mod exact;
 mod info;
 mod local_first;
 mod scripts;
-mod sentinel;
-#[cfg(feature = "auth")]
-mod standalone;
-#[cfg(feature = "auth")]
-pub(crate) use standalone::Standalone;
 mod sync;
 mod topology;
 

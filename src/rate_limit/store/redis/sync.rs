@@ -23,7 +23,7 @@ use redis::{ServerErrorKind, Value};
 use tokio::runtime::Handle;
 use tokio::time::MissedTickBehavior;
 
-use super::connection::{Backend, kind_name};
+use super::connection::Backend;
 use super::exact::DecisionFuture;
 use super::local_first::{LocalState, Reply, Report};
 use super::micros;
@@ -32,6 +32,7 @@ use super::topology::{Node, key_slot};
 use crate::observe::WarnEvery;
 use crate::rate_limit::key::RateKey;
 use crate::rate_limit::store::Decision;
+use crate::redis::kind_name;
 
 /// Batches sent at once (pipelined on one connection): a slow link carries
 /// several while the first is answered.
@@ -417,7 +418,7 @@ impl LocalFirst {
         self.backend.round_trips.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.backend.conn.clone();
         let reply =
-            tokio::time::timeout(self.call_timeout, conn.pipeline_on(node, &pipeline)).await;
+            tokio::time::timeout(self.call_timeout, conn.pipeline_on(node.slot, &pipeline)).await;
         let settled_at = self.state.now_us();
         let reason = match reply {
             Ok(Ok(replies)) => {
@@ -550,7 +551,7 @@ impl LocalFirst {
             .arg(REGISTRY_WINDOW_MS);
         let mut conn = self.backend.conn.clone();
         if let Ok(Ok(Value::Int(count))) =
-            tokio::time::timeout(self.call_timeout, conn.command_on(node, cmd)).await
+            tokio::time::timeout(self.call_timeout, conn.command_on(node.slot, cmd)).await
         {
             self.state.answered();
             self.state

@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::sentinel::SentinelClient;
+use ::redis::{Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 use arc_swap::ArcSwap;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::SentinelClient;
-use redis::{Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value};
 use tokio::sync::Notify;
 
 use super::url::SentinelUrl;
-use crate::rate_limit::store::redis_error_kind as kind_name;
+use crate::redis::kind_name;
 
 /// How long asking the Sentinels (and checking the primary they name with
 /// `ROLE`) may take.

@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use redis::ConnectionAddr;
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use ::redis::ConnectionAddr;
+use ::redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 
 /// A Sentinel's port when the URL gives none.
 const DEFAULT_PORT: u16 = 26_379;

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
-use redis::{Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
+use ::redis::{Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use super::sentinel::{self, SentinelConn};
 
