@@ -31,10 +31,16 @@
 //! parameter `{name}` (exactly one segment) or, last, `{*name}` (any number
 //! of segments, none included). The most specific match wins, segment by
 //! segment: literal over parameter over catch-all, and a pattern that ends
-//! with the path over a catch-all. The raw path is matched, as sent
-//! (percent-encoding is not decoded, a trailing `/` is a segment of its own):
-//! a path written differently from the pattern gets the default, which is
-//! why the default is safe (auth required).
+//! with the path over a catch-all. A rule listing `GET` covers `HEAD` too
+//! (routers run GET's handler for it). The raw path is matched, as sent (a
+//! trailing `/` is a segment of its own); a path in no canonical form — an
+//! empty, `.` or `..` segment, or a percent-encoded `.`, `/` or `\` — gets
+//! a rule that refuses every request (401, or 403 with a token), since a
+//! backend that normalised it could serve a route whose rule it did not
+//! match. Other paths no rule matches get the default: auth required, but
+//! no roles — so give every route that needs roles a rule covering all the
+//! paths that reach it (mount the layer on the outermost router: under
+//! axum's `nest`, an inner router sees the path without its prefix).
 //!
 //! **Refused at build**: a pattern that cannot match a path (not starting
 //! with `/`, an empty segment, `?`, `#` or whitespace, a malformed `{…}`, a
@@ -88,13 +94,56 @@ impl Needs {
     }
 }
 
-/// Where a token's roles and scopes are read: claim paths (dot-separated
-/// for nested objects); each value is an array of strings or a
-/// space-separated string.
+/// A claim holding roles or scopes: a top-level name, or a dot-separated
+/// path into nested objects (`realm_access.roles`). A top-level claim named
+/// with dots (`https://example.com/roles`) is found by its whole name first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClaimPath {
+    pub(crate) full: Box<str>,
+    pub(crate) parts: Vec<Box<str>>,
+}
+
+impl ClaimPath {
+    pub(crate) fn new(path: &str) -> Self {
+        Self {
+            full: path.into(),
+            parts: path.split('.').map(Into::into).collect(),
+        }
+    }
+
+    /// The value at this path in the captured top-level claims.
+    fn find<'c>(
+        &self,
+        captured: &'c [(Box<str>, serde_json::Value)],
+    ) -> Option<&'c serde_json::Value> {
+        let top = |name: &str| {
+            captured
+                .iter()
+                .find(|(n, _)| **n == *name)
+                .map(|(_, value)| value)
+        };
+        if let Some(value) = top(&self.full) {
+            return Some(value);
+        }
+        if self.parts.len() < 2 {
+            return None;
+        }
+        let mut value = top(&self.parts[0])?;
+        for key in &self.parts[1..] {
+            value = value.get(&**key)?;
+        }
+        Some(value)
+    }
+}
+
+/// Where a token's roles and scopes are read. A roles claim is an array of
+/// strings or one string (one role, spaces and all: `"Domain Admins"`); a
+/// scopes claim is an array of strings or a space-separated string
+/// (RFC 8693 `scope`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GrantClaims {
-    pub(crate) roles: Vec<Vec<Box<str>>>,
-    pub(crate) scopes: Vec<Vec<Box<str>>>,
+    pub(crate) roles: Vec<ClaimPath>,
+    pub(crate) scopes: Vec<ClaimPath>,
 }
 
 impl GrantClaims {
@@ -103,39 +152,20 @@ impl GrantClaims {
         self.roles
             .iter()
             .chain(&self.scopes)
-            .any(|path| *path[0] == *name)
+            .any(|path| *path.full == *name || *path.parts[0] == *name)
     }
 
     /// The grants in the captured top-level claims.
     pub(crate) fn read(&self, captured: &[(Box<str>, serde_json::Value)]) -> Grants {
-        let collect = |paths: &[Vec<Box<str>>]| {
+        let collect = |paths: &[ClaimPath], split: bool| {
             let mut out: Vec<Box<str>> = Vec::new();
             for path in paths {
-                let Some(mut value) = captured
-                    .iter()
-                    .find(|(name, _)| **name == *path[0])
-                    .map(|(_, value)| value)
-                else {
-                    continue;
-                };
-                let mut found = true;
-                for key in &path[1..] {
-                    match value.get(&**key) {
-                        Some(inner) => value = inner,
-                        None => {
-                            found = false;
-                            break;
-                        }
-                    }
-                }
-                if !found {
-                    continue;
-                }
-                match value {
-                    serde_json::Value::String(s) => {
+                match path.find(captured) {
+                    Some(serde_json::Value::String(s)) if split => {
                         out.extend(s.split_ascii_whitespace().map(Into::into));
                     }
-                    serde_json::Value::Array(items) => {
+                    Some(serde_json::Value::String(s)) => out.push(s.as_str().into()),
+                    Some(serde_json::Value::Array(items)) => {
                         out.extend(items.iter().filter_map(|v| v.as_str()).map(Into::into));
                     }
                     _ => {}
@@ -144,8 +174,8 @@ impl GrantClaims {
             out
         };
         Grants {
-            roles: collect(&self.roles),
-            scopes: collect(&self.scopes),
+            roles: collect(&self.roles, false),
+            scopes: collect(&self.scopes, true),
         }
     }
 }
@@ -160,7 +190,7 @@ pub(crate) struct Grants {
 impl Route {
     /// Whether `grants` meet the route's roles and scopes.
     pub(crate) fn granted(&self, grants: &Grants) -> bool {
-        self.roles.met_by(&grants.roles) && self.scopes.met_by(&grants.scopes)
+        !self.deny && self.roles.met_by(&grants.roles) && self.scopes.met_by(&grants.scopes)
     }
 }
 
@@ -175,6 +205,8 @@ pub struct Route {
     scopes: Needs,
     limits: Option<Vec<String>>,
     csrf: Option<bool>,
+    /// The rule of paths no rule can be trusted to match: refused.
+    deny: bool,
     /// Where the rule was declared, for errors ("routes.rule[2] (line 14)").
     origin: Option<String>,
 }
@@ -190,6 +222,7 @@ impl Route {
             scopes: Needs::default(),
             limits: None,
             csrf: None,
+            deny: false,
             origin: None,
         }
     }
@@ -293,7 +326,13 @@ impl Route {
 
     /// Whether the route needs roles or scopes (so the token's grants).
     pub(crate) fn needs_grants(&self) -> bool {
-        !self.roles.is_empty() || !self.scopes.is_empty()
+        self.deny || !self.roles.is_empty() || !self.scopes.is_empty()
+    }
+
+    /// Whether this is the rule of non-canonical paths, which no token
+    /// satisfies.
+    pub(crate) fn denies(&self) -> bool {
+        self.deny
     }
 
     fn name(&self) -> String {
@@ -381,6 +420,39 @@ fn compile(route: &Route) -> Result<Vec<Segment>, ConfigError> {
     Ok(segments)
 }
 
+/// Whether `path` is in the one form a router and a file server agree on:
+/// no empty, `.` or `..` segment (but a final `/`), no percent-encoded `.`,
+/// `/` or `\`, no `\`. Other paths get the denying rule: a backend that
+/// normalised them could serve a route whose rule they did not match.
+fn canonical(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut segment_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'/' => {
+                let segment = &bytes[segment_start..i];
+                if i > 0 && (segment.is_empty() || segment == b"." || segment == b"..") {
+                    return false;
+                }
+                segment_start = i + 1;
+            }
+            b'\\' => return false,
+            b'%' => {
+                if let Some(code) = bytes.get(i + 1..i + 3)
+                    && [b"2e", b"2f", b"5c"]
+                        .iter()
+                        .any(|encoded| code.eq_ignore_ascii_case(*encoded))
+                {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    let last = &bytes[segment_start.min(bytes.len())..];
+    last != b"." && last != b".."
+}
+
 /// Whether `segments` match `path` (which starts with `/`), walking the
 /// path once without a split iterator.
 fn matches(segments: &[Segment], path: &str) -> bool {
@@ -390,7 +462,8 @@ fn matches(segments: &[Segment], path: &str) -> bool {
     let last = segments.len().saturating_sub(1);
     for (i, segment) in segments.iter().enumerate() {
         // The path's segment here, and what follows its '/'.
-        let (part, after) = match rest.find('/') {
+        // A byte search: paths are short, and '/' is ASCII.
+        let (part, after) = match rest.bytes().position(|b| b == b'/') {
             Some(slash) => (&rest[..slash], Some(&rest[slash + 1..])),
             None => (rest, None),
         };
@@ -453,6 +526,10 @@ pub struct RouteTable {
 struct Table {
     routes: Vec<Compiled>,
     default: Arc<Route>,
+    /// For paths in no canonical form (`//`, `/./`, `/../`, an encoded
+    /// `.`, `/` or `\`): a backend that normalises them could serve a route
+    /// whose rule they do not match.
+    denied: Arc<Route>,
     grants: GrantClaims,
 }
 
@@ -501,15 +578,17 @@ impl RouteTable {
 
     /// The rule for a request: the most specific match, else the default.
     pub fn matched(&self, method: &Method, path: &str) -> &Arc<Route> {
+        if !canonical(path) {
+            return &self.inner.denied;
+        }
         let n = path.bytes().filter(|&b| b == b'/').count();
         let mut best: Option<&Compiled> = None;
         for compiled in &self.inner.routes {
-            if compiled
-                .route
-                .methods
-                .as_ref()
-                .is_some_and(|methods| !methods.contains(method))
-            {
+            if compiled.route.methods.as_ref().is_some_and(|methods| {
+                // HEAD runs GET's handler in most routers: GET's rule covers it.
+                let head_as_get = *method == Method::HEAD && methods.contains(&Method::GET);
+                !(methods.contains(method) || head_as_get)
+            }) {
                 continue;
             }
             if matches(&compiled.segments, path)
@@ -610,18 +689,17 @@ impl RouteTableBuilder {
                 segments,
             });
         }
-        let paths = |claims: Vec<String>| -> Result<Vec<Vec<Box<str>>>, ConfigError> {
+        let paths = |claims: Vec<String>| -> Result<Vec<ClaimPath>, ConfigError> {
             claims
                 .into_iter()
                 .map(|claim| {
-                    let path: Vec<Box<str>> = claim.split('.').map(Into::into).collect();
-                    if path.iter().any(|p| p.is_empty()) {
+                    if claim.split('.').any(str::is_empty) {
                         return Err(ConfigError::new(
                             "routes",
                             format!("the claim path {claim:?} has an empty part"),
                         ));
                     }
-                    Ok(path)
+                    Ok(ClaimPath::new(&claim))
                 })
                 .collect()
         };
@@ -633,6 +711,11 @@ impl RouteTableBuilder {
             inner: Arc::new(Table {
                 routes,
                 default: Arc::new(default),
+                denied: Arc::new(Route {
+                    pattern: "(non-canonical path)".to_owned(),
+                    deny: true,
+                    ..Route::new("")
+                }),
                 grants,
             }),
         })

@@ -223,6 +223,8 @@ async fn every_requirement_of_the_specification_is_checked() {
             with(&|c| c["events"] = json!([BACKCHANNEL_LOGOUT_EVENT])),
         ),
         ("a nonce", with(&|c| c["nonce"] = json!("n"))),
+        ("a null nonce", with(&|c| c["nonce"] = json!(null))),
+        ("an empty sid", with(&|c| c["sid"] = json!(""))),
         (
             "neither sid nor sub",
             with(&|c| {
@@ -362,10 +364,22 @@ async fn a_logout_token_is_not_a_credential() {
     let auth = layer(&Revocations::new().clock(now));
     let token = logout_token(&logout_claims(Some("s"), Some("alice")));
     assert_eq!(status_with(&auth, &token).await, StatusCode::UNAUTHORIZED);
+    // Typed `JWT` or untyped, its back-channel logout event gives it away.
     let untyped = mint(Algorithm::HS256, &logout_claims(Some("s"), Some("alice")));
-    // Typed `JWT`, the layer cannot tell it from an access token: it checks
-    // the claims it is configured for.
-    assert_eq!(status_with(&auth, &untyped).await, StatusCode::OK);
+    assert_eq!(status_with(&auth, &untyped).await, StatusCode::UNAUTHORIZED);
+    let bare = mint_with(
+        json!({"alg": "HS256"}),
+        Algorithm::HS256,
+        &logout_claims(Some("s"), Some("alice")),
+    );
+    assert_eq!(status_with(&auth, &bare).await, StatusCode::UNAUTHORIZED);
+    // Another event is no logout token.
+    let mut claims = logout_claims(Some("s"), Some("alice"));
+    claims["events"] = json!({"urn:example:other": {}});
+    assert_eq!(
+        status_with(&auth, &mint(Algorithm::HS256, &claims)).await,
+        StatusCode::OK
+    );
 }
 
 #[test]

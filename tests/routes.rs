@@ -147,7 +147,7 @@ async fn each_route_gets_what_its_rule_declares_in_axum() {
     let plain = token(json!({}));
     let admin = token(json!({"roles": ["reader", "admin"]}));
     let nested_owner = token(json!({"realm_access": {"roles": ["owner"]}}));
-    let roles_string = token(json!({"roles": "reader owner"}));
+    let roles_string = token(json!({"roles": "owner"}));
     let garbage = "not.a.token";
 
     // Limits first: `strict` (burst 1) counts /strict and, as every limit
@@ -408,4 +408,184 @@ async fn a_file_holds_several_named_limits_that_routes_refer_to() {
     .unwrap();
     let e = misspelt.route_table(&[]).unwrap_err().to_string();
     assert!(e.contains("\"per_ip\"") && e.contains("line 4"), "{e}");
+}
+
+/// The table of `serve_axum`, mounted in `layers`' order (auth built with
+/// the table), on an app whose every route answers 200.
+async fn serve_with(layers: &str) -> String {
+    let table = table();
+    let auth = auth(&table);
+    let ok = || axum::routing::any(|| async { "ok" });
+    let app = axum::Router::new()
+        .route("/public/{*rest}", ok())
+        .route("/me", ok())
+        .route("/admin/{*rest}", ok())
+        .route("/reports", ok());
+    let app = match layers {
+        // axum's Router::layer wraps what is already there: the last call is
+        // outermost. This puts the route rules inside auth.
+        "reversed" => app
+            .layer(auth)
+            .layer(CsrfGuardLayer::new())
+            .layer(table.layer()),
+        "auth only" => app.layer(auth),
+        _ => app.layer(ServiceBuilder::new().layer(table.layer()).layer(auth)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn rules_hold_when_the_route_layer_is_missing_or_misordered() {
+    let client = reqwest::Client::new();
+    let plain = token(json!({}));
+    let admin = token(json!({"roles": ["admin"]}));
+    for layers in ["reversed", "auth only"] {
+        let base = serve_with(layers).await;
+        let get = |path: &str, token: Option<&str>| {
+            status(
+                &client,
+                reqwest::Method::GET,
+                format!("{base}{path}"),
+                token.map(str::to_owned),
+            )
+        };
+        assert_eq!(get("/admin/x", Some(&plain)).await, 403, "{layers}");
+        assert_eq!(get("/admin/x", Some(&admin)).await, 200, "{layers}");
+        assert_eq!(get("/public/x", None).await, 200, "{layers}");
+        assert_eq!(get("/me", None).await, 401, "{layers}");
+    }
+}
+
+#[tokio::test]
+async fn paths_in_no_canonical_form_get_no_weaker_rule() {
+    use tower::ServiceExt;
+    // In process: an HTTP client would normalise these paths before sending.
+    let table = table();
+    let app = axum::Router::new()
+        .route("/public/{*rest}", axum::routing::get(|| async { "ok" }))
+        .route("/admin/{*rest}", axum::routing::get(|| async { "ok" }))
+        .layer(
+            ServiceBuilder::new()
+                .layer(table.layer())
+                .layer(auth(&table)),
+        );
+    let call = |path: &str, token: Option<String>| {
+        let mut request = http::Request::get(path);
+        if let Some(token) = token {
+            request = request.header("cookie", format!("da3={token}"));
+        }
+        let request = request.body(axum::body::Body::empty()).unwrap();
+        let app = app.clone();
+        async move { app.oneshot(request).await.unwrap().status().as_u16() }
+    };
+    let plain = token(json!({}));
+    let admin = token(json!({"roles": ["admin"]}));
+    // Each could reach the admin handler behind a normalising backend, or
+    // dodge a rule; none gets through, even to an `off` route.
+    for path in [
+        "//admin/x",
+        "/public/../admin/x",
+        "/public/..",
+        "/public/%2e%2e/admin/x",
+        "/public/%2E%2E%2Fadmin/x",
+        "/public/.%2fadmin",
+        "/public/./x",
+        "/public/%5cadmin",
+    ] {
+        assert_eq!(call(path, None).await, 401, "{path}");
+        assert_eq!(call(path, Some(admin.clone())).await, 403, "{path}");
+    }
+    // Ordinary encodings and a trailing slash are not refused.
+    assert_eq!(call("/public/a%20b", None).await, 200);
+    assert_eq!(call("/public/x/", Some(plain)).await, 200);
+    assert_eq!(call("/admin/x", Some(admin)).await, 200);
+}
+
+#[tokio::test]
+async fn head_follows_the_rule_of_get() {
+    let table = TollgateConfig::from_toml(
+        "[[routes.rule]]\npath = \"/reports\"\nmethods = [\"GET\"]\nroles = { any_of = [\"admin\"] }\n",
+    )
+    .unwrap()
+    .route_table(&[])
+    .unwrap()
+    .unwrap();
+    let route = table.matched(&http::Method::HEAD, "/reports");
+    assert_eq!(route.pattern(), "/reports");
+    assert!(!route.roles().any_of.is_empty());
+}
+
+#[tokio::test]
+async fn roles_are_whole_strings_scopes_are_space_separated() {
+    let config = TollgateConfig::from_toml(
+        r#"
+        [routes]
+        roles_claims = ["roles", "https://app.example.com/roles"]
+
+        [[routes.rule]]
+        path = "/admins"
+        roles = { any_of = ["Admins"] }
+
+        [[routes.rule]]
+        path = "/writers"
+        scopes = { all_of = ["write"] }
+        "#,
+    )
+    .unwrap();
+    let table = config.route_table(&[]).unwrap().unwrap();
+    let auth = auth(&table);
+    let app = axum::Router::new()
+        .route("/admins", axum::routing::get(|| async { "ok" }))
+        .route("/writers", axum::routing::get(|| async { "ok" }))
+        .layer(ServiceBuilder::new().layer(table.layer()).layer(auth));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::new();
+    let get = |path: &str, claims: Value| {
+        status(
+            &client,
+            reqwest::Method::GET,
+            format!("{base}{path}"),
+            Some(token(claims)),
+        )
+    };
+    // One role with a space in it is not two roles.
+    assert_eq!(get("/admins", json!({"roles": "Domain Admins"})).await, 403);
+    assert_eq!(get("/admins", json!({"roles": "Admins"})).await, 200);
+    // A claim named like a URL, dots and all.
+    assert_eq!(
+        get(
+            "/admins",
+            json!({"https://app.example.com/roles": ["Admins"]})
+        )
+        .await,
+        200
+    );
+    assert_eq!(get("/writers", json!({"scope": "read write"})).await, 200);
+    assert_eq!(get("/writers", json!({"scope": "read"})).await, 403);
+    // A roles claim given twice: refused rather than read two ways.
+    let claims = format!(
+        r#"{{"sub":"u","iss":"{ISSUER}","aud":"{AUDIENCE}","exp":{},"roles":[],"roles":["Admins"]}}"#,
+        NOW + 3600
+    );
+    let twice = sign_raw(
+        &json!({"alg": "HS256", "typ": "JWT"}),
+        claims.as_bytes(),
+        Algorithm::HS256,
+        &encoding_key(Algorithm::HS256),
+    );
+    assert_eq!(
+        status(
+            &client,
+            reqwest::Method::GET,
+            format!("{base}/admins"),
+            Some(twice)
+        )
+        .await,
+        401
+    );
 }

@@ -22,7 +22,7 @@ use crate::future::Verdict;
 use crate::identity::{Anonymous, CredentialSource, Identity, TokenFacts};
 use crate::observe::AuthMetrics;
 use crate::reject::{Refusal, Responder};
-use crate::routes::{Access, MatchedRoute};
+use crate::routes::{Access, MatchedRoute, Route};
 use crate::trace;
 
 /// What the layer does with requests that carry no valid token.
@@ -64,6 +64,9 @@ pub(crate) struct AuthState<T> {
     pub(crate) refresh: Option<Arc<Refresher>>,
     /// Metric handles, registered once.
     pub(crate) metrics: AuthMetrics,
+    /// The route table the layer was built with, for requests that arrive
+    /// without a rule (a misordered stack).
+    pub(crate) routes: Option<crate::routes::RouteTable>,
     /// Whether verified-token cache hits are timed too.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) time_cache_hits: bool,
@@ -220,13 +223,17 @@ impl<T: DeserializeOwned> AuthState<T> {
 /// was not given the table): refused, with one `warn`.
 fn granted(route: &crate::routes::Route, grants: Option<&crate::routes::Grants>) -> bool {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if route.denies() {
+        return false;
+    }
     match grants {
         Some(grants) => route.granted(grants),
         None => {
             if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::warn!(
                     route = route.pattern(),
-                    "tollgate: a route needs roles or scopes but the auth layer does not read                      them: build it with JwtAuthBuilder::routes(&table). Refusing (403)"
+                    "tollgate: a route needs roles or scopes but the auth layer does not read \
+                     them: build it with JwtAuthBuilder::routes(&table). Refusing (403)"
                 );
             }
             false
@@ -266,9 +273,26 @@ where
     }
     // Route rules, when a RouteRulesLayer outside put the request's rule
     // here: its access replaces the layer's mode.
-    let (mode, needs) = match req.extensions().get::<MatchedRoute>() {
+    let route = match req.extensions().get::<MatchedRoute>() {
+        Some(MatchedRoute(route)) => Some(Arc::clone(route)),
+        None => state.routes.as_ref().map(|table| {
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    "tollgate: the auth layer was built with route rules but a request \
+                     reached it without its rule: mount RouteRulesLayer outside the auth \
+                     layer (ServiceBuilder: first; axum Router::layer: last). The auth layer \
+                     matches the route itself meanwhile; rate limits and the CSRF guard \
+                     apply to every route"
+                );
+            }
+            Arc::clone(table.matched(req.method(), req.uri().path()))
+        }),
+    };
+    let (mode, needs) = match route {
         None => (mode, None),
-        Some(MatchedRoute(route)) => {
+        Some(route) => {
             let mode = match route.access_mode() {
                 Access::Off => {
                     req.extensions_mut().insert(Anonymous::new(None));
@@ -278,7 +302,7 @@ where
                 Access::Lenient => AuthMode::Lenient,
                 _ => AuthMode::Required,
             };
-            (mode, route.needs_grants().then(|| Arc::clone(route)))
+            (mode, route.needs_grants().then_some(route))
         }
     };
     let error = match state.authenticate(req.headers(), allow_refresh) {
@@ -287,10 +311,13 @@ where
                 .as_deref()
                 .is_some_and(|route| !granted(route, authenticated.grants.as_deref())) =>
         {
-            AuthError::new(
-                AuthErrorKind::Forbidden,
-                "the token lacks the roles or scopes this route needs",
-            )
+            let detail = if needs.as_deref().is_some_and(Route::denies) {
+                "the request path is not in canonical form (an empty, '.' or '..' segment, or \
+                 an encoded '.', '/' or '\\')"
+            } else {
+                "the token lacks the roles or scopes this route needs"
+            };
+            AuthError::new(AuthErrorKind::Forbidden, detail)
         }
         Outcome::Authenticated(Authenticated {
             claims,

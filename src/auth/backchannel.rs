@@ -28,7 +28,7 @@ use crate::clock::WallClock;
 use crate::error::{AuthErrorKind, ConfigError};
 
 /// The event a logout token carries (Back-Channel Logout 1.0 §2.4).
-pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = super::claims_check::BACKCHANNEL_LOGOUT_EVENT;
 
 /// The `typ` a logout token is explicitly typed with (§2.4).
 const LOGOUT_TYP: &str = "logout+jwt";
@@ -46,8 +46,14 @@ struct LogoutClaims {
     events: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     sid: Option<String>,
-    #[serde(default)]
+    /// `Some` when the claim is there at all, `null` included.
+    #[serde(default, deserialize_with = "present")]
     nonce: Option<IgnoredAny>,
+}
+
+/// Tells a claim that is present (even as `null`) from one that is absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IgnoredAny>, D::Error> {
+    IgnoredAny::deserialize(d).map(Some)
 }
 
 /// The providers and clock of an auth layer, whatever its claims type.
@@ -244,6 +250,7 @@ impl BackChannelLogoutBuilder {
             base.require_exp = true;
             base.max_lifetime = None;
             base.required_claims = vec!["iat".into(), "jti".into()];
+            base.accept_logout_events = true;
             let untyped = Rules {
                 typ: None,
                 ..base.clone()
@@ -392,6 +399,9 @@ impl Inner {
         }
         if claims.nonce.is_some() {
             return Err(bad("a logout token must not have a nonce"));
+        }
+        if claims.sid.as_deref() == Some("") {
+            return Err(bad("the logout token's sid is empty"));
         }
         let sid = claims.sid.as_deref();
         let subject = verified.subject.as_deref();

@@ -65,6 +65,7 @@ pub struct JwtAuthBuilder<T> {
     time_cache_hits: bool,
     forward_identity: bool,
     grants: Option<crate::routes::GrantClaims>,
+    routes: Option<crate::routes::RouteTable>,
     _claims: PhantomData<fn() -> T>,
 }
 
@@ -108,6 +109,7 @@ impl<T> JwtAuthBuilder<T> {
             time_cache_hits: false,
             forward_identity: false,
             grants: None,
+            routes: None,
             _claims: PhantomData,
         }
     }
@@ -275,13 +277,17 @@ impl<T> JwtAuthBuilder<T> {
 
     /// Reads the roles and scopes the rules of `table` need from each
     /// verified token (once per token: cache hits reuse them). Route rules
-    /// themselves reach the layer per request, from
-    /// [`RouteRulesLayer`](crate::routes::RouteRulesLayer); without this
-    /// call, a route that needs roles or scopes is refused (403) and a
+    /// reach the layer per request from
+    /// [`RouteRulesLayer`](crate::routes::RouteRulesLayer), which goes
+    /// outside it; a request that arrives without one (the route layer
+    /// missing or inside this one) is matched here against `table`, with
+    /// one `warn`, so that its rule's access and roles still hold. Without
+    /// this call, a route that needs roles or scopes is refused (403) and a
     /// `warn` says why.
     #[must_use]
     pub fn routes(mut self, table: &crate::routes::RouteTable) -> Self {
         self.grants = table.grant_claims();
+        self.routes = Some(table.clone());
         self
     }
 
@@ -380,6 +386,7 @@ impl<T> JwtAuthBuilder<T> {
             max_lifetime: self.max_lifetime.map(|d| d.as_secs()),
             required_claims: self.required_claims,
             grants: self.grants.map(Arc::new),
+            accept_logout_events: false,
         };
         #[cfg(feature = "jwks")]
         let remote = self.remote;
@@ -473,6 +480,7 @@ impl<T> JwtAuthBuilder<T> {
                 metrics: AuthMetrics::new(),
                 time_cache_hits: self.time_cache_hits,
                 forward_identity: self.forward_identity,
+                routes: self.routes,
             }),
             mode: self.mode,
             shadow: self.shadow,

@@ -30,7 +30,15 @@ pub(crate) struct Rules {
     pub(crate) required_claims: Vec<Box<str>>,
     /// Where roles and scopes are read, when route rules need them.
     pub(crate) grants: Option<Arc<crate::routes::GrantClaims>>,
+    /// Whether a token with the back-channel logout event is accepted (the
+    /// logout receiver only: as a credential, a logout token is refused).
+    pub(crate) accept_logout_events: bool,
 }
+
+/// The event a logout token carries (OpenID Connect Back-Channel Logout
+/// 1.0 §2.4).
+pub(crate) const BACKCHANNEL_LOGOUT_EVENT: &str =
+    "http://schemas.openid.net/event/backchannel-logout";
 
 fn err(kind: AuthErrorKind, detail: &'static str) -> AuthError {
     AuthError::new(kind, detail)
@@ -94,6 +102,11 @@ pub(crate) fn check(payload: &[u8], rules: &Rules, now: u64) -> Result<Checked, 
 
 fn check_claims(r: &Registered, rules: &Rules, now: u64) -> Result<Option<Arc<str>>, AuthError> {
     let claim = |detail| err(AuthErrorKind::InvalidClaim, detail);
+    if r.logout_event {
+        return Err(claim(
+            "a logout token (back-channel logout event) is not a credential",
+        ));
+    }
     match r.exp {
         Some(exp) if now >= exp.saturating_add(rules.leeway) => {
             return Err(err(AuthErrorKind::Expired, "the token has expired"));
@@ -200,6 +213,8 @@ struct Registered {
     sid: Option<Arc<str>>,
     /// Top-level claims holding roles or scopes (only when asked).
     captured: Vec<(Box<str>, serde_json::Value)>,
+    /// The token's `events` hold the back-channel logout event.
+    logout_event: bool,
     /// Bit i set: required claim i is present.
     required_seen: u64,
 }
@@ -338,7 +353,17 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                     self.current.set("aud");
                     r.aud_matched = map.next_value_seed(AudSeed(&self.rules.audiences))?;
                 }
+                "events" if !self.rules.accept_logout_events => {
+                    self.current.set("depth");
+                    r.logout_event |= map.next_value_seed(LogoutEvent)?;
+                }
                 other if self.rules.grants.as_ref().is_some_and(|g| g.wants(other)) => {
+                    if r.captured.iter().any(|(name, _)| **name == *other) {
+                        // The route check and the claims type would read
+                        // different values.
+                        self.current.set("duplicate");
+                        return Err(de::Error::custom("duplicate claim"));
+                    }
                     self.current.set("depth");
                     let value = map.next_value::<serde_json::Value>()?;
                     r.captured.push((other.into(), value));
@@ -351,6 +376,54 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
             self.current.set("");
         }
         Ok(r)
+    }
+}
+
+/// Whether an `events` claim holds the back-channel logout event (any other
+/// shape is skipped, depth-limited).
+struct LogoutEvent;
+
+impl<'de> DeserializeSeed<'de> for LogoutEvent {
+    type Value = bool;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LogoutEvent {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element_seed(Shallow(MAX_CLAIM_DEPTH))?.is_some() {}
+        Ok(false)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut found = false;
+        while let Some(Name(key)) = map.next_key::<Name<'de>>()? {
+            found |= key == BACKCHANNEL_LOGOUT_EVENT;
+            map.next_value_seed(Shallow(MAX_CLAIM_DEPTH))?;
+        }
+        Ok(found)
     }
 }
 
@@ -513,6 +586,7 @@ mod tests {
             max_lifetime: None,
             required_claims: vec!["roles".into()],
             grants: None,
+            accept_logout_events: false,
         }
     }
 

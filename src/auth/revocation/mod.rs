@@ -390,13 +390,14 @@ impl Revocations {
     ///
     /// A shared set also sends the revocation to the other replicas.
     pub fn revoke_session(&self, issuer: Option<&str>, sid: &str) {
-        let until = self.subject_until(self.now());
+        let at = self.now();
+        let until = self.subject_until(at);
         let added = self.hold_session(issuer, sid, until);
         self.added(added);
         #[cfg(feature = "redis")]
         if let Some(link) = self.inner.link.get() {
             link.publish(
-                &self::redis::Entry::Session { issuer, sid },
+                &self::redis::Entry::Session { issuer, sid, at },
                 until,
                 self.now(),
             );
@@ -539,7 +540,9 @@ impl Revocations {
                 .logouts
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if seen.len() >= 1024 {
+            // Expired records go when the set doubles past 1024 (amortised:
+            // not a full scan per logout once it holds 1024 live ones).
+            if seen.len() >= 1024 && seen.len().is_power_of_two() {
                 seen.retain(|_, held| now < *held);
             }
             match seen.get_mut(key.as_str()) {

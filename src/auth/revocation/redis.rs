@@ -7,7 +7,7 @@
 //! - `P:entries`, a sorted set: one member per revocation, scored by when it
 //!   may be dropped (unix seconds). A member is `"{until} {json}"`, the JSON
 //!   being `["t", jti]`, `["s", issuer or null, subject, issued_before]` or
-//!   `["i", issuer or null, sid]` (a session).
+//!   `["i", issuer or null, sid, revoked_at]` (a session).
 //!   Expired members are dropped by Redis's own clock (`TIME`), never a
 //!   replica's.
 //! - `P:version`, a counter incremented once per revocation written.
@@ -342,6 +342,9 @@ pub(super) enum Entry<'a> {
     Session {
         issuer: Option<&'a str>,
         sid: &'a str,
+        /// When the session was revoked: each replica holds it for as long
+        /// as its own settings say.
+        at: u64,
     },
 }
 
@@ -355,7 +358,7 @@ impl Entry<'_> {
                 subject,
                 before,
             } => serde_json::to_string(&("s", issuer, subject, before)),
-            Self::Session { issuer, sid } => serde_json::to_string(&("i", issuer, sid)),
+            Self::Session { issuer, sid, at } => serde_json::to_string(&("i", issuer, sid, at)),
         };
         json.ok().map(|json| format!("{until} {json}"))
     }
@@ -422,12 +425,14 @@ impl Revocations {
                 let until = until.max(self.subject_until(before));
                 Some(self.hold_subject(issuer, subject, before, until))
             }
-            [Value::String(tag), issuer, Value::String(sid)] if tag == "i" => {
+            [Value::String(tag), issuer, Value::String(sid), at] if tag == "i" => {
                 let issuer = match issuer {
                     Value::Null => None,
                     Value::String(issuer) => Some(issuer.as_str()),
                     _ => return None,
                 };
+                // This replica's own bound may be longer than the sender's.
+                let until = until.max(self.subject_until(at.as_u64()?));
                 Some(self.hold_session(issuer, sid, until))
             }
             _ => None,
