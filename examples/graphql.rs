@@ -31,6 +31,12 @@
 //!   serves; `https` behind an ingress that terminates TLS)
 //! - `TOLLGATE_LAYERS=off`: serve without tollgate (for throughput comparisons only)
 //!
+//! With `TOLLGATE_JWKS_URL` or `TOLLGATE_OIDC_ISSUER`, `POST
+//! /oidc/backchannel-logout` receives the provider's OpenID Connect
+//! back-channel logouts (register it as the client's
+//! `backchannel_logout_uri`): the session the logout token names is refused
+//! from then on.
+//!
 //! `POST /logout` revokes the caller's token (its `jti`) and `POST
 //! /logout-everywhere` every token of the caller's subject issued until now;
 //! both answer 204 and clear the cookie, need a token (401 without) and are
@@ -57,7 +63,9 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
-use tollgate::auth::{JwtAuthLayer, Key, Refresh, RemoteKeys, Revocations, SigningKey};
+use tollgate::auth::{
+    BackChannelLogout, JwtAuthLayer, Key, Refresh, RemoteKeys, Revocations, SigningKey,
+};
 use tollgate::config::TollgateConfig;
 use tollgate::csrf::CsrfGuardLayer;
 use tollgate::rate_limit::store::AnyStore;
@@ -372,10 +380,19 @@ pub(crate) async fn app(
     // from another site is refused by the CSRF guard.
     // The guard compares an `Origin` with the scheme browsers use here.
     let csrf = CsrfGuardLayer::new().scheme(config.scheme.clone());
-    let logout_routes = Router::new()
+    let mut logout_routes = Router::new()
         .route("/logout", post(logout))
         .route("/logout-everywhere", post(logout_everywhere))
         .with_state(revocations);
+    // With an identity provider's keys, its back-channel logouts end
+    // sessions here too (its rule in examples/tollgate.toml: no token, no
+    // CSRF guard, the per-IP limit).
+    if config.jwks_url.is_some() || config.oidc_issuer.is_some() {
+        logout_routes = logout_routes.route_service(
+            "/oidc/backchannel-logout",
+            BackChannelLogout::builder(&auth).build()?,
+        );
+    }
     // A coarse limit per client IP, so that a flood of junk tokens is
     // refused before any signature is checked: the policy file's
     // `[limits.per-ip]`, else the environment's quota.
