@@ -549,20 +549,10 @@ const logout = sign({ alg: 'ES256', typ: 'logout+jwt', kid: 'node-1' },
 process.stdout.write(JSON.stringify({ jwk, access, logout }));
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_minted_by_node_are_verified_through_a_jwks_server() {
-    let output = match std::process::Command::new("node")
-        .args(["-e", NODE_IDP, ISSUER, AUDIENCE, &now().to_string()])
-        .output()
-    {
-        Ok(output) if output.status.success() => output,
-        Ok(output) => panic!("node failed: {}", String::from_utf8_lossy(&output.stderr)),
-        Err(_) => {
-            eprintln!("skipped: node is not installed (apt-get install nodejs)");
-            return;
-        }
-    };
-    let minted: Value = serde_json::from_slice(&output.stdout).unwrap();
+/// What an outside identity provider minted (`jwk`, `access`, `logout`),
+/// checked here through a JWKS server on loopback: the access token passes,
+/// the logout token ends its session (`sid`), the access token is refused.
+async fn check_outside_tokens(minted: &Value, sid: &str) {
     let keys = json!({"keys": [minted["jwk"]]});
     let app = axum::Router::new().route(
         "/jwks.json",
@@ -597,7 +587,80 @@ async fn tokens_minted_by_node_are_verified_through_a_jwks_server() {
         "{body}"
     );
     assert_eq!(status_with(&auth, session).await, StatusCode::UNAUTHORIZED);
-    assert!(revocations.is_session_revoked(Some(ISSUER), "node-session", now()));
+    assert!(revocations.is_session_revoked(Some(ISSUER), sid, now()));
+    // The logout token is no credential either.
+    assert_eq!(
+        status_with(&auth, minted["logout"].as_str().unwrap()).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_minted_by_node_are_verified_through_a_jwks_server() {
+    let output = match std::process::Command::new("node")
+        .args(["-e", NODE_IDP, ISSUER, AUDIENCE, &now().to_string()])
+        .output()
+    {
+        Ok(output) if output.status.success() => output,
+        Ok(output) => panic!("node failed: {}", String::from_utf8_lossy(&output.stderr)),
+        Err(_) => {
+            eprintln!("skipped: node is not installed (apt-get install nodejs)");
+            return;
+        }
+    };
+    let minted: Value = serde_json::from_slice(&output.stdout).unwrap();
+    check_outside_tokens(&minted, "node-session").await;
+}
+
+/// The `jose` library (panva/jose, the JOSE implementation most Node OIDC
+/// providers use): a key pair of `alg`, its public JWK, and tokens it signs.
+const JOSE_IDP: &str = r#"
+import * as jose from 'jose';
+const [alg, iss, aud, nowText] = process.argv.slice(-4);
+const now = Number(nowText);
+const { privateKey, publicKey } = await jose.generateKeyPair(alg, { extractable: true });
+const jwk = { ...(await jose.exportJWK(publicKey)), kid: 'jose-1', alg, use: 'sig' };
+const access = await new jose.SignJWT({ sid: 'jose-session' })
+  .setProtectedHeader({ alg, typ: 'JWT', kid: 'jose-1' })
+  .setIssuer(iss).setAudience(aud).setSubject('jose-user')
+  .setIssuedAt(now - 60).setExpirationTime(now + 3600)
+  .sign(privateKey);
+const logout = await new jose.SignJWT({
+    sid: 'jose-session',
+    events: { 'http://schemas.openid.net/event/backchannel-logout': {} },
+  })
+  .setProtectedHeader({ alg, typ: 'logout+jwt', kid: 'jose-1' })
+  .setIssuer(iss).setAudience(aud).setSubject('jose-user')
+  .setIssuedAt(now).setExpirationTime(now + 120).setJti(crypto.randomUUID())
+  .sign(privateKey);
+process.stdout.write(JSON.stringify({ jwk, access, logout }));
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_minted_by_the_jose_library_are_verified_through_a_jwks_server() {
+    // .ci/run installs it: npm install --prefix target/node jose@6
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/node");
+    if !dir.join("node_modules/jose").is_dir() {
+        eprintln!(
+            "skipped: the jose library is not installed (npm install --prefix target/node jose@6)"
+        );
+        return;
+    }
+    for alg in ["ES256", "RS256", "EdDSA"] {
+        let output = std::process::Command::new("node")
+            .current_dir(&dir)
+            .args(["--input-type=module", "-e", JOSE_IDP, alg, ISSUER, AUDIENCE])
+            .arg(now().to_string())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "node (jose, {alg}) failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let minted: Value = serde_json::from_slice(&output.stdout).unwrap();
+        check_outside_tokens(&minted, "jose-session").await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
