@@ -251,13 +251,35 @@ impl<'a> Refusal<'a> {
     }
 
     fn problem_json(&self) -> Bytes {
+        // The problem types of draft-ietf-httpapi-ratelimit-headers-11 §4
+        // for a spent quota and a limiter that cannot decide; `about:blank`
+        // (the status says it all) for the rest.
+        let (kind, title) = match self.kind {
+            RefusalKind::RateLimited => (
+                QUOTA_EXCEEDED,
+                "Request cannot be satisfied as assigned quota has been exceeded",
+            ),
+            RefusalKind::LimiterUnavailable => (
+                TEMPORARY_REDUCED_CAPACITY,
+                "Request cannot be satisfied due to temporary reduced capacity",
+            ),
+            _ => (
+                "about:blank",
+                self.status.canonical_reason().unwrap_or("Error"),
+            ),
+        };
+        let violated = self
+            .policy
+            .filter(|_| self.kind == RefusalKind::RateLimited)
+            .map(|policy| [policy]);
         let body = ProblemBody {
-            kind: "about:blank",
-            title: self.status.canonical_reason().unwrap_or("Error"),
+            kind,
+            title,
             status: self.status.as_u16(),
             detail: &self.detail,
             reason: self.reason,
             policy: self.policy,
+            violated_policies: violated.as_ref().map(<[&str; 1]>::as_slice),
         };
         // Serialising a struct of strings and integers cannot fail.
         serde_json::to_vec(&body).map_or_else(|_| Bytes::new(), Bytes::from)
@@ -352,7 +374,20 @@ struct ProblemBody<'a> {
     reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     policy: Option<&'a str>,
+    /// draft-ietf-httpapi-ratelimit-headers-11's extension member of
+    /// `quota-exceeded`: the policies whose quota is spent.
+    #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
+    violated_policies: Option<&'a [&'a str]>,
 }
+
+/// The problem type of a spent quota (draft-ietf-httpapi-ratelimit-headers-11).
+pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+/// The problem type of a service that sheds load because it cannot decide
+/// (draft-ietf-httpapi-ratelimit-headers-11): the rate-limit store failing
+/// closed.
+pub const TEMPORARY_REDUCED_CAPACITY: &str =
+    "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity";
 
 /// RFC 6750 limits `error_description` to printable ASCII without `"` and `\`.
 fn quoted(detail: &str) -> String {
@@ -424,6 +459,29 @@ mod tests {
         let res = refusal.render(&parts(Method::GET, None));
         let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
         assert_eq!(v["policy"], "per-ip");
+        // draft-ietf-httpapi-ratelimit-headers-11's problem type, beside
+        // tollgate's own members.
+        assert_eq!(v["type"], QUOTA_EXCEEDED);
+        assert_eq!(v["violated-policies"], serde_json::json!(["per-ip"]));
+        assert_eq!(v["reason"], "rate_limited");
+        assert_eq!(v["status"], 429);
+    }
+
+    #[test]
+    fn a_limiter_failing_closed_reports_reduced_capacity() {
+        let refusal = Refusal::new(
+            RefusalKind::LimiterUnavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            GrpcCode::Unavailable,
+            "limiter_unavailable",
+            "the rate limiter cannot decide",
+        )
+        .with_policy("per-ip");
+        let res = refusal.render(&parts(Method::GET, None));
+        let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(v["type"], TEMPORARY_REDUCED_CAPACITY);
+        assert!(v.get("violated-policies").is_none());
+        assert_eq!(v["status"], 503);
     }
 
     #[test]

@@ -113,6 +113,11 @@ async fn burst_then_429_then_exactly_one_per_interval() {
         serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["reason"], "rate_limited");
     assert_eq!(body["status"], 429);
+    assert_eq!(
+        body["type"],
+        "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    );
+    assert_eq!(body["violated-policies"], serde_json::json!(["test"]));
 
     // Just before one interval: still refused. At exactly one: one more.
     clock.advance(Duration::from_millis(999));
@@ -852,4 +857,49 @@ async fn refusals_name_the_policy_and_take_a_custom_responder() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.headers()["x-custom"], "yes");
+}
+
+#[tokio::test]
+async fn t_is_the_time_until_more_quota_on_allowed_responses() {
+    // One unit a second, five at most (draft-ietf-httpapi-ratelimit-headers-11).
+    let (layer, clock) = fake(Quota::per_minute(60).burst(5), KeyBy::peer_ip());
+    let mut svc = limited(layer);
+    let ratelimit = |res: &Response<_>| res.headers()["ratelimit"].to_str().unwrap().to_owned();
+    let mut last = String::new();
+    for _ in 0..5 {
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(from("192.0.2.1"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        last = ratelimit(&res);
+    }
+    // Empty: the next unit in 1 s (the bucket is full again only in 5 s).
+    assert_eq!(last, "\"test\";r=0;t=1");
+    // 2.5 s later, two units are back and a third comes in 0.5 s; this
+    // request spends one: one left, the next in 1 s (rounded up).
+    clock.advance(Duration::from_millis(2_500));
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(from("192.0.2.1"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(ratelimit(&res), "\"test\";r=1;t=1");
+    // Left alone 10 s: full, so nothing more to come after this request's
+    // unit, which is back in 1 s.
+    clock.advance(Duration::from_secs(10));
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(from("192.0.2.1"))
+        .await
+        .unwrap();
+    assert_eq!(ratelimit(&res), "\"test\";r=4;t=1");
 }

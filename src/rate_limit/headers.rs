@@ -15,9 +15,11 @@ use super::store::Decision;
 pub enum HeaderStyle {
     /// None.
     Off,
-    /// The IETF fields of draft-ietf-httpapi-ratelimit-headers-10:
-    /// `RateLimit-Policy: "name";q=100;w=60` and `RateLimit: "name";r=42;t=18`
-    /// (the default).
+    /// The IETF fields of draft-ietf-httpapi-ratelimit-headers-11:
+    /// `RateLimit-Policy: "name";q=100;w=60` and `RateLimit: "name";r=42;t=1`,
+    /// `t` being the seconds until more quota is available (the next unit;
+    /// 0 with the quota full; on a refusal, until a retry may pass). The
+    /// default.
     #[default]
     Ietf,
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`
@@ -32,6 +34,11 @@ static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy"
 static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Whole seconds of `ns` nanoseconds, rounded up.
+fn ceil_ns(ns: u64) -> u64 {
+    ns / 1_000_000_000 + u64::from(!ns.is_multiple_of(1_000_000_000))
+}
 
 /// Whole seconds, rounded up.
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
@@ -52,6 +59,8 @@ pub(crate) struct PolicyHeaders {
     policy: HeaderValue,
     /// The burst, for `X-RateLimit-Limit`.
     burst: u32,
+    /// How long one unit of quota takes to come back, in nanoseconds.
+    interval_ns: u64,
     limit: HeaderValue,
     /// `"name";r=`: the start of every `RateLimit` value.
     prefix: &'static [u8],
@@ -68,20 +77,22 @@ fn leak(text: String) -> HeaderValue {
 
 /// The interned header text of `policy`.
 pub(crate) fn policy_headers(policy: &Policy) -> &'static PolicyHeaders {
-    type Interned = HashMap<(Arc<str>, u32, u64), &'static PolicyHeaders>;
+    type Interned = HashMap<(Arc<str>, u32, u64, Duration), &'static PolicyHeaders>;
     static INTERNED: LazyLock<Mutex<Interned>> = LazyLock::new(Mutex::default);
     let burst = policy.quota.burst_size();
     let window = policy.quota.window_secs();
+    let interval = policy.quota.replenish_interval();
     let mut interned = INTERNED.lock().unwrap_or_else(PoisonError::into_inner);
     let next = u32::try_from(interned.len()).unwrap_or(u32::MAX);
     interned
-        .entry((Arc::clone(&policy.name), burst, window))
+        .entry((Arc::clone(&policy.name), burst, window, interval))
         .or_insert_with(|| {
             let name = &policy.name;
             Box::leak(Box::new(PolicyHeaders {
                 id: next,
                 policy: leak(format!("\"{name}\";q={burst};w={window}")),
                 burst,
+                interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
                 limit: int_value(u64::from(burst)),
                 prefix: Box::leak(format!("\"{name}\";r=").into_bytes().into_boxed_slice()),
             }))
@@ -180,8 +191,12 @@ pub(crate) struct Stamp {
     style: HeaderStyle,
     limit: u32,
     remaining: u32,
-    /// Seconds: until the quota is full again, or until a retry may pass.
+    /// Seconds until the quota is full again, or until a retry may pass
+    /// (`X-RateLimit-Reset`).
     reset: u64,
+    /// Seconds until more quota is available (`RateLimit`'s `t`, draft-11):
+    /// the next unit; 0 when the quota is full.
+    next: u64,
 }
 
 impl Stamp {
@@ -194,9 +209,30 @@ impl Stamp {
         if style == HeaderStyle::Off {
             return None;
         }
-        let reset = match decision.retry_after {
-            Some(retry) => ceil_secs(retry).max(1),
-            None => ceil_secs(decision.reset_after),
+        let (reset, next) = match decision.retry_after {
+            Some(retry) => {
+                let retry = ceil_secs(retry).max(1);
+                (retry, retry)
+            }
+            None => {
+                // Units come back one interval apart, the last one at
+                // `reset_after`: the next one comes when all but the
+                // missing ones after it are back. (Integer nanoseconds: this
+                // is on every limited response.)
+                let reset = ceil_secs(decision.reset_after);
+                let next = match decision.limit.saturating_sub(decision.remaining) {
+                    0 => 0,
+                    1 => reset,
+                    missing => {
+                        let reset_ns =
+                            u64::try_from(decision.reset_after.as_nanos()).unwrap_or(u64::MAX);
+                        ceil_ns(reset_ns.saturating_sub(
+                            headers.interval_ns.saturating_mul(u64::from(missing - 1)),
+                        ))
+                    }
+                };
+                (reset, next)
+            }
         };
         Some(Self {
             headers,
@@ -204,6 +240,7 @@ impl Stamp {
             limit: decision.limit,
             remaining: decision.remaining,
             reset,
+            next,
         })
     }
 
@@ -215,13 +252,14 @@ impl Stamp {
             limit,
             remaining,
             reset,
+            next,
         } = *self;
         if matches!(style, HeaderStyle::Ietf | HeaderStyle::Both) {
             // Both fields are lists: stacked limiters each add their item (as
             // another field line, which HTTP combines with a comma) instead of
             // overwriting the inner limiter's.
             map.append(RATELIMIT_POLICY.clone(), headers.policy.clone());
-            map.append(RATELIMIT.clone(), rate_value(headers, remaining, reset));
+            map.append(RATELIMIT.clone(), rate_value(headers, remaining, next));
         }
         if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both) {
             // One value each: the most restrictive limiter's (fewest remaining).
@@ -258,11 +296,42 @@ mod tests {
     fn ietf_syntax() {
         let p = Policy::new("user", Quota::per_minute(600).burst(100), 0).unwrap();
         let mut h = HeaderMap::new();
-        let d = Decision::allowed(100, 42, Duration::from_millis(17_100));
+        // 58 units missing, one every 100 ms: the next in 50 ms.
+        let d = Decision::allowed(100, 42, Duration::from_millis(5_750));
         apply(&mut h, HeaderStyle::Ietf, &p, &d);
         assert_eq!(h["ratelimit-policy"], "\"user\";q=100;w=10");
-        assert_eq!(h["ratelimit"], "\"user\";r=42;t=18");
+        assert_eq!(h["ratelimit"], "\"user\";r=42;t=1");
         assert!(h.get("x-ratelimit-limit").is_none());
+    }
+
+    #[test]
+    fn t_is_the_time_until_more_quota_not_until_a_full_one() {
+        // One unit a minute, five at most.
+        let p = Policy::new("slow", Quota::per_minute(1).burst(5), 0).unwrap();
+        let stamp = |remaining, reset_after| {
+            let mut h = HeaderMap::new();
+            let d = Decision::allowed(5, remaining, Duration::from_secs(reset_after));
+            apply(&mut h, HeaderStyle::Both, &p, &d);
+            (
+                h["ratelimit"].to_str().unwrap().to_owned(),
+                h["x-ratelimit-reset"].to_str().unwrap().to_owned(),
+            )
+        };
+        // Three missing, full in 170 s: the next unit in 50 s.
+        assert_eq!(stamp(2, 170), ("\"slow\";r=2;t=50".into(), "170".into()));
+        // One missing: it is the next.
+        assert_eq!(stamp(4, 60), ("\"slow\";r=4;t=60".into(), "60".into()));
+        // Full: nothing more to come.
+        assert_eq!(stamp(5, 0), ("\"slow\";r=5;t=0".into(), "0".into()));
+        // Refused: until a retry may pass.
+        let mut h = HeaderMap::new();
+        apply(
+            &mut h,
+            HeaderStyle::Ietf,
+            &p,
+            &Decision::limited(5, Duration::from_millis(59_001)),
+        );
+        assert_eq!(h["ratelimit"], "\"slow\";r=0;t=60");
     }
 
     #[test]
@@ -285,7 +354,7 @@ mod tests {
         let ip = Policy::new("per-ip", Quota::per_minute(1200).burst(200), 0).unwrap();
         let mut h = HeaderMap::new();
         let inner = Decision::limited(100, Duration::from_secs(2));
-        let outer = Decision::allowed(200, 150, Duration::from_secs(15));
+        let outer = Decision::allowed(200, 150, Duration::from_millis(2_460));
         apply(&mut h, HeaderStyle::Both, &user, &inner);
         apply(&mut h, HeaderStyle::Both, &ip, &outer);
         let all = |name: &str| {
@@ -295,7 +364,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        assert_eq!(all("ratelimit"), "\"user\";r=0;t=2, \"per-ip\";r=150;t=15");
+        assert_eq!(all("ratelimit"), "\"user\";r=0;t=2, \"per-ip\";r=150;t=1");
         assert_eq!(
             all("ratelimit-policy"),
             "\"user\";q=100;w=10, \"per-ip\";q=200;w=10"
@@ -317,12 +386,14 @@ mod tests {
                 for t in [0u64, 1, 18, 59, 60, 3600, u64::MAX] {
                     for policy in [&a, &b] {
                         let mut h = HeaderMap::new();
-                        let d = Decision::allowed(100, r, Duration::from_secs(t));
+                        // One unit missing: the next comes at the reset.
+                        let d = Decision::allowed(r.saturating_add(1), r, Duration::from_secs(t));
                         apply(&mut h, HeaderStyle::Both, policy, &d);
                         let name = policy.name();
+                        let next = if r == u32::MAX { 0 } else { t };
                         assert_eq!(
                             h["ratelimit"],
-                            format!("\"{name}\";r={r};t={t}"),
+                            format!("\"{name}\";r={r};t={next}"),
                             "round {round}"
                         );
                         assert_eq!(h["x-ratelimit-remaining"], r.to_string());
