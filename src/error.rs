@@ -4,9 +4,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use http::StatusCode;
-
-use crate::reject::GrpcCode;
 
 /// A layer, key or quota could not be built from the configuration it was given.
 ///
@@ -108,24 +105,6 @@ impl AuthErrorKind {
             Self::InvalidHeader => "invalid_header",
             Self::Forbidden => "insufficient_scope",
             Self::Revoked => "revoked",
-        }
-    }
-
-    /// The HTTP status of the default response: 401, 403 for
-    /// [`Forbidden`](Self::Forbidden), 431 for [`TooLarge`](Self::TooLarge).
-    pub fn status(self) -> StatusCode {
-        match self {
-            Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            _ => StatusCode::UNAUTHORIZED,
-        }
-    }
-
-    /// The gRPC status of the default response.
-    pub fn grpc_code(self) -> GrpcCode {
-        match self {
-            Self::Forbidden => GrpcCode::PermissionDenied,
-            _ => GrpcCode::Unauthenticated,
         }
     }
 }

@@ -64,6 +64,28 @@ impl GrpcCode {
     }
 }
 
+// How an auth refusal is answered lives with the answers (here), not with
+// the error: `error` depends on nothing of the crate's.
+impl AuthErrorKind {
+    /// The HTTP status of the default response: 401, 403 for
+    /// [`Forbidden`](Self::Forbidden), 431 for [`TooLarge`](Self::TooLarge).
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The gRPC status of the default response.
+    pub fn grpc_code(self) -> GrpcCode {
+        match self {
+            Self::Forbidden => GrpcCode::PermissionDenied,
+            _ => GrpcCode::Unauthenticated,
+        }
+    }
+}
+
 /// Which layer refused, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
