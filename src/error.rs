@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-
 /// A layer, key or quota could not be built from the configuration it was given.
 ///
 /// The message names the setting and says what to change; it never contains key
