@@ -192,11 +192,13 @@ pub(crate) struct Stamp {
     limit: u32,
     remaining: u32,
     /// Seconds until the quota is full again, or until a retry may pass
-    /// (`X-RateLimit-Reset`).
-    reset: u64,
+    /// (`X-RateLimit-Reset`). Seconds are kept as `u32` (136 years,
+    /// saturating) so that the stamp, which rides in every response future,
+    /// stays 32 bytes.
+    reset: u32,
     /// Seconds until more quota is available (`RateLimit`'s `t`, draft-11):
     /// the next unit; 0 when the quota is full.
-    next: u64,
+    next: u32,
 }
 
 impl Stamp {
@@ -234,6 +236,8 @@ impl Stamp {
                 (reset, next)
             }
         };
+        let secs = |s: u64| u32::try_from(s).unwrap_or(u32::MAX);
+        let (reset, next) = (secs(reset), secs(next));
         Some(Self {
             headers,
             style,
@@ -259,7 +263,10 @@ impl Stamp {
             // another field line, which HTTP combines with a comma) instead of
             // overwriting the inner limiter's.
             map.append(RATELIMIT_POLICY.clone(), headers.policy.clone());
-            map.append(RATELIMIT.clone(), rate_value(headers, remaining, next));
+            map.append(
+                RATELIMIT.clone(),
+                rate_value(headers, remaining, u64::from(next)),
+            );
         }
         if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both) {
             // One value each: the most restrictive limiter's (fewest remaining).
@@ -275,7 +282,7 @@ impl Stamp {
                 };
                 map.insert(X_LIMIT.clone(), limit);
                 map.insert(X_REMAINING.clone(), int_value(u64::from(remaining)));
-                map.insert(X_RESET.clone(), int_value(reset));
+                map.insert(X_RESET.clone(), int_value(u64::from(reset)));
             }
         }
     }
@@ -383,7 +390,8 @@ mod tests {
         let b = Policy::new("b-longer", Quota::per_minute(600).burst(100), 1).unwrap();
         for round in 0..2 {
             for r in [0u32, 1, 7, 99, 100, 1023, 1024, u32::MAX] {
-                for t in [0u64, 1, 18, 59, 60, 3600, u64::MAX] {
+                // Seconds saturate at u32::MAX (136 years).
+                for t in [0u64, 1, 18, 59, 60, 3600, u64::from(u32::MAX)] {
                     for policy in [&a, &b] {
                         let mut h = HeaderMap::new();
                         // One unit missing: the next comes at the reset.
