@@ -703,3 +703,69 @@ async fn a_logout_received_while_redis_is_down_reaches_the_other_replica_once_it
     );
     assert!(a_set.sync_failures() > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_or_flushed_redis_delays_no_logout_beyond_the_call_timeout() {
+    let mut server = redis_support::Server::started();
+    let url = server.url();
+    let prefix = redis_support::prefix("backchannel-freeze");
+    let (a, _) = replica(&url, &prefix).await;
+    let (b, b_set) = replica(&url, &prefix).await;
+    let client = reqwest::Client::new();
+
+    // Frozen (SIGSTOP): connections stay open and nothing answers. The
+    // replay check gives up after the call timeout (1 s) and the logout goes
+    // ahead on this replica's record.
+    server.freeze();
+    let token = logout_token(&logout_claims(Some("sid-frozen"), None));
+    let started = Instant::now();
+    let (status, _, body) = http_logout(&client, &a, &token).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(took < Duration::from_millis(2_500), "took {took:?}");
+    assert_eq!(
+        http_me(&client, &a, &access("eve", Some("sid-frozen"), 60)).await,
+        401
+    );
+    // Thawed: the other replica learns of it.
+    server.thaw();
+    assert!(
+        redis_support::eventually(Duration::from_secs(10), || b_set.is_session_revoked(
+            Some(ISSUER),
+            "sid-frozen",
+            now()
+        ))
+        .await,
+        "the logout made while Redis was frozen never reached replica B"
+    );
+    assert_eq!(
+        http_me(&client, &b, &access("eve", Some("sid-frozen"), 60)).await,
+        401
+    );
+
+    // FLUSHALL: the revocation comes back from the replicas that hold it
+    // (nothing lost), and a replay to the replica that took the token is
+    // still refused by its own record.
+    server.flushall();
+    assert!(
+        redis_support::eventually(Duration::from_secs(10), || {
+            let mut conn = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            redis::cmd("ZRANGE")
+                .arg(format!("{prefix}:entries"))
+                .arg(0)
+                .arg(-1)
+                .query::<Vec<String>>(&mut conn)
+                .unwrap_or_default()
+                .iter()
+                .any(|member| member.contains("\"sid-frozen\""))
+        })
+        .await,
+        "the session revocation was not written back after FLUSHALL"
+    );
+    assert_eq!(http_logout(&client, &a, &token).await.0, 400);
+    // `server` is stopped when dropped.
+    server.restart();
+}

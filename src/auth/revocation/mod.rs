@@ -51,8 +51,15 @@ struct Cut {
     until: u64,
 }
 
-/// A revoked session of one issuer: (issuer, keep until).
-type SessionCut = (Option<Box<str>>, u64);
+/// A revoked session of one issuer.
+#[derive(Debug, Clone)]
+struct SessionCut {
+    issuer: Option<Box<str>>,
+    /// When it was revoked (sent along, so that each replica holds it by
+    /// its own settings, and written back if Redis loses it).
+    at: u64,
+    until: u64,
+}
 
 #[derive(Default)]
 struct Shard {
@@ -392,7 +399,7 @@ impl Revocations {
     pub fn revoke_session(&self, issuer: Option<&str>, sid: &str) {
         let at = self.now();
         let until = self.subject_until(at);
-        let added = self.hold_session(issuer, sid, until);
+        let added = self.hold_session(issuer, sid, at, until);
         self.added(added);
         #[cfg(feature = "redis")]
         if let Some(link) = self.inner.link.get() {
@@ -405,16 +412,21 @@ impl Revocations {
     }
 
     /// Holds a session revocation, without cleaning: whether it is new.
-    fn hold_session(&self, issuer: Option<&str>, sid: &str, until: u64) -> bool {
+    fn hold_session(&self, issuer: Option<&str>, sid: &str, at: u64, until: u64) -> bool {
         let mut shard = write(self.shard(sid));
         let cuts = shard.sessions.entry(sid.into()).or_default();
-        let added = match cuts.iter_mut().find(|(i, _)| i.as_deref() == issuer) {
-            Some((_, held)) => {
-                *held = (*held).max(until);
+        let added = match cuts.iter_mut().find(|cut| cut.issuer.as_deref() == issuer) {
+            Some(cut) => {
+                cut.at = cut.at.max(at);
+                cut.until = cut.until.max(until);
                 false
             }
             None => {
-                cuts.push((issuer.map(Into::into), until));
+                cuts.push(SessionCut {
+                    issuer: issuer.map(Into::into),
+                    at,
+                    until,
+                });
                 true
             }
         };
@@ -504,7 +516,7 @@ impl Revocations {
             if !shard.sessions.is_empty()
                 && shard.sessions.get(sid).is_some_and(|cuts| {
                     cuts.iter()
-                        .any(|(i, until)| i.as_deref() == issuer && now < *until)
+                        .any(|cut| cut.issuer.as_deref() == issuer && now < cut.until)
                 })
             {
                 return true;
@@ -602,7 +614,7 @@ impl Revocations {
             !cuts.is_empty()
         });
         shard.sessions.retain(|_, cuts| {
-            cuts.retain(|(_, until)| now < *until);
+            cuts.retain(|cut| now < cut.until);
             !cuts.is_empty()
         });
         let removed = before - held(&shard);

@@ -432,8 +432,9 @@ impl Revocations {
                     _ => return None,
                 };
                 // This replica's own bound may be longer than the sender's.
-                let until = until.max(self.subject_until(at.as_u64()?));
-                Some(self.hold_session(issuer, sid, until))
+                let at = at.as_u64()?;
+                let until = until.max(self.subject_until(at));
+                Some(self.hold_session(issuer, sid, at, until))
             }
             _ => None,
         }
@@ -553,6 +554,16 @@ impl Revocations {
                         issuer: cut.issuer.as_deref(),
                         subject,
                         before: cut.before,
+                    };
+                    members.extend(entry.encode(cut.until));
+                }
+            }
+            for (sid, cuts) in &shard.sessions {
+                for cut in cuts {
+                    let entry = Entry::Session {
+                        issuer: cut.issuer.as_deref(),
+                        sid,
+                        at: cut.at,
                     };
                     members.extend(entry.encode(cut.until));
                 }
