@@ -773,6 +773,10 @@ pub struct RouteRules<S> {
     table: RouteTable,
 }
 
+impl<S> RouteRules<S> {
+    crate::macros::inner_accessors!(S);
+}
+
 impl<S, B> Service<Request<B>> for RouteRules<S>
 where
     S: Service<Request<B>>,

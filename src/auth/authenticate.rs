@@ -273,8 +273,10 @@ where
     }
     // Route rules, when a RouteRulesLayer outside put the request's rule
     // here: its access replaces the layer's mode.
+    // Borrowed, not cloned: only a route that needs grants is kept (an `Arc`
+    // clone) past this point.
     let route = match req.extensions().get::<MatchedRoute>() {
-        Some(MatchedRoute(route)) => Some(Arc::clone(route)),
+        Some(MatchedRoute(route)) => Some(route),
         None => state.routes.as_ref().map(|table| {
             static WARNED: std::sync::atomic::AtomicBool =
                 std::sync::atomic::AtomicBool::new(false);
@@ -287,23 +289,25 @@ where
                      apply to every route"
                 );
             }
-            Arc::clone(table.matched(req.method(), req.uri().path()))
+            table.matched(req.method(), req.uri().path())
         }),
     };
     let (mode, needs) = match route {
-        None => (mode, None),
+        None => (Some(mode), None),
         Some(route) => {
             let mode = match route.access_mode() {
-                Access::Off => {
-                    req.extensions_mut().insert(Anonymous::new(None));
-                    return Verdict::Pass((req, None));
-                }
-                Access::Optional => AuthMode::Optional,
-                Access::Lenient => AuthMode::Lenient,
-                _ => AuthMode::Required,
+                Access::Off => None,
+                Access::Optional => Some(AuthMode::Optional),
+                Access::Lenient => Some(AuthMode::Lenient),
+                _ => Some(AuthMode::Required),
             };
-            (mode, route.needs_grants().then_some(route))
+            (mode, route.needs_grants().then(|| Arc::clone(route)))
         }
+    };
+    let Some(mode) = mode else {
+        // Access off: the token is not looked at.
+        req.extensions_mut().insert(Anonymous::new(None));
+        return Verdict::Pass((req, None));
     };
     let error = match state.authenticate(req.headers(), allow_refresh) {
         Outcome::Authenticated(authenticated)

@@ -47,13 +47,8 @@ struct LogoutClaims {
     #[serde(default)]
     sid: Option<String>,
     /// `Some` when the claim is there at all, `null` included.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "verify::present")]
     nonce: Option<IgnoredAny>,
-}
-
-/// Tells a claim that is present (even as `null`) from one that is absent.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IgnoredAny>, D::Error> {
-    IgnoredAny::deserialize(d).map(Some)
 }
 
 /// The providers and clock of an auth layer, whatever its claims type.

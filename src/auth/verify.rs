@@ -73,7 +73,7 @@ struct Header<'a> {
 }
 
 /// Tells a parameter that is present (even as `null`) from one that is absent.
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: de::Deserializer<'de>,
     T: Deserialize<'de>,
