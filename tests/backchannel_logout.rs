@@ -10,27 +10,17 @@ mod redis_support;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use common::{AUDIENCE, ISSUER, mint, mint_with};
+use common::{AUDIENCE, ISSUER, mint, mint_with, serve};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use jsonwebtoken::Algorithm;
+use redis_support::now;
 use serde_json::{Value, json};
 use tollgate::auth::{
     BACKCHANNEL_LOGOUT_EVENT, BackChannelLogout, JwtAuthLayer, Key, Provider, RedisRevocations,
     Revocations,
 };
 use tower::{Layer, ServiceExt, service_fn};
-
-/// The real time, fixed for the process (Redis keeps its own clock).
-fn now() -> u64 {
-    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *START.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    })
-}
 
 fn layer(revocations: &Revocations) -> JwtAuthLayer<Value> {
     JwtAuthLayer::<Value>::builder()
@@ -436,9 +426,7 @@ async fn replica(url: &str, prefix: &str) -> (String, Revocations) {
             axum::routing::get(|| async { "me" }).layer(auth.clone()),
         )
         .route_service("/backchannel-logout", receiver(&auth));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = serve(app).await;
     (base, revocations)
 }
 
@@ -561,9 +549,7 @@ async fn check_outside_tokens(minted: &Value, sid: &str) {
             async move { axum::Json(keys) }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let jwks = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let jwks = format!("{}/jwks.json", serve(app).await);
 
     let revocations = Revocations::new().clock(now);
     let remote = tollgate::auth::RemoteKeys::jwks(jwks)

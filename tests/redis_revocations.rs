@@ -15,22 +15,10 @@ use common::{AUDIENCE, ISSUER, SECRET, mint};
 use http::{Request, Response, StatusCode, header};
 use jsonwebtoken::Algorithm;
 use redis_support::faults::FaultProxy;
-use redis_support::{Logs, Server, client_count, only_client_left, prefix, raw, shared_url};
+use redis_support::{Logs, Server, client_count, now, only_client_left, prefix, raw, shared_url};
 use serde_json::{Value, json};
 use tollgate::auth::{JwtAuthLayer, Key, RedisRevocations, Revocations};
 use tower::{Layer, ServiceExt, service_fn};
-
-/// The tests' clock: the real time when the process started, fixed, since
-/// Redis trims the shared set by its own clock (`TIME`).
-fn now() -> u64 {
-    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *START.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    })
-}
 
 /// Claims that pass the layer's rules at [`now`].
 fn good_claims() -> Value {

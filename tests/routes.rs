@@ -113,10 +113,7 @@ async fn serve_axum() -> String {
                 .layer(user)
                 .layer(strict),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    base
+    serve(app).await
 }
 
 async fn status(
@@ -334,9 +331,7 @@ async fn a_route_needing_roles_behind_a_layer_that_does_not_read_them_is_refused
     let app = axum::Router::new()
         .route("/admin/{*rest}", axum::routing::get(|| async { "ok" }))
         .layer(ServiceBuilder::new().layer(table.layer()).layer(auth));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = serve(app).await;
     let admin = token(json!({"roles": ["admin"]}));
     let client = reqwest::Client::new();
     assert_eq!(
@@ -388,9 +383,7 @@ async fn a_file_holds_several_named_limits_that_routes_refer_to() {
                 .layer(per_ip)
                 .layer(user),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = serve(app).await;
     let client = reqwest::Client::new();
     let get = |path: &str| status(&client, reqwest::Method::GET, format!("{base}{path}"), None);
     for _ in 0..5 {
@@ -431,10 +424,7 @@ async fn serve_with(layers: &str) -> String {
         "auth only" => app.layer(auth),
         _ => app.layer(ServiceBuilder::new().layer(table.layer()).layer(auth)),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    base
+    serve(app).await
 }
 
 #[tokio::test]
@@ -541,9 +531,7 @@ async fn roles_are_whole_strings_scopes_are_space_separated() {
         .route("/admins", axum::routing::get(|| async { "ok" }))
         .route("/writers", axum::routing::get(|| async { "ok" }))
         .layer(ServiceBuilder::new().layer(table.layer()).layer(auth));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = serve(app).await;
     let client = reqwest::Client::new();
     let get = |path: &str, claims: Value| {
         status(

@@ -98,13 +98,31 @@ pub fn cookie_request(cookie: &'static str) -> impl Fn() -> Request<()> {
 }
 
 pub fn auth_layer(key: Key, cache: bool) -> JwtAuthLayer<User> {
+    auth_builder(key, cache).build().expect("auth layer")
+}
+
+fn auth_builder(key: Key, cache: bool) -> tollgate::auth::JwtAuthBuilder<User> {
     let builder = JwtAuthLayer::<User>::builder()
         .key(key)
         .cookie("da3")
         .issuer("https://auth.example")
         .audience("api");
-    let builder = if cache { builder.cache(1_000) } else { builder };
-    builder.build().expect("auth layer")
+    if cache { builder.cache(1_000) } else { builder }
+}
+
+/// The per-IP and per-subject limits of the stack cases, with a quota that
+/// refills faster than requests come.
+fn stack_limits() -> (RateLimitLayer, RateLimitLayer) {
+    let steady = Quota::per_second(1_000_000_000).burst(100);
+    let per_ip = RateLimitLayer::builder("per-ip", steady)
+        .key(KeyBy::peer_ip())
+        .build()
+        .expect("layer");
+    let per_user = RateLimitLayer::builder("anonymous", steady)
+        .authenticated("registered", steady)
+        .build()
+        .expect("layer");
+    (per_ip, per_user)
 }
 
 pub fn case<S, B>(mut svc: S, request: impl Fn() -> Request<()> + 'static) -> Case
@@ -239,15 +257,7 @@ pub fn tower_governor_headers() -> Case {
 /// mounts them, with a quota that refills faster than requests come.
 pub fn stack_cache_hit() -> Case {
     tollgate::crypto::install_default_provider();
-    let steady = Quota::per_second(1_000_000_000).burst(100);
-    let per_ip = RateLimitLayer::builder("per-ip", steady)
-        .key(KeyBy::peer_ip())
-        .build()
-        .expect("layer");
-    let per_user = RateLimitLayer::builder("anonymous", steady)
-        .authenticated("registered", steady)
-        .build()
-        .expect("layer");
+    let (per_ip, per_user) = stack_limits();
     let svc = ServiceBuilder::new()
         .layer(per_ip)
         .layer(auth_layer(Key::hmac(SECRET).expect("key"), true))
@@ -287,21 +297,8 @@ pub fn routes_stack_cache_hit() -> Case {
         .route(Route::new("/").limits(["per-ip", "anonymous"]))
         .build()
         .expect("route table");
-    let steady = Quota::per_second(1_000_000_000).burst(100);
-    let per_ip = RateLimitLayer::builder("per-ip", steady)
-        .key(KeyBy::peer_ip())
-        .build()
-        .expect("layer");
-    let per_user = RateLimitLayer::builder("anonymous", steady)
-        .authenticated("registered", steady)
-        .build()
-        .expect("layer");
-    let auth = JwtAuthLayer::<User>::builder()
-        .key(Key::hmac(SECRET).expect("key"))
-        .cookie("da3")
-        .issuer("https://auth.example")
-        .audience("api")
-        .cache(1_000)
+    let (per_ip, per_user) = stack_limits();
+    let auth = auth_builder(Key::hmac(SECRET).expect("key"), true)
         .routes(&table)
         .build()
         .expect("auth layer");

@@ -176,3 +176,12 @@ pub fn capture_logs(f: impl FnOnce()) -> String {
     tracing::subscriber::with_default(subscriber, f);
     String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
 }
+
+/// Serves `app` on a free loopback port for the rest of the test; its base
+/// URL (`http://127.0.0.1:port`).
+pub async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}

@@ -405,3 +405,15 @@ impl Logs {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
+
+/// The tests' clock: the real time when the process started, fixed (Redis
+/// trims shared sets by its own clock, `TIME`, so it must be near the truth).
+pub fn now() -> u64 {
+    static START: OnceLock<u64> = OnceLock::new();
+    *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    })
+}
