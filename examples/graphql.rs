@@ -63,13 +63,12 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
-use tollgate::auth::{
-    BackChannelLogout, JwtAuthLayer, Key, Refresh, RemoteKeys, Revocations, SigningKey,
-};
+use tollgate::auth::{BackChannelLogout, JwtAuthLayer, Key, RemoteKeys, Revocations};
 use tollgate::config::TollgateConfig;
 use tollgate::csrf::CsrfGuardLayer;
 use tollgate::rate_limit::store::AnyStore;
 use tollgate::rate_limit::{KeyBy, LocalStore, Quota, RateLimitLayer, TrustedProxies};
+use tollgate::refresh::{Refresh, RefreshSessionLayer, SigningKey};
 use tollgate::routes::RouteTable;
 use tollgate::{Claims, Identity};
 use tower::ServiceBuilder;
@@ -371,7 +370,7 @@ pub(crate) async fn app(
     // Which layers do what on which route is declared in the `[routes]`
     // table of the policy file (or, without one, of examples/tollgate.toml).
     let routes = route_table(config)?;
-    let (auth, limit) = match &config.file {
+    let (auth, refresh, limit) = match &config.file {
         Some(file) => from_file(file, &local, &routes).await?,
         None => from_env(config, &local, &routes).await?,
     };
@@ -404,8 +403,9 @@ pub(crate) async fn app(
             .build()?,
     };
     // One stack on every route, in this order (ServiceBuilder: first is
-    // outermost): the route rules → per-IP limit → auth → CSRF guard → the
-    // per-subject limit. Each layer does on each route what its rule says.
+    // outermost): the route rules → per-IP limit → auth → sliding refresh
+    // (when on) → CSRF guard → the per-subject limit. Each layer does on
+    // each route what its rule says.
     Ok(Router::new()
         .route("/graphql", graphql_routes)
         .route("/me", get(me))
@@ -418,6 +418,7 @@ pub(crate) async fn app(
                 .layer(routes.layer())
                 .layer(per_ip)
                 .layer(auth)
+                .option_layer(refresh)
                 .layer(csrf)
                 .layer(limit),
         ))
@@ -452,7 +453,13 @@ fn route_table(config: &Config) -> Result<RouteTable, Box<dyn std::error::Error>
     Ok(routes.table(BUILTIN, Some(&known))?)
 }
 
-type Layers = (JwtAuthLayer<User>, RateLimitLayer<AnyStore>);
+/// The auth layer, the sliding refresh behind it (when on), and the
+/// per-caller limit.
+type Layers = (
+    JwtAuthLayer<User>,
+    Option<RefreshSessionLayer>,
+    RateLimitLayer<AnyStore>,
+);
 
 /// The policy from `TOLLGATE_CONFIG`.
 async fn from_file(
@@ -475,7 +482,10 @@ async fn from_file(
     if auth.revocation.is_none() {
         builder = builder.revocations(revocations.clone());
     }
-    Ok((builder.build()?, limit.layer().await?))
+    let layer = builder.build()?;
+    // `[auth.refresh]`: its own layer, built from the auth layer.
+    let refresh = auth.refresh_layer(&layer)?;
+    Ok((layer, refresh, limit.layer().await?))
 }
 
 /// The policy from the environment variables.
@@ -490,7 +500,7 @@ async fn from_env(
         (None, Some(issuer)) => builder.remote_keys(RemoteKeys::oidc_issuer(issuer).start().await?),
         (None, None) => builder.key(Key::hmac(&config.secret)?),
     };
-    let mut builder = builder
+    let builder = builder
         .cookie("da3")
         .bearer()
         .issuer(&config.issuer)
@@ -499,8 +509,10 @@ async fn from_env(
         .cache(10_000)
         .routes(routes)
         .revocations(revocations.clone());
-    if let Some(within) = config.refresh_within {
-        if config.jwks_url.is_some() || config.oidc_issuer.is_some() {
+    let auth = builder.build()?;
+    let refresh = match config.refresh_within {
+        None => None,
+        Some(_) if config.jwks_url.is_some() || config.oidc_issuer.is_some() => {
             return Err(
                 "TOLLGATE_REFRESH_WITHIN_SECS re-mints with TOLLGATE_SECRET: \
                         not with keys of an identity provider"
@@ -508,16 +520,18 @@ async fn from_env(
             );
         }
         // Re-mint near-expiry session cookies with the same secret.
-        builder = builder.refresh(Refresh::new(SigningKey::hmac(&config.secret)?, within));
-    }
-    let auth = builder.build()?;
+        Some(within) => Some(RefreshSessionLayer::new(
+            &auth,
+            Refresh::new(SigningKey::hmac(&config.secret)?, within),
+        )?),
+    };
     // Anonymous callers by client IP, registered callers by verified subject.
     let limit = RateLimitLayer::builder("anonymous", config.anon)
         .key(KeyBy::subject_or_client_ip(config.proxies.clone()))
         .authenticated("registered", config.user)
         .store(AnyStore::Local(LocalStore::new()))
         .build()?;
-    Ok((auth, limit))
+    Ok((auth, refresh, limit))
 }
 
 #[tokio::main]

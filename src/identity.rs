@@ -158,7 +158,7 @@ impl Identity {
     }
 
     /// The session's absolute end (the token's `session_end` claim, set by
-    /// a sliding refresh with [`Refresh::max_session`](crate::auth::Refresh::max_session)),
+    /// a sliding refresh with [`Refresh::max_session`](crate::refresh::Refresh::max_session)),
     /// in seconds since the Unix epoch: no successor of the token lives
     /// past it.
     pub fn session_ends_at(&self) -> Option<u64> {
@@ -194,5 +194,32 @@ impl Anonymous {
     /// a handler can clear an expired cookie. `None`: there was no token.
     pub fn rejected(&self) -> Option<AuthErrorKind> {
         self.rejected
+    }
+}
+
+/// The text of a request's verified token, put into its extensions by the
+/// auth layer only when a layer behind it needs the token itself (sliding
+/// refresh, forwarding) and was built from it. Crate-private: handlers see
+/// [`Identity`] and never the token.
+#[cfg(feature = "auth")]
+#[derive(Clone)]
+pub(crate) struct VerifiedToken(Box<str>);
+
+#[cfg(feature = "auth")]
+impl VerifiedToken {
+    pub(crate) fn new(token: &str) -> Self {
+        Self(token.into())
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(feature = "auth")]
+impl fmt::Debug for VerifiedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the token.
+        f.write_str("VerifiedToken(<redacted>)")
     }
 }

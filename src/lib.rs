@@ -105,6 +105,8 @@ pub mod crypto;
 #[cfg(feature = "csrf")]
 pub mod csrf;
 mod error;
+#[cfg(feature = "auth")]
+pub mod forward;
 mod future;
 pub mod identity;
 mod macros;
@@ -113,6 +115,8 @@ pub mod observe;
 pub mod rate_limit;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "auth")]
+pub mod refresh;
 pub mod reject;
 pub mod routes;
 #[cfg(feature = "test-util")]

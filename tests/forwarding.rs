@@ -25,13 +25,14 @@ use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 use tollgate::Identity;
-use tollgate::auth::{ForwardIdentity, ForwardIdentityLayer, ForwardedToken, JwtAuthLayer, Key};
+use tollgate::auth::{JwtAuthLayer, Key};
+use tollgate::forward::{ForwardIdentity, ForwardIdentityLayer, ForwardScopeLayer, ForwardedToken};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-fn auth(forward: bool) -> JwtAuthLayer<Value> {
+fn auth() -> JwtAuthLayer<Value> {
     JwtAuthLayer::<Value>::builder()
         .key(Key::hmac(SECRET).unwrap())
         .cookie("da3")
@@ -40,7 +41,6 @@ fn auth(forward: bool) -> JwtAuthLayer<Value> {
         .audience(AUDIENCE)
         .clock(|| NOW)
         .cache(100)
-        .forward_identity(forward)
         .build()
         .unwrap()
 }
@@ -57,7 +57,7 @@ async fn serve_tonic() -> (SocketAddr, Seen) {
     let addr = listener.local_addr().unwrap();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stack = ServiceBuilder::new()
-        .layer(auth(false))
+        .layer(auth())
         .map_request(move |req: http::Request<tonic::body::Body>| {
             let subject = req
                 .extensions()
@@ -96,11 +96,22 @@ async fn check(client: &mut HealthClient<ForwardIdentity<Channel>>) -> tonic::Co
 
 type Forwarding = HealthClient<ForwardIdentity<Channel>>;
 
+/// Where the front service's scope layer comes from.
+#[derive(Clone, Copy, PartialEq)]
+enum Scope {
+    /// No scope layer.
+    None,
+    /// Built from the front's auth layer and mounted behind it.
+    Built,
+    /// Built from another auth layer (a misconfiguration).
+    OtherAuth,
+}
+
 /// The front service: `/grpc` calls the tonic service in the handler, from a
 /// spawned task, and from a spawned task carrying the scope; `/http` calls
 /// the second axum service (allowed), then a third one (not allowed).
 async fn serve_front(
-    forward: bool,
+    scope: Scope,
     grpc_client: Forwarding,
     http_to: SocketAddr,
     other_to: SocketAddr,
@@ -172,11 +183,18 @@ async fn serve_front(
         http_to,
         other_to,
     };
-    let app = Router::new()
+    let auth = auth();
+    let mut app = Router::new()
         .route("/grpc", get(grpc))
-        .route("/http", get(http))
-        .route_layer(auth(forward).required())
-        .with_state(clients);
+        .route("/http", get(http));
+    match scope {
+        Scope::None => {}
+        // axum: the last route_layer is the outermost, so the scope runs
+        // behind the auth layer.
+        Scope::Built => app = app.route_layer(ForwardScopeLayer::new(&auth)),
+        Scope::OtherAuth => app = app.route_layer(ForwardScopeLayer::new(&self::auth())),
+    }
+    let app = app.route_layer(auth.required()).with_state(clients);
     serve(app).await
 }
 
@@ -195,7 +213,7 @@ async fn serve_who() -> SocketAddr {
     serve(
         Router::new()
             .route("/who", get(who))
-            .route_layer(auth(false).required()),
+            .route_layer(auth().required()),
     )
     .await
 }
@@ -231,7 +249,13 @@ async fn forwarding_client(addr: SocketAddr) -> Forwarding {
 async fn a_handler_calls_a_tonic_service_as_its_caller() {
     let (grpc_addr, seen) = serve_tonic().await;
     let client = forwarding_client(grpc_addr).await;
-    let front = serve_front(true, client.clone(), serve_who().await, serve_who().await).await;
+    let front = serve_front(
+        Scope::Built,
+        client.clone(),
+        serve_who().await,
+        serve_who().await,
+    )
+    .await;
     let mut claims = good_claims();
     claims["sub"] = "alice".into();
     let token = mint(Algorithm::HS256, &claims);
@@ -258,7 +282,7 @@ async fn a_handler_calls_a_tonic_service_as_its_caller() {
 async fn a_handler_calls_an_http_service_as_its_caller_unless_the_call_has_credentials() {
     let (grpc_addr, _seen) = serve_tonic().await;
     let client = forwarding_client(grpc_addr).await;
-    let front = serve_front(true, client, serve_who().await, serve_who().await).await;
+    let front = serve_front(Scope::Built, client, serve_who().await, serve_who().await).await;
     let mut claims = good_claims();
     claims["sub"] = "bob".into();
     let (status, body) = get_with_cookie(front, "/http", &mint(Algorithm::HS256, &claims)).await;
@@ -270,10 +294,28 @@ async fn a_handler_calls_an_http_service_as_its_caller_unless_the_call_has_crede
 }
 
 #[tokio::test]
+async fn a_scope_built_from_another_auth_layer_forwards_nothing() {
+    let (grpc_addr, seen) = serve_tonic().await;
+    let client = forwarding_client(grpc_addr).await;
+    let front = serve_front(
+        Scope::OtherAuth,
+        client,
+        serve_who().await,
+        serve_who().await,
+    )
+    .await;
+    let token = mint(Algorithm::HS256, &good_claims());
+    let (status, body) = get_with_cookie(front, "/grpc", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "Unauthenticated Unauthenticated Unknown");
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn without_forward_identity_nothing_is_forwarded() {
     let (grpc_addr, seen) = serve_tonic().await;
     let client = forwarding_client(grpc_addr).await;
-    let front = serve_front(false, client, serve_who().await, serve_who().await).await;
+    let front = serve_front(Scope::None, client, serve_who().await, serve_who().await).await;
     let token = mint(Algorithm::HS256, &good_claims());
     let (status, body) = get_with_cookie(front, "/grpc", &token).await;
     assert_eq!(status, StatusCode::OK);
@@ -299,7 +341,7 @@ async fn a_channel_client_not_built_for_its_origin_or_built_for_another_gets_not
             .layer(no_origin)
             .service(channel(grpc_addr).await),
     );
-    let front = serve_front(true, client, serve_who().await, serve_who().await).await;
+    let front = serve_front(Scope::Built, client, serve_who().await, serve_who().await).await;
     let (status, body) = get_with_cookie(front, "/grpc", &token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "Unauthenticated Unauthenticated Unauthenticated");

@@ -17,11 +17,37 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
+use tollgate::ConfigError;
 use tollgate::Identity;
-use tollgate::auth::{
-    JwtAuthBuilder, JwtAuthLayer, Key, Refresh, Revocations, SameSite, SigningKey,
-};
+use tollgate::auth::{JwtAuthBuilder, JwtAuthLayer, Key, Revocations};
+use tollgate::refresh::{Refresh, RefreshSessionLayer, SameSite, SigningKey};
+use tower::layer::util::Stack;
 use tower::{Layer, Service, ServiceExt};
+
+/// The auth layer with a refresh layer behind it.
+type Sliding = Stack<RefreshSessionLayer, JwtAuthLayer<Value>>;
+
+/// An auth builder and the refresh to build from its layer.
+struct Pending(JwtAuthBuilder<Value>, Refresh);
+
+impl Pending {
+    fn build(self) -> Result<Sliding, ConfigError> {
+        let auth = self.0.build()?;
+        let refresh = RefreshSessionLayer::new(&auth, self.1)?;
+        Ok(Stack::new(refresh, auth))
+    }
+}
+
+/// `builder.refresh(r)`: the two layers, built together.
+trait WithRefresh {
+    fn refresh(self, refresh: Refresh) -> Pending;
+}
+
+impl WithRefresh for JwtAuthBuilder<Value> {
+    fn refresh(self, refresh: Refresh) -> Pending {
+        Pending(self, refresh)
+    }
+}
 
 const WITHIN: Duration = Duration::from_secs(180);
 
@@ -59,7 +85,7 @@ fn builder(clock: &Clock) -> JwtAuthBuilder<Value> {
         .clock(clock.now())
 }
 
-fn layer(clock: &Clock, refresh: Refresh) -> JwtAuthLayer<Value> {
+fn layer(clock: &Clock, refresh: Refresh) -> Sliding {
     builder(clock).refresh(refresh).build().unwrap()
 }
 
@@ -132,11 +158,7 @@ const OK: Answer = Answer {
 
 /// Sends through `layer` to an inner service answering `answer`; returns the
 /// status and every `Set-Cookie`.
-async fn send_to(
-    layer: &JwtAuthLayer<Value>,
-    answer: Answer,
-    req: Request<()>,
-) -> (StatusCode, Vec<String>) {
+async fn send_to(layer: &Sliding, answer: Answer, req: Request<()>) -> (StatusCode, Vec<String>) {
     let res = layer.layer(answering(answer)).oneshot(req).await.unwrap();
     let cookies = res
         .headers()
@@ -147,7 +169,7 @@ async fn send_to(
     (res.status(), cookies)
 }
 
-async fn send(layer: &JwtAuthLayer<Value>, req: Request<()>) -> (StatusCode, Vec<String>) {
+async fn send(layer: &Sliding, req: Request<()>) -> (StatusCode, Vec<String>) {
     send_to(layer, OK, req).await
 }
 
@@ -474,7 +496,7 @@ async fn every_algorithm_family_signs_with_its_kid() {
 #[test]
 fn misconfigurations_fail_at_build() {
     let clock = Clock::at(NOW);
-    let fails = |b: JwtAuthBuilder<Value>, setting: &str, words: &str| {
+    let fails = |b: Pending, setting: &str, words: &str| {
         let err = b.build().unwrap_err();
         assert_eq!(err.setting(), setting, "{err}");
         assert!(err.reason().contains(words), "{err}");
@@ -656,16 +678,16 @@ max_age_secs = 1200
     );
     let config = TollgateConfig::from_toml(&text).unwrap();
     let clock = Clock::at(NOW);
-    let auth = config
-        .auth
-        .as_ref()
-        .unwrap()
+    let table = config.auth.as_ref().unwrap();
+    let auth = table
         .builder::<Value>()
         .await
         .unwrap()
         .clock(clock.now())
         .build()
         .unwrap();
+    let refresh = table.refresh_layer(&auth).unwrap().unwrap();
+    let auth = Stack::new(refresh, auth);
     let (_, cookies) = send(&auth, cookie(&hs(&session(60)))).await;
     let (new, attributes) = parse(&cookies[0]);
     assert_eq!(
@@ -721,16 +743,15 @@ max_session_secs = 3600
     );
     let config = TollgateConfig::from_toml(&text).unwrap();
     let clock = Clock::at(NOW);
-    let auth = config
-        .auth
-        .as_ref()
-        .unwrap()
+    let table = config.auth.as_ref().unwrap();
+    let auth = table
         .builder::<Value>()
         .await
         .unwrap()
         .clock(clock.now())
         .build()
         .unwrap();
+    let auth = Stack::new(table.refresh_layer(&auth).unwrap().unwrap(), auth);
     let first = session(60);
     let (_, cookies) = send(&auth, cookie(&hs(&first))).await;
     let (new, _) = parse(&cookies[0]);
@@ -1012,4 +1033,41 @@ async fn a_response_carrying_a_refreshed_session_is_private_and_varies_by_cookie
         .await
         .unwrap();
     assert!(!res.headers().contains_key(header::CACHE_CONTROL));
+}
+
+/// The refresh layer needs the auth layer in front of it, and the token
+/// that layer hands on: mounted in front, or built from another auth layer,
+/// it re-mints nothing (and says so once at `warn`), while the same layers
+/// in the right order do.
+#[tokio::test]
+async fn a_refresh_in_front_of_its_auth_layer_or_built_from_another_refreshes_nothing() {
+    let clock = Clock::at(NOW);
+    let near = || cookie(&hs(&session(60)));
+    let cookies = |res: &Response<_>| res.headers().get_all(header::SET_COOKIE).iter().count();
+
+    let auth = builder(&clock).build().unwrap();
+    let refresh = RefreshSessionLayer::new(&auth, Refresh::new(hs_key(), WITHIN)).unwrap();
+    // Stack::new(inner, outer): the refresh outside, in front of the auth layer.
+    let in_front = Stack::new(auth.clone(), refresh.clone()).layer(answering(OK));
+    let res = in_front.oneshot(near()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(cookies(&res), 0);
+
+    let other = builder(&clock).build().unwrap();
+    let from_other = RefreshSessionLayer::new(&other, Refresh::new(hs_key(), WITHIN)).unwrap();
+    let res = Stack::new(from_other, builder(&clock).build().unwrap())
+        .layer(answering(OK))
+        .oneshot(near())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(cookies(&res), 0);
+
+    // The same two layers, the refresh behind the auth layer: a successor.
+    let res = Stack::new(refresh, auth)
+        .layer(answering(OK))
+        .oneshot(near())
+        .await
+        .unwrap();
+    assert_eq!(cookies(&res), 1);
 }

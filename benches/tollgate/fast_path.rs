@@ -9,8 +9,9 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion};
 use http::{Request, Response, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tollgate::auth::{JwtAuthLayer, Key, Refresh, SigningKey};
+use tollgate::auth::{JwtAuthLayer, Key};
 use tollgate::rate_limit::{PeerAddr, Quota, RateLimitLayer};
+use tollgate::refresh::{Refresh, RefreshSessionLayer, SigningKey};
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::fixtures::{SECRET, User, fixture, ready};
@@ -206,10 +207,10 @@ pub fn bench(c: &mut Criterion) {
         .issuer("https://auth.example")
         .audience("api")
         .cache(10_000)
-        .refresh(refresh())
         .build()
         .expect("layer");
-    let mut svc = auth.layer(noop);
+    let sliding = RefreshSessionLayer::new(&auth, refresh()).expect("refresh");
+    let mut svc = auth.layer(sliding.layer(noop));
     group.bench_function("HS256/auth_hit_refresh_outside_window", |b| {
         b.iter_batched(
             request,
@@ -239,10 +240,10 @@ pub fn bench(c: &mut Criterion) {
         .cookie("da3")
         .issuer("https://auth.example")
         .audience("api")
-        .refresh(refresh())
         .build()
         .expect("layer");
-    let mut svc = auth.layer(noop);
+    let sliding = RefreshSessionLayer::new(&auth, refresh()).expect("refresh");
+    let mut svc = auth.layer(sliding.layer(noop));
     let mut i = 0_u64;
     group.bench_function("HS256/auth_miss_refresh_mint", |b| {
         b.iter_batched(

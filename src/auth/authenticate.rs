@@ -10,16 +10,14 @@ use serde::de::DeserializeOwned;
 use super::cache::{Lookup, TokenCache};
 use super::claims::Claims;
 use super::claims_check;
-use super::forward::ForwardedToken;
 use super::keys::provider::{self, ProviderState, Wait};
-use super::refresh::{Due, Refresher};
 use super::revocation::Revocations;
 use super::token::Source;
 use super::verify::{self, Verified};
 use crate::clock::WallClock;
 use crate::error::{AuthError, AuthErrorKind};
 use crate::future::Verdict;
-use crate::identity::{Anonymous, CredentialSource, Identity, TokenFacts};
+use crate::identity::{Anonymous, Identity, TokenFacts, VerifiedToken};
 use crate::observe::AuthMetrics;
 use crate::reject::{Refusal, Responder};
 use crate::routes::{Access, MatchedRoute, Route};
@@ -56,12 +54,12 @@ pub(crate) struct AuthState<T> {
     pub(crate) trace_subject: bool,
     /// Revoked tokens and subjects, checked on every request.
     pub(crate) revocations: Option<Revocations>,
-    /// Whether the verified token is forwarded (see `forward`).
-    pub(crate) forward_identity: bool,
+    /// Whether the verified token goes into the request's extensions, for
+    /// the layers behind this one that need its text (sliding refresh,
+    /// forwarding): set when such a layer is built from this one.
+    pub(crate) hand_on_token: std::sync::atomic::AtomicBool,
     /// Requests these select are let through as anonymous, unchecked.
     pub(crate) exempt: Vec<Exempt>,
-    /// Sliding refresh of cookie sessions (off: `None`, no work at all).
-    pub(crate) refresh: Option<Arc<Refresher>>,
     /// Metric handles, registered once.
     pub(crate) metrics: AuthMetrics,
     /// The route table the layer was built with, for requests that arrive
@@ -75,9 +73,8 @@ pub(crate) struct AuthState<T> {
 pub(crate) struct Authenticated<T> {
     pub(crate) claims: Arc<T>,
     pub(crate) identity: Identity,
-    /// A re-mint for the response, when the cookie's token is near `exp`.
-    pub(crate) refresh: Option<Box<Due>>,
-    pub(crate) forward: Option<ForwardedToken>,
+    /// The token itself, when a layer behind needs it.
+    pub(crate) token: Option<VerifiedToken>,
     /// Roles and scopes, when route rules need them.
     pub(crate) grants: Option<Arc<crate::routes::Grants>>,
 }
@@ -92,7 +89,7 @@ pub(crate) enum Outcome<T> {
 }
 
 impl<T: DeserializeOwned> AuthState<T> {
-    pub(crate) fn authenticate(&self, headers: &HeaderMap, allow_refresh: bool) -> Outcome<T> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap, allow_fetch: bool) -> Outcome<T> {
         let found = match super::token::extract(headers, &self.sources, self.max_token_len) {
             Ok(Some(found)) => found,
             Ok(None) => return Outcome::NoToken,
@@ -145,7 +142,7 @@ impl<T: DeserializeOwned> AuthState<T> {
         };
         let verified = match verified {
             Ok(verified) => verified,
-            Err(e) if e.kind() == AuthErrorKind::UnknownKey && allow_refresh => {
+            Err(e) if e.kind() == AuthErrorKind::UnknownKey && allow_fetch => {
                 return match provider.keys.refresh_for_unknown_kid() {
                     Some(wait) => Outcome::Retry(wait),
                     None => Outcome::Failed(e),
@@ -197,24 +194,14 @@ impl<T: DeserializeOwned> AuthState<T> {
             },
             verified.derived.clone(),
         );
-        // Cookies only: a bearer token belongs to a client that refreshes
-        // it itself.
-        let refresh = match &self.refresh {
-            Some(refresher) if found.source == CredentialSource::Cookie => {
-                refresher.due(&found.token, verified.exp, now, &identity)
-            }
-            _ => None,
-        };
         Outcome::Authenticated(Authenticated {
             claims: Arc::clone(claims),
             identity,
-            refresh,
             grants: verified.grants.clone(),
-            forward: if self.forward_identity {
-                ForwardedToken::bearer(&found.token)
-            } else {
-                None
-            },
+            token: self
+                .hand_on_token
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| VerifiedToken::new(&found.token)),
         })
     }
 }
@@ -241,11 +228,7 @@ fn granted(route: &crate::routes::Route, grants: Option<&crate::routes::Grants>)
     }
 }
 
-/// A request that goes on, and the refresh due for its response.
-pub(crate) type Passed<B> = (Request<B>, Option<Box<Due>>);
-
 /// The per-request decision, shared by `call` and the retry after a key fetch.
-/// A request that goes on carries the refresh due for its response, if any.
 ///
 /// In shadow mode a refusal is computed, counted and logged, and the request
 /// goes on as anonymous.
@@ -255,8 +238,8 @@ pub(crate) fn step<T, R, B>(
     shadow: bool,
     responder: &R,
     mut req: Request<B>,
-    allow_refresh: bool,
-) -> Verdict<Passed<B>, (Wait, Request<B>)>
+    allow_fetch: bool,
+) -> Verdict<Request<B>, (Wait, Request<B>)>
 where
     T: DeserializeOwned + Send + Sync + 'static,
     R: Responder,
@@ -268,7 +251,7 @@ where
         if exempt {
             // Later layers see that the auth layer looked: anonymous.
             req.extensions_mut().insert(Anonymous::new(None));
-            return Verdict::Pass((req, None));
+            return Verdict::Pass(req);
         }
     }
     // Route rules, when a RouteRulesLayer outside put the request's rule
@@ -307,9 +290,9 @@ where
     let Some(mode) = mode else {
         // Access off: the token is not looked at.
         req.extensions_mut().insert(Anonymous::new(None));
-        return Verdict::Pass((req, None));
+        return Verdict::Pass(req);
     };
-    let error = match state.authenticate(req.headers(), allow_refresh) {
+    let error = match state.authenticate(req.headers(), allow_fetch) {
         Outcome::Authenticated(authenticated)
             if needs
                 .as_deref()
@@ -326,8 +309,7 @@ where
         Outcome::Authenticated(Authenticated {
             claims,
             identity,
-            refresh,
-            forward,
+            token,
             ..
         }) => {
             state.metrics.authenticated();
@@ -345,10 +327,10 @@ where
             let extensions = req.extensions_mut();
             extensions.insert(Claims(claims));
             extensions.insert(identity);
-            if let Some(forward) = forward {
-                extensions.insert(forward);
+            if let Some(token) = token {
+                extensions.insert(token);
             }
-            return Verdict::Pass((req, refresh));
+            return Verdict::Pass(req);
         }
         Outcome::Retry(wait) => return Verdict::Wait((wait, req)),
         Outcome::NoToken if mode == AuthMode::Required => {
@@ -359,7 +341,7 @@ where
             trace::auth("anonymous", AuthErrorKind::Missing.reason());
             tracing::trace!(outcome = "anonymous", reason = "missing", "tollgate: auth");
             req.extensions_mut().insert(Anonymous::new(None));
-            return Verdict::Pass((req, None));
+            return Verdict::Pass(req);
         }
         Outcome::Failed(e) if mode == AuthMode::Lenient && e.kind() != AuthErrorKind::Forbidden => {
             state.metrics.anonymous(e.kind());
@@ -370,7 +352,7 @@ where
                 "tollgate: token ignored (lenient)"
             );
             req.extensions_mut().insert(Anonymous::new(Some(e.kind())));
-            return Verdict::Pass((req, None));
+            return Verdict::Pass(req);
         }
         Outcome::Failed(e) => e,
     };
@@ -387,7 +369,7 @@ where
         );
         req.extensions_mut()
             .insert(Anonymous::new(Some(error.kind())));
-        return Verdict::Pass((req, None));
+        return Verdict::Pass(req);
     }
     tracing::debug!(
         outcome = "refused",

@@ -11,7 +11,6 @@ use super::claims_check::Rules;
 use super::keys::Key;
 use super::keys::provider::{Provider, ProviderKeys, ProviderState};
 use super::layer::JwtAuthLayer;
-use super::refresh::{self, Refresh};
 use super::revocation::Revocations;
 use super::token::{CookieName, Source};
 use crate::clock::{SystemClock, WallClock};
@@ -61,9 +60,7 @@ pub struct JwtAuthBuilder<T> {
     shadow: bool,
     exempt: Vec<Exempt>,
     revocations: Option<Revocations>,
-    refresh: Option<Refresh>,
     time_cache_hits: bool,
-    forward_identity: bool,
     grants: Option<crate::routes::GrantClaims>,
     routes: Option<crate::routes::RouteTable>,
     _claims: PhantomData<fn() -> T>,
@@ -105,9 +102,7 @@ impl<T> JwtAuthBuilder<T> {
             shadow: false,
             exempt: Vec::new(),
             revocations: None,
-            refresh: None,
             time_cache_hits: false,
-            forward_identity: false,
             grants: None,
             routes: None,
             _claims: PhantomData,
@@ -301,30 +296,12 @@ impl<T> JwtAuthBuilder<T> {
         self
     }
 
-    /// Slides cookie sessions: a verified token from the cookie with little
-    /// time left gets a re-minted successor in a `Set-Cookie` on the
-    /// response (see the [module docs](crate::auth#sliding-refresh)). Off by
-    /// default; when off it costs nothing.
-    pub fn refresh(mut self, refresh: Refresh) -> Self {
-        self.refresh = Some(refresh);
-        self
-    }
-
     /// Whether verified-token cache hits are timed in
     /// `tollgate_auth_verify_seconds` (feature `metrics`; default off: the
     /// histogram shows what verification costs, and a hit is a look-up that
     /// costs less than recording it).
     pub fn time_cache_hits(mut self, timed: bool) -> Self {
         self.time_cache_hits = timed;
-        self
-    }
-
-    /// Forwards the verified token to the calls the inner service makes
-    /// while serving the request, through clients wrapped in
-    /// [`ForwardIdentityLayer`](super::ForwardIdentityLayer) (default
-    /// `false`; off, nothing is copied). See [`forward`](super::forward).
-    pub fn forward_identity(mut self, forward: bool) -> Self {
-        self.forward_identity = forward;
         self
     }
 
@@ -341,9 +318,7 @@ impl<T> JwtAuthBuilder<T> {
     ///
     /// # Errors
     /// No key, no token source, an invalid cookie name, an empty issuer or
-    /// audience, or more than 64 required claims. With a refresh: not
-    /// exactly one cookie source, invalid cookie attributes, or a signing
-    /// key whose tokens the layer's static keys would refuse.
+    /// audience, or more than 64 required claims.
     pub fn build(self) -> Result<JwtAuthLayer<T>, ConfigError> {
         if self.sources.is_empty() {
             return Err(ConfigError::new(
@@ -371,10 +346,6 @@ impl<T> JwtAuthBuilder<T> {
         if let Some(revocations) = &self.revocations {
             // A revoked token is held for as long as this layer accepts it.
             revocations.cover_leeway(self.leeway);
-            if let Some(refresh) = &self.refresh {
-                // Successors keep the jti: a revocation outlives the session.
-                revocations.cover_session(refresh.max_session);
-            }
         }
         let rules = Rules {
             issuers: self.issuers,
@@ -453,17 +424,6 @@ impl<T> JwtAuthBuilder<T> {
             }
             states
         };
-        let refresh = match self.refresh {
-            None => None,
-            Some(refresh) => Some(Arc::new(refresh.build(&refresh::Context {
-                sources: &sources,
-                providers: &providers,
-                clock: &self.clock,
-                revocations: self.revocations.as_ref(),
-                leeway: self.leeway.as_secs(),
-                max_lifetime: self.max_lifetime.map(|d| d.as_secs()),
-            })?)),
-        };
         Ok(JwtAuthLayer {
             state: Arc::new(AuthState {
                 providers,
@@ -476,10 +436,9 @@ impl<T> JwtAuthBuilder<T> {
                 trace_subject: self.trace_subject,
                 exempt: self.exempt,
                 revocations: self.revocations,
-                refresh,
                 metrics: AuthMetrics::new(),
                 time_cache_hits: self.time_cache_hits,
-                forward_identity: self.forward_identity,
+                hand_on_token: std::sync::atomic::AtomicBool::new(false),
                 routes: self.routes,
             }),
             mode: self.mode,

@@ -11,9 +11,7 @@ use tower_service::Service;
 
 use super::authenticate::AuthMode;
 use super::authenticate::{AuthState, step};
-use super::forward::Forwarded;
 use super::keys::provider::Wait;
-use super::refresh::Due;
 use crate::body::ResponseBody;
 use crate::future::Respond;
 use crate::future::Verdict;
@@ -39,15 +37,13 @@ pin_project! {
     {
         #[pin]
         kind: Kind<S::Future, S, B, T, R>,
-        // A sliding refresh for the response, when one is due.
-        refresh: Option<Box<Due>>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
     enum Kind<F, S, B, T, R> {
-        Ready { #[pin] respond: Respond<Forwarded<F>> },
+        Ready { #[pin] respond: Respond<F> },
         // Boxed: only a token whose key is being fetched waits here, and
         // the future every other request moves stays small.
         Waiting { wait: Wait, parked: Option<Box<Parked<S, B, T, R>>> },
@@ -58,12 +54,11 @@ impl<S, B, T, R> ResponseFuture<S, B, T, R>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn inner(future: Forwarded<S::Future>, refresh: Option<Box<Due>>) -> Self {
+    pub(crate) fn inner(future: S::Future) -> Self {
         Self {
             kind: Kind::Ready {
                 respond: Respond::inner(future),
             },
-            refresh,
         }
     }
 
@@ -72,7 +67,6 @@ where
             kind: Kind::Ready {
                 respond: Respond::refused(response),
             },
-            refresh: None,
         }
     }
 
@@ -97,7 +91,6 @@ where
                     responder,
                 })),
             },
-            refresh: None,
         }
     }
 }
@@ -114,15 +107,7 @@ where
         loop {
             let mut this = self.as_mut().project();
             match this.kind.as_mut().project() {
-                KindProj::Ready { respond } => {
-                    let mut output = ready!(respond.poll(cx));
-                    if let Some(refresh) = this.refresh.take()
-                        && let Ok(response) = &mut output
-                    {
-                        refresh.apply(response.status(), response.headers_mut());
-                    }
-                    return Poll::Ready(output);
-                }
+                KindProj::Ready { respond } => return respond.poll(cx),
                 KindProj::Waiting { wait, parked } => {
                     ready!(wait.as_mut().poll(cx));
                     let Some(parked) = parked.take() else {
@@ -139,14 +124,7 @@ where
                     } = *parked;
                     // Second and last try: no further fetch.
                     let respond = match step(&state, mode, shadow, &responder, request, false) {
-                        Verdict::Pass((request, refresh)) => {
-                            *this.refresh = refresh;
-                            Respond::inner(super::forward::call(
-                                state.forward_identity,
-                                &mut inner,
-                                request,
-                            ))
-                        }
+                        Verdict::Pass(request) => Respond::inner(inner.call(request)),
                         Verdict::Refuse(response) => Respond::refused(response),
                         // `step` does not ask to wait when refresh is not allowed.
                         Verdict::Wait(_) => {

@@ -73,97 +73,20 @@
 //! memory, and a service with static keys gains most from it. Call
 //! [`JwtAuthLayer::clear_cache`] after changing keys.
 //!
-//! # Sliding refresh
+//! # Behind the auth layer
 //!
-//! Without a gateway to re-mint the session cookie, a session would end at
-//! its token's `exp` mid-use. With [`JwtAuthBuilder::refresh`], a verified
-//! token that came from the cookie (never `Authorization: Bearer`: such a
-//! client refreshes its own tokens) and has at most `within` left gets a
-//! successor in a `Set-Cookie` on the response: the same claims (`jti`
-//! included, so revoking either revokes both), a new `iat` and `exp` (the
-//! original lifetime, or [`Refresh::lifetime`]), signed by a
-//! [`SigningKey`] with its `kid`, checked at build to verify under the
-//! layer's own keys.
-//!
-//! - Only on success: a response with a 2xx or 3xx status (and, for gRPC, no
-//!   error `grpc-status` in its headers; one sent in trailers is not seen).
-//!   Refusals by tollgate and 4xx/5xx answers of the inner service (a rate
-//!   limit, a CSRF refusal, a failed handler) get no new cookie; a later
-//!   request will.
-//! - Once per token per replica: concurrent requests carrying the same old
-//!   cookie mint one successor (a bounded set remembers re-minted tokens
-//!   until they expire). Replicas do not share it, so with N replicas a
-//!   token may be re-minted up to N times — each successor is valid.
-//! - Never over the handler: a response that sets the cookie itself (a
-//!   logout clearing it) keeps its own, and a token revoked while the
-//!   request ran is not re-minted.
-//! - Sessions end: the first refresh writes the session's absolute end
-//!   ([`SESSION_END_CLAIM`]: its start, `auth_time` or `iat`, plus
-//!   [`Refresh::max_session`], default 7 days) into the successor, later
-//!   ones copy it; no successor expires past it, and the layer refuses a
-//!   token past it. A revoked `jti` is held until the session could end, so
-//!   a logout refuses every successor (they keep the `jti`). The session's
-//!   start goes along too ([`SESSION_START_CLAIM`]): a logout everywhere
-//!   compares it, so a successor minted after the cut-off (by a replica that
-//!   had not heard of it yet) is refused as its session is.
-//! - Safe behind caches: a response carrying a successor is made private
-//!   (`Cache-Control` loses `public` and gains `private`, other directives
-//!   kept) and gains `Vary: Cookie` (existing `Vary` values kept), so a
-//!   shared cache never serves one user's session to another. The refresh
-//!   is not skipped on a response marked public: the session would end.
-//! - A [`Refresh::hook`] may adjust the claims or veto (never past the
-//!   session's end).
-//! - Cost: nothing when off; when on, one comparison of `exp − now` per
-//!   cookie request until the window is reached. The claims are decoded
-//!   again (as JSON) only to re-mint. Outcomes are counted in
-//!   `tollgate_auth_refreshes_total` ([`observe`](crate::observe)).
-//!
-//! ```
-//! use std::time::Duration;
-//! use http::{Request, Response, header};
-//! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tollgate::auth::{JwtAuthLayer, Key, Refresh, SigningKey};
-//! use tollgate::testing::Signer;
-//!
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let secret = b"0123456789abcdef0123456789abcdef";
-//! let now = 1_700_000_000;
-//! let auth = JwtAuthLayer::<serde_json::Value>::builder()
-//!     .key(Key::hmac(secret)?)
-//!     .cookie("da3")
-//!     .clock(move || now)
-//!     .refresh(Refresh::new(SigningKey::hmac(secret)?, Duration::from_secs(180)))
-//!     .build()?;
-//! let svc = ServiceBuilder::new().layer(auth).service(service_fn(|_req: Request<()>| async {
-//!     Ok::<_, std::convert::Infallible>(Response::new(String::new()))
-//! }));
-//!
-//! // 2 minutes left of 15: the response re-mints the session.
-//! let token = Signer::hmac(secret).sign(&serde_json::json!({
-//!     "sub": "alice", "iat": now - 780, "exp": now + 120,
-//! }))?;
-//! let req = Request::builder().header(header::COOKIE, format!("da3={token}")).body(())?;
-//! let res = svc.oneshot(req).await?;
-//! let cookie = res.headers()[header::SET_COOKIE].to_str()?;
-//! assert!(cookie.starts_with("da3=ey"));
-//! assert!(cookie.ends_with("; Max-Age=900; Path=/; Secure; HttpOnly; SameSite=Lax"));
-//! # Ok::<_, Box<dyn std::error::Error>>(())
-//! # }).unwrap();
-//! ```
-//!
-//! # Forwarding the caller's identity
-//!
-//! With `.forward_identity(true)`, calls made while serving a request through
-//! a client wrapped in [`ForwardIdentityLayer`] carry the request's verified
-//! token, to the destinations that layer allows (https, http only to
-//! loopback; an empty list is a build error): see [`forward`].
+//! The auth layer decides; what builds on its decision is a layer of its
+//! own, mounted behind it and built from it:
+//! [`RefreshSessionLayer`](crate::refresh::RefreshSessionLayer) slides
+//! cookie sessions, [`ForwardScopeLayer`](crate::forward::ForwardScopeLayer)
+//! forwards the caller's token to the services this one calls.
 //!
 //! # Rejections
 //!
 //! See [`DefaultResponder`] for the exact responses and [`AuthErrorKind`] for
 //! the reasons. Replace the responder with [`JwtAuthLayer::with_responder`].
 
-mod authenticate;
+pub(crate) mod authenticate;
 #[cfg(feature = "axum")]
 mod axum;
 #[cfg(feature = "backchannel-logout")]
@@ -172,15 +95,13 @@ mod builder;
 mod cache;
 mod claims;
 pub(crate) mod claims_check;
-pub mod forward;
 mod future;
-mod keys;
+pub(crate) mod keys;
 mod layer;
-mod refresh;
-mod revocation;
+pub(crate) mod revocation;
 mod service;
-mod token;
-mod verify;
+pub(crate) mod token;
+pub(crate) mod verify;
 
 #[cfg(feature = "axum")]
 pub use self::axum::{AuthRejection, AuthRejectionKind};
@@ -193,7 +114,6 @@ pub use backchannel::{
 pub use builder::{DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder};
 pub use claims::Claims;
 pub use claims_check::{SESSION_END_CLAIM, SESSION_START_CLAIM};
-pub use forward::{ForwardIdentity, ForwardIdentityBuilder, ForwardIdentityLayer, ForwardedToken};
 pub use future::ResponseFuture;
 #[cfg(feature = "jwks")]
 pub use keys::jwks::{
@@ -203,7 +123,6 @@ pub use keys::jwks::{
 pub use keys::provider::Provider;
 pub use keys::{Key, MIN_HMAC_SECRET_LEN};
 pub use layer::JwtAuthLayer;
-pub use refresh::{DEFAULT_MAX_SESSION, DEFAULT_REFRESHED_CAPACITY, Refresh, SameSite, SigningKey};
 pub use revocation::{DEFAULT_MAX_TOKEN_LIFETIME, Revocations};
 #[cfg(feature = "redis")]
 pub use revocation::{

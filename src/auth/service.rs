@@ -73,10 +73,7 @@ where
             req,
             true,
         ) {
-            Verdict::Pass((req, refresh)) => ResponseFuture::inner(
-                super::forward::call(self.state.forward_identity, &mut self.inner, req),
-                refresh,
-            ),
+            Verdict::Pass(req) => ResponseFuture::inner(self.inner.call(req)),
             Verdict::Refuse(response) => ResponseFuture::refused(response),
             Verdict::Wait((wait, req)) => {
                 // The request waits for a key fetch: the future takes the

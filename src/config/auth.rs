@@ -5,10 +5,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::invalid;
-use crate::auth::{
-    AuthMode, JwtAuthBuilder, JwtAuthLayer, Key, Refresh, Revocations, SameSite, SigningKey,
-};
+use crate::auth::{AuthMode, JwtAuthBuilder, JwtAuthLayer, Key, Revocations};
 use crate::error::ConfigError;
+use crate::refresh::{Refresh, RefreshSessionLayer, SameSite, SigningKey};
 
 /// `required` (default), `optional` or `lenient`: see [`AuthMode`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -101,7 +100,7 @@ impl From<SameSiteConfig> for SameSite {
 }
 
 /// The `[auth.refresh]` table: sliding refresh of the session cookie (see
-/// [`Refresh`]). The signing key is not here: [`AuthConfig::builder`]
+/// [`Refresh`]). The signing key is not here: [`AuthConfig::refresh_layer`]
 /// re-mints with the single `hmac` key of `auth.keys`; for any other key,
 /// take the table out of the config and call [`RefreshConfig::refresh`]
 /// with a [`SigningKey`] in code.
@@ -503,8 +502,10 @@ impl AuthConfig {
         for key in &self.keys {
             b = b.key(key.key()?);
         }
-        if let Some(refresh) = &self.refresh {
-            b = b.refresh(refresh.refresh(self.refresh_key()?));
+        if self.refresh.is_some() {
+            // Its layer is built by refresh_layer; a missing key is said here,
+            // with the rest of the file's errors.
+            self.refresh_key()?;
         }
         match (&self.jwks_url, &self.oidc_issuer) {
             (None, None) if self.keys.is_empty() => {
@@ -544,11 +545,28 @@ impl AuthConfig {
         Ok(b)
     }
 
-    /// Builds the layer.
+    /// Builds the layer. `[auth.refresh]` is a layer of its own, behind
+    /// this one: [`refresh_layer`](Self::refresh_layer).
     ///
     /// # Errors
     /// As [`builder`](Self::builder) and [`JwtAuthBuilder::build`].
     pub async fn layer<T>(&self) -> Result<JwtAuthLayer<T>, ConfigError> {
         self.builder::<T>().await?.build()
+    }
+
+    /// The sliding refresh `[auth.refresh]` describes, built from `auth` (the
+    /// layer this table built), signing with the single `hmac` key of
+    /// `auth.keys`; `None` without the table. Mount it behind `auth`.
+    ///
+    /// # Errors
+    /// No single hmac key to sign with, and as [`RefreshSessionLayer::new`].
+    pub fn refresh_layer<T, R>(
+        &self,
+        auth: &JwtAuthLayer<T, R>,
+    ) -> Result<Option<RefreshSessionLayer>, ConfigError> {
+        let Some(refresh) = &self.refresh else {
+            return Ok(None);
+        };
+        RefreshSessionLayer::new(auth, refresh.refresh(self.refresh_key()?)).map(Some)
     }
 }

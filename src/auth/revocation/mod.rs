@@ -222,8 +222,8 @@ impl Revocations {
     }
 
     /// Holds `jti` revocations for sessions that slide up to `max_session`:
-    /// called by an auth layer with a refresh, with its
-    /// [`max_session`](crate::auth::Refresh::max_session).
+    /// called when a refresh layer is built, with its
+    /// [`max_session`](crate::refresh::Refresh::max_session).
     pub(crate) fn cover_session(&self, max_session: Duration) {
         self.inner
             .max_session
@@ -285,7 +285,7 @@ impl Revocations {
     /// Refuses the token whose `jti` is `jti` until `expires_at` (its `exp`,
     /// unix seconds) plus the leeway, after which it is expired anyway. With
     /// a sliding refresh on an attached layer, until the session could end
-    /// (now plus [`Refresh::max_session`](crate::auth::Refresh::max_session)):
+    /// (now plus [`Refresh::max_session`](crate::refresh::Refresh::max_session)):
     /// the refreshed successors keep the `jti`.
     ///
     /// A shared set (see [`RedisRevocations`](crate::auth::RedisRevocations))

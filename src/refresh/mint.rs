@@ -257,6 +257,11 @@ enum Minted {
 }
 
 impl Refresher {
+    /// Now, on the auth layer's clock.
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.unix_now()
+    }
+
     /// Whether a verified cookie token with `exp` is inside the window:
     /// one comparison until it is.
     #[inline]

@@ -1,9 +1,9 @@
 //! Identity forwarding: the verified token of the request being served,
 //! attached to the calls made while serving it.
 //!
-//! Turned on with [`JwtAuthBuilder::forward_identity`](super::JwtAuthBuilder::forward_identity):
-//! the auth layer then polls the inner service's future (and runs its
-//! `call`) inside a scope holding the request's token, and
+//! Two layers. [`ForwardScopeLayer`], on the server behind the auth layer
+//! and built from it, runs the inner service's `call` and polls its future
+//! inside a scope holding the request's verified token;
 //! [`ForwardIdentityLayer`], put on an outbound client (a tonic `Channel`, a
 //! hyper-util client, any `Service<http::Request<B>>`), reads that scope when
 //! the client is called and adds `Authorization: Bearer <token>` — only to
@@ -15,7 +15,8 @@
 //! use std::convert::Infallible;
 //! use http::{Request, Response, header::AUTHORIZATION};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tollgate::auth::{ForwardIdentityLayer, JwtAuthLayer, Key};
+//! use tollgate::auth::{JwtAuthLayer, Key};
+//! use tollgate::forward::{ForwardIdentityLayer, ForwardScopeLayer};
 //!
 //! // The client of another service; here it answers with the header it got.
 //! let forward = ForwardIdentityLayer::builder().allow("https://b.internal").build()?;
@@ -28,10 +29,11 @@
 //! let auth = JwtAuthLayer::<serde_json::Value>::builder()
 //!     .key(Key::hmac(secret)?)
 //!     .bearer()
-//!     .forward_identity(true)
 //!     .build()?;
+//! // Behind the auth layer, built from it.
+//! let scope = ForwardScopeLayer::new(&auth);
 //! let outbound = client.clone();
-//! let service = ServiceBuilder::new().layer(auth).service(service_fn(move |_req: Request<()>| {
+//! let service = ServiceBuilder::new().layer(auth).layer(scope).service(service_fn(move |_req: Request<()>| {
 //!     let client = outbound.clone();
 //!     // Called while serving the request: carries the caller's token, to
 //!     // the allowed destination only.
@@ -84,7 +86,7 @@
 //!   sends the token wherever the client goes; read its documentation first.
 //!
 //! ```
-//! use tollgate::auth::ForwardIdentityLayer;
+//! use tollgate::forward::ForwardIdentityLayer;
 //!
 //! // A tonic client of https://b.internal:50051 (its URIs carry only a path):
 //! let grpc = ForwardIdentityLayer::builder()
@@ -116,7 +118,12 @@
 //! - **Never logged**: `Debug` prints `<redacted>` and the header value is
 //!   marked sensitive (HTTP/2 does not index it).
 //!
-//! Off, the auth layer opens no scope and copies no token.
+//! - **Misplaced**: a request the auth layer never looked at, or one
+//!   verified by an auth layer the scope was not built from, carries
+//!   nothing, and the first one is said once at `warn`.
+//!
+//! Without a [`ForwardScopeLayer`], the auth layer opens no scope and copies
+//! no token.
 
 use std::cell::Cell;
 use std::fmt;
@@ -134,7 +141,9 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::auth::JwtAuthLayer;
 use crate::error::ConfigError;
+use crate::identity::{Anonymous, Identity, VerifiedToken};
 use crate::macros::inner_accessors;
 
 thread_local! {
@@ -145,8 +154,8 @@ thread_local! {
 /// The verified token of a request, ready to be sent as
 /// `Authorization: Bearer <token>` (see the [module docs](self)).
 ///
-/// With forwarding on, the auth layer also puts it in the request's
-/// extensions. Its `Debug` output is redacted.
+/// [`ForwardScopeLayer`] also puts it in the request's extensions. Its
+/// `Debug` output is redacted.
 #[derive(Clone)]
 pub struct ForwardedToken(HeaderValue);
 
@@ -167,8 +176,8 @@ impl ForwardedToken {
         Some(Self(value))
     }
 
-    /// The token of the request being served by the current task, if the
-    /// auth layer forwards identities and the request was authenticated.
+    /// The token of the request being served by the current task, if a
+    /// [`ForwardScopeLayer`] runs and the request was authenticated.
     pub fn current() -> Option<Self> {
         CURRENT
             .try_with(|current| {
@@ -235,8 +244,8 @@ fn enter<R>(token: &mut Option<ForwardedToken>, f: impl FnOnce() -> R) -> R {
 }
 
 pin_project! {
-    /// A future run with a forwarded token current: the auth layer's inner
-    /// future, or one made by [`ForwardedToken::scope`].
+    /// A future run with a forwarded token current: the future of
+    /// [`ForwardScope`], or one made by [`ForwardedToken::scope`].
     pub struct Forwarded<F> {
         token: Option<ForwardedToken>,
         #[pin]
@@ -265,19 +274,86 @@ impl<F: Future> Future for Forwarded<F> {
     }
 }
 
-/// The auth layer's call of its inner service: in the request's scope when
-/// forwarding is on, as it is otherwise.
-pub(crate) fn call<S, B>(forward: bool, inner: &mut S, req: Request<B>) -> Forwarded<S::Future>
+/// Runs the inner service in the scope of the request's verified token, for
+/// clients wrapped in [`ForwardIdentityLayer`]; see the [module docs](self).
+/// Mount it behind the auth layer it is built from.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardScopeLayer {
+    _private: (),
+}
+
+impl ForwardScopeLayer {
+    /// A scope for the tokens `auth` verifies: building it tells `auth` (and
+    /// its clones) to hand the verified token on to the layers behind it.
+    pub fn new<T, R>(auth: &JwtAuthLayer<T, R>) -> Self {
+        auth.state.hand_on_token.store(true, Ordering::Relaxed);
+        Self { _private: () }
+    }
+}
+
+impl<S> Layer<S> for ForwardScopeLayer {
+    type Service = ForwardScope<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ForwardScope { inner }
+    }
+}
+
+/// The service built by [`ForwardScopeLayer`].
+#[derive(Debug, Clone)]
+pub struct ForwardScope<S> {
+    inner: S,
+}
+
+impl<S> ForwardScope<S> {
+    inner_accessors!(S);
+}
+
+/// The token a request carries to its scope, and into its extensions.
+fn token_of<B>(req: &mut Request<B>) -> Option<ForwardedToken> {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let warn = |why: &str| {
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!("tollgate: ForwardScopeLayer {why}; no identity is forwarded");
+        }
+    };
+    let extensions = req.extensions_mut();
+    let Some(token) = extensions.get::<VerifiedToken>() else {
+        if extensions.get::<Identity>().is_some() {
+            warn(
+                "saw a token verified by an auth layer it was not built from: build it with \
+                 ForwardScopeLayer::new(&auth) from the layer in front of it",
+            );
+        } else if extensions.get::<Anonymous>().is_none() {
+            warn(
+                "saw a request the auth layer never looked at: mount it behind the auth layer \
+                 (ServiceBuilder: after it; axum Router::layer: before it)",
+            );
+        }
+        return None;
+    };
+    let token = ForwardedToken::bearer(token.as_str())?;
+    extensions.insert(token.clone());
+    Some(token)
+}
+
+impl<S, B> Service<Request<B>> for ForwardScope<S>
 where
     S: Service<Request<B>>,
 {
-    let mut token = if forward {
-        req.extensions().get::<ForwardedToken>().cloned()
-    } else {
-        None
-    };
-    let future = enter(&mut token, || inner.call(req));
-    Forwarded { token, future }
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Forwarded<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let mut token = token_of(&mut req);
+        let future = enter(&mut token, || self.inner.call(req));
+        Forwarded { token, future }
+    }
 }
 
 /// Adds the current request's verified token to outbound requests bound for

@@ -38,28 +38,30 @@ impl SameSite {
 
 pub(crate) type Hook = Box<dyn Fn(&mut Map<String, Value>) -> bool + Send + Sync>;
 
-/// Sliding refresh of cookie sessions, for
-/// [`JwtAuthBuilder::refresh`](crate::auth::JwtAuthBuilder::refresh): when a
+/// Sliding refresh of cookie sessions, for a
+/// [`RefreshSessionLayer`](super::RefreshSessionLayer): when a
 /// verified token from the session cookie has at most `within` left before
 /// its `exp`, the response carries a `Set-Cookie` with the same claims under
-/// a new `iat` / `exp`, signed by `key`. See the [module docs](crate::auth#sliding-refresh).
+/// a new `iat` / `exp`, signed by `key`. See the [module docs](super).
 ///
 /// ```
 /// use std::time::Duration;
-/// use tollgate::auth::{JwtAuthLayer, Key, Refresh, SameSite, SigningKey};
+/// use tollgate::auth::{JwtAuthLayer, Key};
+/// use tollgate::refresh::{Refresh, RefreshSessionLayer, SameSite, SigningKey};
 ///
 /// # fn main() -> Result<(), tollgate::ConfigError> {
 /// let secret = b"0123456789abcdef0123456789abcdef";
 /// let auth = JwtAuthLayer::<serde_json::Value>::builder()
 ///     .key(Key::hmac(secret)?.kid("s1"))
 ///     .cookie("da3")
-///     .refresh(
-///         Refresh::new(SigningKey::hmac(secret)?.kid("s1"), Duration::from_secs(3 * 60))
-///             .same_site(SameSite::Strict)
-///             .domain("example.com"),
-///     )
 ///     .build()?;
-/// # let _ = auth;
+/// let refresh = RefreshSessionLayer::new(
+///     &auth,
+///     Refresh::new(SigningKey::hmac(secret)?.kid("s1"), Duration::from_secs(3 * 60))
+///         .same_site(SameSite::Strict)
+///         .domain("example.com"),
+/// )?;
+/// # let _ = (auth, refresh);
 /// # Ok(()) }
 /// ```
 pub struct Refresh {
