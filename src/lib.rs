@@ -107,9 +107,9 @@ pub mod csrf;
 mod error;
 #[cfg(feature = "auth")]
 pub mod forward;
-mod future;
 pub mod identity;
 mod macros;
+pub mod middleware;
 pub mod observe;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;

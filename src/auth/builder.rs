@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::authenticate::{AuthMode, AuthState, Authorize, Exempt};
 use super::cache::TokenCache;
-use super::claims_check::Rules;
+use super::claims_check::{DEFAULT_LEEWAY, Rules};
 use super::keys::Key;
 use super::keys::provider::{Provider, ProviderKeys, ProviderState};
 use super::layer::JwtAuthLayer;
@@ -23,9 +23,6 @@ pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// Default longest time a verified token stays cached.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
-
-/// Default clock-skew allowance for `exp` and `nbf`.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 
 impl<T> JwtAuthLayer<T> {
     /// Starts configuring a layer whose claims deserialize into `T`.

@@ -17,6 +17,9 @@ use crate::error::{AuthError, AuthErrorKind};
 /// forged "never expires" (`1e300`), not a date.
 const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 
+/// Default clock-skew allowance for `exp` and `nbf`.
+pub const DEFAULT_LEEWAY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Claim rules, built once per layer.
 #[derive(Debug, Clone)]
 pub(crate) struct Rules {

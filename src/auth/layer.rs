@@ -7,11 +7,12 @@ use tower_layer::Layer;
 
 use super::authenticate::{AuthMode, AuthState};
 use super::cache::TokenCache;
+use super::decide::AuthDecision;
 use super::keys::provider::KeySource;
 use super::keys::{Key, KeySet};
 use super::revocation::Revocations;
-use super::service::JwtAuth;
 use crate::error::ConfigError;
+use crate::middleware::Middleware;
 use crate::reject::DefaultResponder;
 
 /// Verifies a JWT from a cookie or `Authorization: Bearer` and puts
@@ -147,12 +148,37 @@ impl<S, T, R: Clone> Layer<S> for JwtAuthLayer<T, R> {
     type Service = JwtAuth<S, T, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        JwtAuth {
+        Middleware::new(
             inner,
-            state: Arc::clone(&self.state),
-            mode: self.mode,
-            shadow: self.shadow,
-            responder: self.responder.clone(),
-        }
+            AuthDecision {
+                state: Arc::clone(&self.state),
+                mode: self.mode,
+                shadow: self.shadow,
+                responder: self.responder.clone(),
+            },
+        )
+    }
+}
+
+/// The service built by [`JwtAuthLayer`]: verifies, then calls `S` or
+/// answers with a refusal (tollgate's one
+/// [`Middleware`](crate::middleware::Middleware), with the auth layer's
+/// decision).
+pub type JwtAuth<S, T, R = DefaultResponder> = Middleware<S, AuthDecision<T, R>>;
+
+/// Response future of [`JwtAuth`].
+pub type ResponseFuture<S, B, T, R = DefaultResponder> =
+    crate::middleware::ResponseFuture<S, B, AuthDecision<T, R>>;
+
+#[cfg(test)]
+mod tests {
+    use crate::middleware::{ReadyService, assert_small};
+    use crate::reject::DefaultResponder;
+
+    #[test]
+    fn the_future_is_the_inner_one_and_little_more() {
+        assert_small::<super::ResponseFuture<ReadyService, (), serde_json::Value, DefaultResponder>>(
+            "auth",
+        );
     }
 }

@@ -95,11 +95,10 @@ mod builder;
 mod cache;
 mod claims;
 pub(crate) mod claims_check;
-mod future;
+mod decide;
 pub(crate) mod keys;
 mod layer;
 pub(crate) mod revocation;
-mod service;
 pub(crate) mod token;
 pub(crate) mod verify;
 
@@ -111,10 +110,9 @@ pub use backchannel::{
     BACKCHANNEL_LOGOUT_EVENT, BackChannelLogout, BackChannelLogoutBuilder,
     DEFAULT_LOGOUT_TOKEN_MAX_AGE,
 };
-pub use builder::{DEFAULT_CACHE_TTL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder};
+pub use builder::{DEFAULT_CACHE_TTL, DEFAULT_MAX_TOKEN_LEN, JwtAuthBuilder};
 pub use claims::Claims;
-pub use claims_check::{SESSION_END_CLAIM, SESSION_START_CLAIM};
-pub use future::ResponseFuture;
+pub use claims_check::{DEFAULT_LEEWAY, SESSION_END_CLAIM, SESSION_START_CLAIM};
 #[cfg(feature = "jwks")]
 pub use keys::jwks::{
     DEFAULT_MAX_BODY, DEFAULT_MAX_WAIT, DEFAULT_REFRESH, DEFAULT_UNKNOWN_KID_INTERVAL, RemoteKeys,
@@ -122,14 +120,13 @@ pub use keys::jwks::{
 };
 pub use keys::provider::Provider;
 pub use keys::{Key, MIN_HMAC_SECRET_LEN};
-pub use layer::JwtAuthLayer;
+pub use layer::{JwtAuth, JwtAuthLayer, ResponseFuture};
 pub use revocation::{DEFAULT_MAX_TOKEN_LIFETIME, Revocations};
 #[cfg(feature = "redis")]
 pub use revocation::{
     DEFAULT_REVOCATION_PREFIX, DEFAULT_REVOCATION_SYNC_INTERVAL, RedisRevocations,
     RevocationSyncError,
 };
-pub use service::JwtAuth;
 
 pub use crate::error::{AuthError, AuthErrorKind};
 pub use crate::identity::{Anonymous, CredentialSource, Identity};

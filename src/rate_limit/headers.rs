@@ -186,7 +186,7 @@ fn rate_value(headers: &PolicyHeaders, r: u32, t: u64) -> HeaderValue {
 /// The rate-limit headers a response gets: what one decision of one policy
 /// says, kept small so that it rides in the response future.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Stamp {
+pub struct Stamp {
     headers: &'static PolicyHeaders,
     style: HeaderStyle,
     limit: u32,
@@ -291,7 +291,7 @@ impl Stamp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rate_limit::Quota;
+    use crate::rate_limit::quota::Quota;
 
     fn apply(h: &mut HeaderMap, style: HeaderStyle, policy: &Policy, decision: &Decision) {
         if let Some(stamp) = Stamp::new(style, policy_headers(policy), decision) {

@@ -6,10 +6,11 @@ use std::sync::atomic::Ordering;
 
 use tower_layer::Layer;
 
+use super::decide::LimitDecision;
 use super::limiter::Shared;
 use super::quota::Policy;
-use super::service::RateLimit;
 use super::store::{LocalStore, RateLimitStore};
+use crate::middleware::Middleware;
 use crate::reject::DefaultResponder;
 
 /// Limits requests per key (client IP, verified subject, header, ...) with
@@ -80,10 +81,36 @@ impl<S, St, R: Clone> Layer<S> for RateLimitLayer<St, R> {
     type Service = RateLimit<S, St, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit {
+        Middleware::new(
             inner,
-            shared: Arc::clone(&self.shared),
-            responder: self.responder.clone(),
-        }
+            LimitDecision {
+                shared: Arc::clone(&self.shared),
+                responder: self.responder.clone(),
+            },
+        )
+    }
+}
+
+/// The service built by [`RateLimitLayer`]: counts the request against its
+/// policy's quota, then calls `S` or answers 429 (tollgate's one
+/// [`Middleware`](crate::middleware::Middleware), with the rate limiter's
+/// decision).
+pub type RateLimit<S, St, R = DefaultResponder> = Middleware<S, LimitDecision<St, R>>;
+
+/// Response future of [`RateLimit`].
+pub type ResponseFuture<S, B, St, R = DefaultResponder> =
+    crate::middleware::ResponseFuture<S, B, LimitDecision<St, R>>;
+
+#[cfg(test)]
+mod tests {
+    use crate::middleware::{ReadyService, assert_small};
+    use crate::rate_limit::store::LocalStore;
+    use crate::reject::DefaultResponder;
+
+    #[test]
+    fn the_future_is_the_inner_one_plus_a_stamp() {
+        assert_small::<super::ResponseFuture<ReadyService, (), LocalStore, DefaultResponder>>(
+            "rate limit",
+        );
     }
 }

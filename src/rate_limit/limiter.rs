@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use super::headers::{HeaderStyle, PolicyHeaders, Stamp, ceil_secs};
 use super::key::{KeyBy, RateKey};
 use super::quota::Policy;
 use super::store::{Decision, RateLimitStore, StoreError};
-use crate::future::Verdict;
 use crate::identity::{Anonymous, Identity};
 use crate::observe::{self, RateDecision, RateMetrics};
 use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
@@ -165,13 +165,19 @@ fn sample_keys() -> bool {
 }
 
 impl<St: RateLimitStore> Shared<St> {
+    /// What the store's answer means for the request: pass, with the
+    /// headers its response gets, or the refusal.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the refusal goes straight into the response future; boxing it would allocate per refusal"
+    )]
     pub(crate) fn verdict(
         &self,
         policy: usize,
         result: Result<Decision, StoreError>,
         parts: &Parts,
         responder: &impl Responder,
-    ) -> Verdict<Option<Stamp>> {
+    ) -> Result<Option<Stamp>, Response<Bytes>> {
         #[cfg(feature = "metrics")]
         if sample_keys() || self.metrics.keys_unset() {
             self.metrics
@@ -183,7 +189,7 @@ impl<St: RateLimitStore> Shared<St> {
                 self.metrics.decision(policy, RateDecision::Allowed, true);
                 trace::rate_limit(name, "allowed");
                 tracing::trace!(policy = %name, outcome = "allowed", remaining = decision.remaining, "tollgate: rate limit");
-                return Verdict::Pass(self.stamp(policy, &decision));
+                return Ok(self.stamp(policy, &decision));
             }
             Ok(decision) => {
                 self.metrics
@@ -191,7 +197,7 @@ impl<St: RateLimitStore> Shared<St> {
                 trace::rate_limit(name, "limited");
                 if self.shadow {
                     tracing::debug!(policy = %name, outcome = "limited", enforced = false, "tollgate: would limit (shadow mode)");
-                    return Verdict::Pass(None);
+                    return Ok(None);
                 }
                 tracing::debug!(policy = %name, outcome = "limited", "tollgate: rate limited");
                 let mut headers = HeaderMap::new();
@@ -209,7 +215,7 @@ impl<St: RateLimitStore> Shared<St> {
                 )
                 .with_policy(name)
                 .with_headers(headers);
-                return Verdict::Refuse(responder.respond(&refusal, parts));
+                return Err(responder.respond(&refusal, parts));
             }
             Err(error) => {
                 self.store_failed(&error);
@@ -218,7 +224,7 @@ impl<St: RateLimitStore> Shared<St> {
                         self.metrics
                             .decision(policy, RateDecision::FailedOpen, true);
                         trace::rate_limit(name, "failed_open");
-                        return Verdict::Pass(None);
+                        return Ok(None);
                     }
                     OnStoreError::FailClosed => StatusCode::SERVICE_UNAVAILABLE,
                     OnStoreError::FailClosedWith(status) => status,
@@ -229,7 +235,7 @@ impl<St: RateLimitStore> Shared<St> {
             .decision(policy, RateDecision::FailedClosed, !self.shadow);
         trace::rate_limit(name, "failed_closed");
         if self.shadow {
-            return Verdict::Pass(None);
+            return Ok(None);
         }
         let refusal = Refusal::new(
             RefusalKind::LimiterUnavailable,
@@ -239,7 +245,7 @@ impl<St: RateLimitStore> Shared<St> {
             "the rate limiter is unavailable",
         )
         .with_policy(name);
-        Verdict::Refuse(responder.respond(&refusal, parts))
+        Err(responder.respond(&refusal, parts))
     }
 }
 

@@ -68,22 +68,20 @@
 
 mod builder;
 mod client_ip;
-mod future;
+mod decide;
 mod headers;
 mod key;
 mod layer;
 mod limiter;
 mod quota;
-mod service;
 pub mod store;
 
 pub use builder::RateLimitBuilder;
 pub use client_ip::{ForwardedHeader, PeerAddr, TrustedProxies, peer_ip};
-pub use future::ResponseFuture;
 pub use headers::HeaderStyle;
 pub use key::{DEFAULT_V6_PREFIX, KeyBy, RateKey};
-pub use layer::RateLimitLayer;
+pub use layer::{RateLimit, RateLimitLayer, ResponseFuture};
 pub use limiter::{MissingKey, OnStoreError};
 pub use quota::{Policy, Quota};
-pub use service::RateLimit;
+
 pub use store::{LocalStore, RateLimitStore};

@@ -177,7 +177,7 @@ impl Revocations {
                 cursor: AtomicUsize::new(0),
                 hasher: std::collections::hash_map::RandomState::new(),
                 max_lifetime: AtomicU64::new(DEFAULT_MAX_TOKEN_LIFETIME.as_secs()),
-                leeway: AtomicU64::new(crate::auth::DEFAULT_LEEWAY.as_secs()),
+                leeway: AtomicU64::new(crate::auth::claims_check::DEFAULT_LEEWAY.as_secs()),
                 max_session: AtomicU64::new(0),
                 clock: RwLock::new(Arc::new(SystemClock)),
                 logouts: std::sync::Mutex::new(HashMap::new()),

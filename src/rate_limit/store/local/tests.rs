@@ -3,7 +3,7 @@
 
 use super::keys::*;
 use super::*;
-use crate::rate_limit::Quota;
+use crate::rate_limit::quota::Quota;
 use governor::clock::FakeRelativeClock;
 use governor::state::InMemoryState;
 use hashbrown::HashTable;
