@@ -109,6 +109,7 @@ impl AuthErrorKind {
 }
 
 impl AuthError {
+    #[cfg(feature = "auth")]
     pub(crate) fn new(kind: AuthErrorKind, detail: impl Into<Cow<'static, str>>) -> Self {
         Self {
             kind,

@@ -31,7 +31,6 @@ pub struct Identity {
     issuer: Option<Arc<str>>,
     source: CredentialSource,
     token: TokenFacts,
-    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
     derived: Option<Derived>,
 }
 
@@ -40,7 +39,13 @@ pub struct Identity {
 /// cache): the rate limiter's subject key, a SHA-256 it would otherwise
 /// compute on every request. Not part of the identity's equality.
 #[derive(Clone, Default)]
-pub(crate) struct Derived(Arc<OnceLock<[u8; 16]>>);
+pub(crate) struct Derived(
+    #[cfg_attr(
+        not(feature = "rate-limit"),
+        expect(dead_code, reason = "read by the rate limiter's subject key")
+    )]
+    Arc<OnceLock<[u8; 16]>>,
+);
 
 impl PartialEq for Derived {
     fn eq(&self, _: &Self) -> bool {
@@ -186,6 +191,7 @@ pub struct Anonymous {
 }
 
 impl Anonymous {
+    #[cfg(feature = "auth")]
     pub(crate) fn new(rejected: Option<AuthErrorKind>) -> Self {
         Self { rejected }
     }

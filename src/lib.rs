@@ -87,12 +87,6 @@
 //! Enabling both crypto features is safe: tollgate verifies with aws-lc-rs and
 //! installs it as jsonwebtoken's process default (see `crypto`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
-// Shared plumbing (refusals, futures, identities) serves all three layers; a
-// build with only some of them leaves parts of it unused.
-#![cfg_attr(
-    not(all(feature = "auth", feature = "rate-limit", feature = "csrf")),
-    allow(dead_code, unused_imports, unused_macros)
-)]
 
 #[cfg(feature = "auth")]
 pub mod auth;
@@ -109,11 +103,13 @@ mod error;
 pub mod forward;
 pub mod identity;
 mod macros;
+#[cfg(any(feature = "auth", feature = "rate-limit", feature = "csrf"))]
 pub mod middleware;
 pub mod observe;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
-#[cfg(feature = "redis")]
+// Reaching Redis serves the rate-limit store and shared revocations.
+#[cfg(all(feature = "redis", any(feature = "auth", feature = "rate-limit")))]
 mod redis;
 #[cfg(feature = "auth")]
 pub mod refresh;

@@ -93,8 +93,10 @@ mod decide {
     }
 
     /// The wait of a layer that never waits.
+    #[cfg(feature = "csrf")]
     pub enum Never {}
 
+    #[cfg(feature = "csrf")]
     impl Future for Never {
         type Output = Infallible;
 
@@ -107,6 +109,7 @@ mod decide {
     }
 }
 
+#[cfg(feature = "csrf")]
 pub(crate) use decide::Never;
 
 /// A layer's service: its decision `D` in front of the inner service `S`.

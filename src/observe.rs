@@ -285,7 +285,6 @@ mod handles {
         }
 
         /// Sets the key-count gauge (and, the first time, the cap's).
-        #[allow(clippy::cast_precision_loss)]
         pub(crate) fn keys(&self, keys: usize, max: Option<usize>) {
             self.keys
                 .get_or_init(|| {

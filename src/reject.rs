@@ -36,7 +36,9 @@ use std::fmt;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header, request::Parts};
 
-use crate::error::{AuthError, AuthErrorKind};
+#[cfg(feature = "auth")]
+use crate::error::AuthError;
+use crate::error::AuthErrorKind;
 
 /// gRPC status codes used by tollgate's refusals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +128,7 @@ impl fmt::Debug for Refusal<'_> {
 }
 
 impl<'a> Refusal<'a> {
+    #[cfg(any(feature = "auth", feature = "rate-limit", feature = "csrf"))]
     pub(crate) fn new(
         kind: RefusalKind,
         status: StatusCode,
@@ -146,6 +149,7 @@ impl<'a> Refusal<'a> {
 
     /// The refusal of the auth layer for `error`, with its RFC 6750
     /// `WWW-Authenticate` challenge.
+    #[cfg(feature = "auth")]
     pub(crate) fn auth(error: &'a AuthError) -> Self {
         let kind = error.kind();
         let mut refusal = Self::new(
@@ -174,12 +178,14 @@ impl<'a> Refusal<'a> {
     }
 
     /// Names the policy that refused (rate limits).
+    #[cfg(feature = "rate-limit")]
     pub(crate) fn with_policy(mut self, policy: &'a str) -> Self {
         self.policy = Some(policy);
         self
     }
 
     /// Adds the standard headers of the refusal (`Retry-After`, `RateLimit`).
+    #[cfg(feature = "rate-limit")]
     pub(crate) fn with_headers(mut self, headers: HeaderMap) -> Self {
         self.headers = headers;
         self
@@ -369,6 +375,7 @@ impl Protocol {
 
 /// An empty 500, for a response future polled again after it completed
 /// (a caller bug; answering beats panicking).
+#[cfg(any(feature = "auth", feature = "rate-limit", feature = "csrf"))]
 pub(crate) fn polled_after_completion() -> Response<Bytes> {
     let mut response = Response::new(Bytes::new());
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
@@ -412,6 +419,7 @@ pub const TEMPORARY_REDUCED_CAPACITY: &str =
     "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity";
 
 /// RFC 6750 limits `error_description` to printable ASCII without `"` and `\`.
+#[cfg(feature = "auth")]
 fn quoted(detail: &str) -> String {
     detail
         .chars()

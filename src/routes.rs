@@ -88,6 +88,7 @@ impl Needs {
     }
 
     /// Whether `granted` satisfies these needs.
+    #[cfg(feature = "auth")]
     pub(crate) fn met_by(&self, granted: &[Box<str>]) -> bool {
         let has = |name: &String| granted.iter().any(|g| **g == **name);
         (self.any_of.is_empty() || self.any_of.iter().any(has)) && self.all_of.iter().all(has)
@@ -112,6 +113,7 @@ impl ClaimPath {
     }
 
     /// The value at this path in the captured top-level claims.
+    #[cfg(feature = "auth")]
     fn find<'c>(
         &self,
         captured: &'c [(Box<str>, serde_json::Value)],
@@ -146,6 +148,7 @@ pub(crate) struct GrantClaims {
     pub(crate) scopes: Vec<ClaimPath>,
 }
 
+#[cfg(feature = "auth")]
 impl GrantClaims {
     /// Whether the top-level claim `name` holds grants.
     pub(crate) fn wants(&self, name: &str) -> bool {
@@ -181,6 +184,7 @@ impl GrantClaims {
 }
 
 /// The roles and scopes a verified token carries.
+#[cfg(feature = "auth")]
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Grants {
     pub(crate) roles: Vec<Box<str>>,
@@ -189,6 +193,7 @@ pub(crate) struct Grants {
 
 impl Route {
     /// Whether `grants` meet the route's roles and scopes.
+    #[cfg(feature = "auth")]
     pub(crate) fn granted(&self, grants: &Grants) -> bool {
         !self.deny && self.roles.met_by(&grants.roles) && self.scopes.met_by(&grants.scopes)
     }
@@ -331,6 +336,7 @@ impl Route {
 
     /// Whether this is the rule of non-canonical paths, which no token
     /// satisfies.
+    #[cfg(feature = "auth")]
     pub(crate) fn denies(&self) -> bool {
         self.deny
     }
@@ -530,6 +536,10 @@ struct Table {
     /// `.`, `/` or `\`): a backend that normalises them could serve a route
     /// whose rule they do not match.
     denied: Arc<Route>,
+    #[cfg_attr(
+        not(feature = "auth"),
+        expect(dead_code, reason = "read by the auth layer")
+    )]
     grants: GrantClaims,
 }
 
@@ -601,6 +611,7 @@ impl RouteTable {
     }
 
     /// Where the auth layer reads roles and scopes, if any rule needs them.
+    #[cfg(feature = "auth")]
     pub(crate) fn grant_claims(&self) -> Option<GrantClaims> {
         let needed = self.inner.default.needs_grants()
             || self.inner.routes.iter().any(|c| c.route.needs_grants());

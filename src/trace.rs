@@ -34,6 +34,7 @@
 //! # let _ = span;
 //! ```
 
+#[cfg(any(feature = "auth", feature = "rate-limit"))]
 use tracing::Span;
 
 /// The field names, for declaring them on a span.
@@ -57,6 +58,7 @@ pub mod fields {
 /// look-up of the current span's metadata, not for a `Span` handle: making
 /// one takes a reference on the subscriber's span and dropping it releases
 /// it, on every request.
+#[cfg(any(feature = "auth", feature = "rate-limit"))]
 fn declaring(names: &[&str]) -> Option<Span> {
     let declared = tracing::dispatcher::get_default(|dispatch| {
         dispatch.current_span().metadata().is_some_and(|meta| {
@@ -67,6 +69,7 @@ fn declaring(names: &[&str]) -> Option<Span> {
     declared.then(Span::current)
 }
 
+#[cfg(feature = "auth")]
 pub(crate) fn auth(outcome: &'static str, reason: &'static str) {
     if let Some(span) = declaring(&[fields::AUTH_OUTCOME, fields::AUTH_REASON]) {
         span.record(fields::AUTH_OUTCOME, outcome);
@@ -74,12 +77,14 @@ pub(crate) fn auth(outcome: &'static str, reason: &'static str) {
     }
 }
 
+#[cfg(feature = "auth")]
 pub(crate) fn refresh(outcome: &'static str) {
     if let Some(span) = declaring(&[fields::AUTH_REFRESH]) {
         span.record(fields::AUTH_REFRESH, outcome);
     }
 }
 
+#[cfg(feature = "auth")]
 pub(crate) fn end_user(subject: Option<&str>) {
     if let Some(subject) = subject
         && let Some(span) = declaring(&[fields::END_USER])
@@ -88,6 +93,7 @@ pub(crate) fn end_user(subject: Option<&str>) {
     }
 }
 
+#[cfg(feature = "rate-limit")]
 pub(crate) fn rate_limit(policy: &str, decision: &'static str) {
     if let Some(span) = declaring(&[fields::RATE_LIMIT_POLICY, fields::RATE_LIMIT_DECISION]) {
         span.record(fields::RATE_LIMIT_POLICY, policy);

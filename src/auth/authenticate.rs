@@ -61,7 +61,7 @@ pub(crate) struct AuthState<T> {
     /// without a rule (a misordered stack).
     pub(crate) routes: Option<crate::routes::RouteTable>,
     /// Whether verified-token cache hits are timed too.
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    #[cfg_attr(not(feature = "metrics"), expect(dead_code))]
     pub(crate) time_cache_hits: bool,
 }
 
@@ -91,7 +91,6 @@ impl<T: DeserializeOwned> AuthState<T> {
             Err(e) => return Outcome::Failed(e),
         };
         #[cfg(feature = "metrics")]
-        #[allow(unused_mut)]
         let mut timer = self.metrics.verify_timer();
         let (index, provider) = match provider::select(&self.providers, &found.token) {
             Ok(selected) => selected,

@@ -533,7 +533,6 @@ impl<'de> Deserialize<'de> for NumericDate {
                     .map_err(|_| E::custom("negative date"))
                     .and_then(|v| self.visit_u64(v))
             }
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<NumericDate, E> {
                 if v.is_finite() && (0.0..=MAX_NUMERIC_DATE as f64).contains(&v) {
                     Ok(NumericDate(v.floor() as u64))

@@ -121,7 +121,7 @@ impl<T, R> JwtAuthLayer<T, R> {
                 "a layer with several providers has no single key set to rotate",
             ));
         };
-        #[allow(irrefutable_let_patterns)]
+        #[cfg_attr(not(feature = "jwks"), expect(irrefutable_let_patterns))]
         let KeySource::Static(cell) = &provider.keys else {
             return Err(ConfigError::new("keys", "remote keys rotate by themselves"));
         };

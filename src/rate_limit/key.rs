@@ -66,7 +66,6 @@ impl RateKey {
                 let prefix = u32::from(v6_prefix.min(128));
                 let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
                 let masked = bits & mask;
-                #[allow(clippy::cast_possible_truncation)]
                 Self(Repr::V6((masked >> 64) as u64, masked as u64))
             }
         }

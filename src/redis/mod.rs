@@ -13,17 +13,21 @@
 //!
 //! Inside the crate this module is `crate::redis`, and redis-rs is `::redis`.
 
+#[cfg(feature = "rate-limit")]
 mod connection;
 mod error;
 mod info;
 mod sentinel;
 #[cfg(feature = "auth")]
 mod standalone;
+#[cfg(feature = "rate-limit")]
 mod url;
 
+#[cfg(feature = "rate-limit")]
 pub(crate) use connection::{Conn, SETUP_TIMEOUT};
 pub(crate) use error::kind_name;
 pub(crate) use info::cluster_enabled;
 #[cfg(feature = "auth")]
 pub(crate) use standalone::Standalone;
+#[cfg(feature = "rate-limit")]
 pub(crate) use url::{Target, parse_target};

@@ -79,7 +79,6 @@ pub(crate) fn parse_target(url: &str) -> Result<Target, ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

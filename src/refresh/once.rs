@@ -43,7 +43,6 @@ impl Refreshed {
     }
 
     fn shard(&self, digest: u64) -> &Mutex<HashMap<u64, u64>> {
-        #[allow(clippy::cast_possible_truncation)]
         &self.shards[(digest as usize) % SHARDS]
     }
 

@@ -33,7 +33,6 @@ impl KeySource {
     }
 
     /// For remote keys, a fetch an unknown `kid` may trigger.
-    #[allow(clippy::unused_self)]
     pub(crate) fn refresh_for_unknown_kid(&self) -> Option<Wait> {
         match self {
             Self::Static(_) => None,

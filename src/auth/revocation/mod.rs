@@ -278,7 +278,6 @@ impl Revocations {
     fn shard(&self, key: &str) -> &RwLock<Shard> {
         use std::hash::BuildHasher;
         let hash = self.inner.hasher.hash_one(key);
-        #[allow(clippy::cast_possible_truncation)]
         &self.inner.shards[(hash as usize) % SHARDS]
     }
 
@@ -542,7 +541,7 @@ impl Revocations {
     /// whether it is the first time (a replay is refused). Shared sets ask
     /// Redis, so a token replayed to another replica is caught; if Redis
     /// does not answer, this replica's own record decides.
-    #[cfg_attr(not(feature = "backchannel-logout"), allow(dead_code))]
+    #[cfg_attr(not(feature = "backchannel-logout"), expect(dead_code))]
     pub(crate) async fn first_logout(&self, issuer: Option<&str>, jti: &str, until: u64) -> bool {
         let key = serde_json::to_string(&(issuer, jti)).unwrap_or_default();
         let now = self.now();

@@ -5,4 +5,6 @@ mod primary;
 mod url;
 
 pub(crate) use primary::SentinelConn;
-pub(crate) use url::{SentinelUrl, parse};
+#[cfg(feature = "rate-limit")]
+pub(crate) use url::SentinelUrl;
+pub(crate) use url::parse;

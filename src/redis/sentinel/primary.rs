@@ -34,6 +34,10 @@ const CHECK_AT_MOST: Duration = Duration::from_millis(250);
 struct Primary {
     /// `host:port`, as the Sentinels give it (no credentials).
     addr: String,
+    #[cfg_attr(
+        not(feature = "auth"),
+        expect(dead_code, reason = "pub/sub connections of shared revocations")
+    )]
     client: Client,
     conn: ConnectionManager,
 }

@@ -151,7 +151,6 @@ impl Keys {
     pub(super) fn shard(&self, hash: u64) -> &Shard {
         let bits = (hash >> 25) & u64::from(u32::MAX);
         // Multiply-shift maps 32 bits onto 0..len evenly, for any len.
-        #[allow(clippy::cast_possible_truncation)]
         let index = ((bits * self.shards.len() as u64) >> 32) as usize;
         &self.shards[index]
     }

@@ -170,7 +170,6 @@ impl DenyCache {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

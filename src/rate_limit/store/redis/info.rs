@@ -61,7 +61,6 @@ pub(super) fn check_server_version(info: &str) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

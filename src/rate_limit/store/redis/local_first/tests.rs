@@ -1,7 +1,6 @@
 //! Replicas on one manual clock against a model of the `SHARE` script (the
 //! same steps, in Rust): exactness alone, idempotent merges, outages, and
 //! the over-admission of one hot key at 3 to 96 replicas.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
