@@ -15,13 +15,17 @@
 //! ```text
 //! client ─▶ RateLimit by client IP   coarse; refuses floods before any signature check
 //!        ─▶ JwtAuth                  find token (cookie fields, Bearer) → verify → Identity / Anonymous / refuse
+//!        ─▶ RefreshSession           re-mints a session cookie near its exp (optional; refresh)
+//!        ─▶ ForwardScope             the caller's token for outbound calls (optional; forward)
 //!        ─▶ CsrfGuard                cookie-authenticated unsafe methods and WebSocket upgrades
 //!        ─▶ RateLimit by subject     per (issuer, subject); client IP for anonymous callers; tiers
 //!        ─▶ your service (axum Router / tonic Server)
 //! ```
 //!
 //! Each box is an independent layer; they meet only through request
-//! extensions ([`Identity`], [`Claims`], [`Anonymous`]). With
+//! extensions ([`Identity`], [`Claims`], [`Anonymous`]). The deciding ones
+//! (auth, rate limit, CSRF) share one service and response future
+//! ([`middleware`]). With
 //! `ServiceBuilder` the first layer added is the outermost; with axum's
 //! `Router::layer` the last call is. A layer that needs the auth layer in
 //! front of it and sees a request the auth layer never looked at says so
