@@ -106,6 +106,8 @@ mod error;
 #[cfg(feature = "auth")]
 pub mod forward;
 pub mod identity;
+#[cfg(feature = "rate-limit")]
+pub mod lockout;
 mod macros;
 #[cfg(any(feature = "auth", feature = "rate-limit", feature = "csrf"))]
 pub mod middleware;

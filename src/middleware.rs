@@ -93,10 +93,10 @@ mod decide {
     }
 
     /// The wait of a layer that never waits.
-    #[cfg(feature = "csrf")]
+    #[cfg(any(feature = "csrf", feature = "rate-limit"))]
     pub enum Never {}
 
-    #[cfg(feature = "csrf")]
+    #[cfg(any(feature = "csrf", feature = "rate-limit"))]
     impl Future for Never {
         type Output = Infallible;
 
@@ -109,7 +109,7 @@ mod decide {
     }
 }
 
-#[cfg(feature = "csrf")]
+#[cfg(any(feature = "csrf", feature = "rate-limit"))]
 pub(crate) use decide::Never;
 
 /// A layer's service: its decision `D` in front of the inner service `S`.

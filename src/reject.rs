@@ -100,6 +100,8 @@ pub enum RefusalKind {
     LimiterUnavailable,
     /// The CSRF guard: a cross-site request with a session cookie (403).
     Csrf,
+    /// The lockout: a client whose requests kept failing (429).
+    AbnormalUsage,
 }
 
 /// Why a layer refused a request: what every [`Responder`] is given.
@@ -291,6 +293,10 @@ impl<'a> Refusal<'a> {
                 TEMPORARY_REDUCED_CAPACITY,
                 "Request cannot be satisfied due to temporary reduced capacity",
             ),
+            RefusalKind::AbnormalUsage => (
+                ABNORMAL_USAGE_DETECTED,
+                "Request not satisfied due to detection of abnormal request pattern",
+            ),
             _ => (
                 "about:blank",
                 self.status.canonical_reason().unwrap_or("Error"),
@@ -408,6 +414,11 @@ struct ProblemBody<'a> {
     #[serde(rename = "violated-policies", skip_serializing_if = "Option::is_none")]
     violated_policies: Option<&'a [&'a str]>,
 }
+
+/// The problem type of a client locked out after repeated failures
+/// (draft-ietf-httpapi-ratelimit-headers-11).
+pub const ABNORMAL_USAGE_DETECTED: &str =
+    "https://iana.org/assignments/http-problem-types#abnormal-usage-detected";
 
 /// The problem type of a spent quota (draft-ietf-httpapi-ratelimit-headers-11).
 pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";

@@ -211,6 +211,19 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
     }
 }
 
+impl KeyBy {
+    /// For the other layers that key by client (the lockout): the same check
+    /// as a rate limit's, naming `setting`.
+    pub(crate) fn check_peer_source(
+        &self,
+        inserted: bool,
+        setting: &'static str,
+    ) -> Result<(), ConfigError> {
+        check_peer_source(self, PEER_SOURCES, inserted)
+            .map_err(|e| ConfigError::new(setting, e.reason().to_owned()))
+    }
+}
+
 /// An address-keyed limit needs a peer address; a build that cannot learn
 /// one would put every client in one bucket.
 fn check_peer_source(key: &KeyBy, sources: &[&str], inserted: bool) -> Result<(), ConfigError> {

@@ -1,0 +1,230 @@
+//! The lockout's decision for one request: a key locked out is refused; any
+//! other request passes, and its response is looked at afterwards — a
+//! failure is counted, a marked success clears the key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+
+use crate::clock::WallClock;
+use crate::middleware::{After, Decide, Never, Verdict};
+use crate::rate_limit::{KeyBy, RateKey};
+use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
+
+/// Put into a response's extensions by a handler: a failed login, counted
+/// whatever the response's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginFailed;
+
+/// Put into a response's extensions by a handler: a successful login, which
+/// clears the key's failures (not a lockout in force).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginSucceeded;
+
+/// One key's failures and lockouts (unix seconds).
+#[derive(Debug, Clone, Copy, Default)]
+struct Record {
+    failures: u32,
+    window_start: u64,
+    locked_until: u64,
+    lockouts: u32,
+}
+
+/// The state every clone of a layer shares.
+pub struct Shared {
+    key: KeyBy,
+    failures: u32,
+    window: u64,
+    backoff: u64,
+    max_backoff: u64,
+    statuses: Vec<StatusCode>,
+    max_keys: usize,
+    clock: Arc<dyn WallClock>,
+    records: Mutex<HashMap<RateKey, Record>>,
+    warned_no_key: AtomicBool,
+    warned_full: AtomicBool,
+}
+
+impl Shared {
+    #[expect(clippy::too_many_arguments, reason = "the builder's checked settings")]
+    pub(super) fn new(
+        key: KeyBy,
+        failures: u32,
+        window: u64,
+        backoff: u64,
+        max_backoff: u64,
+        statuses: Vec<StatusCode>,
+        max_keys: usize,
+        clock: Arc<dyn WallClock>,
+    ) -> Self {
+        Self {
+            key,
+            failures,
+            window,
+            backoff,
+            max_backoff,
+            statuses,
+            max_keys,
+            clock,
+            records: Mutex::new(HashMap::new()),
+            warned_no_key: AtomicBool::new(false),
+            warned_full: AtomicBool::new(false),
+        }
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<RateKey, Record>> {
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Seconds left of the key's lockout, if it is locked out now.
+    pub(super) fn locked_for(&self, key: &RateKey) -> Option<u64> {
+        let now = self.clock.unix_now();
+        let until = self.records().get(key)?.locked_until;
+        (until > now).then(|| until - now)
+    }
+
+    /// Counts a failure of `key`; locks it out when it failed too often.
+    fn failed(&self, key: RateKey) {
+        let now = self.clock.unix_now();
+        let mut records = self.records();
+        if !records.contains_key(&key) && records.len() >= self.max_keys {
+            // Drop what no longer matters: no lockout in force or to
+            // remember, no failure in a live window.
+            let (window, max_backoff) = (self.window, self.max_backoff);
+            records.retain(|_, r| {
+                r.locked_until.saturating_add(max_backoff) > now
+                    || r.window_start.saturating_add(window) > now
+            });
+            if records.len() >= self.max_keys {
+                if !self.warned_full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        max_keys = self.max_keys,
+                        "tollgate: the lockout counts as many keys as it may; failures of new \
+                         keys are not counted until some expire (raise max_keys)"
+                    );
+                }
+                return;
+            }
+        }
+        let record = records.entry(key).or_default();
+        // A key quiet for max_backoff after its last lockout starts over.
+        if record.lockouts > 0 && record.locked_until.saturating_add(self.max_backoff) <= now {
+            record.lockouts = 0;
+        }
+        if record.failures == 0 || record.window_start.saturating_add(self.window) <= now {
+            record.failures = 0;
+            record.window_start = now;
+        }
+        record.failures += 1;
+        if record.failures >= self.failures {
+            let doubling = 1_u64.checked_shl(record.lockouts).unwrap_or(u64::MAX);
+            let lockout = self.backoff.saturating_mul(doubling).min(self.max_backoff);
+            record.locked_until = now.saturating_add(lockout);
+            record.lockouts = record.lockouts.saturating_add(1);
+            record.failures = 0;
+            tracing::debug!(
+                lockout_secs = lockout,
+                "tollgate: a key is locked out after repeated failures"
+            );
+        }
+    }
+
+    /// A success clears the key's failures; a lockout in force stays.
+    fn succeeded(&self, key: &RateKey) {
+        let now = self.clock.unix_now();
+        let mut records = self.records();
+        if let Some(record) = records.get_mut(key) {
+            if record.locked_until > now {
+                record.failures = 0;
+            } else {
+                records.remove(key);
+            }
+        }
+    }
+}
+
+/// The decision of [`Lockout`](super::Lockout): the shared counts and the
+/// responder.
+pub struct LockoutDecision<R> {
+    pub(super) shared: Arc<Shared>,
+    pub(super) responder: R,
+}
+
+impl<R: Clone> Clone for LockoutDecision<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            responder: self.responder.clone(),
+        }
+    }
+}
+
+impl<R: fmt::Debug> fmt::Debug for LockoutDecision<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lockout")
+            .field("responder", &self.responder)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a passed request's response is looked at for.
+#[derive(Default)]
+pub struct Outcome(Option<(Arc<Shared>, RateKey)>);
+
+impl After for Outcome {
+    fn apply<B>(self, response: &mut Response<B>) {
+        let Some((shared, key)) = self.0 else {
+            return;
+        };
+        let extensions = response.extensions();
+        if extensions.get::<LoginSucceeded>().is_some() {
+            shared.succeeded(&key);
+        } else if extensions.get::<LoginFailed>().is_some()
+            || shared.statuses.contains(&response.status())
+        {
+            shared.failed(key);
+        }
+    }
+}
+
+impl<R, B> Decide<B> for LockoutDecision<R>
+where
+    R: Responder,
+{
+    type After = Outcome;
+    type Wait = Never;
+
+    fn decide(&self, req: Request<B>) -> Verdict<B, Outcome, Never> {
+        let (parts, body) = req.into_parts();
+        let Some(key) = self.shared.key.key(&parts) else {
+            if !self.shared.warned_no_key.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "tollgate: the lockout saw a request without a key (no peer address?); \
+                     such requests are not counted"
+                );
+            }
+            return Verdict::Pass(Request::from_parts(parts, body), Outcome(None));
+        };
+        if let Some(left) = self.shared.locked_for(&key) {
+            tracing::debug!(outcome = "locked_out", "tollgate: request refused");
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(left));
+            let refusal = Refusal::new(
+                RefusalKind::AbnormalUsage,
+                StatusCode::TOO_MANY_REQUESTS,
+                GrpcCode::ResourceExhausted,
+                "locked_out",
+                "too many failed requests from this client; retry later",
+            )
+            .with_headers(headers);
+            return Verdict::Refuse(self.responder.respond(&refusal, &parts));
+        }
+        Verdict::Pass(
+            Request::from_parts(parts, body),
+            Outcome(Some((Arc::clone(&self.shared), key))),
+        )
+    }
+}

@@ -1,0 +1,301 @@
+//! Failure-driven lockout (brute-force protection): [`LockoutLayer`] counts
+//! the requests of one key (a client IP, by default) that *ended badly* —
+//! a 401 or 403, or a response the handler marked [`LoginFailed`] — and
+//! refuses that key for a growing back-off once it failed too often.
+//! Successful requests are never charged, and a response marked
+//! [`LoginSucceeded`] clears the key's failures.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tollgate::lockout::LockoutLayer;
+//! use tollgate::rate_limit::{KeyBy, PeerAddr, TrustedProxies};
+//!
+//! let lockout = LockoutLayer::builder(KeyBy::client_ip(TrustedProxies::none()))
+//!     .failures(3)                         // three failures within the window...
+//!     .window(Duration::from_secs(60))
+//!     .backoff(Duration::from_secs(30))    // ...lock the key out 30 s, then 60 s, 120 s...
+//!     .max_backoff(Duration::from_secs(3600))
+//!     .peer_addr_inserted(true)            // this test inserts PeerAddr itself
+//!     .build()?;
+//! let login = ServiceBuilder::new().layer(lockout).service(service_fn(|_req: Request<()>| async {
+//!     let mut response = Response::new(String::new());
+//!     *response.status_mut() = StatusCode::UNAUTHORIZED; // a wrong password
+//!     Ok::<_, std::convert::Infallible>(response)
+//! }));
+//! let from = |ip: &str| {
+//!     let mut request = Request::new(());
+//!     request.extensions_mut().insert(PeerAddr(SocketAddr::new(ip.parse().unwrap(), 40_000)));
+//!     request
+//! };
+//! for _ in 0..3 {
+//!     assert_eq!(login.clone().oneshot(from("192.0.2.7")).await?.status(), StatusCode::UNAUTHORIZED);
+//! }
+//! // Locked out: refused before the handler runs, with the draft's problem type.
+//! let refused = login.clone().oneshot(from("192.0.2.7")).await?;
+//! assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(refused.headers()["retry-after"], "30");
+//! // Another address is not.
+//! assert_eq!(login.oneshot(from("192.0.2.8")).await?.status(), StatusCode::UNAUTHORIZED);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # What it protects, and what not yet
+//!
+//! - A refusal is 429 with `Retry-After` and the problem type
+//!   [`ABNORMAL_USAGE_DETECTED`](crate::reject::ABNORMAL_USAGE_DETECTED) of
+//!   draft-ietf-httpapi-ratelimit-headers-11 (`reason: "locked_out"`; gRPC
+//!   `RESOURCE_EXHAUSTED`). The handler is not called.
+//! - Keyed by client address, an attacker locks out only the addresses it
+//!   sends from: a victim elsewhere keeps logging in. The back-off doubles
+//!   with each lockout up to [`max_backoff`](LockoutBuilder::max_backoff),
+//!   and the count of lockouts is forgotten once a key stays quiet for
+//!   `max_backoff`.
+//! - A request without a key (no peer address) is not counted, and the
+//!   first one is said once at `warn`: counting every such request in one
+//!   shared key would let one client lock out all of them.
+//! - Counts are per replica and bounded by [`max_keys`](LockoutBuilder::max_keys)
+//!   (default 100,000): when full, expired keys are dropped, and a new key is
+//!   not counted (said once at `warn`) rather than evicting a locked one.
+//! - Not yet: per-account keys (a failed login naming its account), sharing
+//!   through Redis, metrics and a TOML table — tracked in the open issue on
+//!   limits by cost, failure and concurrency.
+//!
+//! The layer is built on tollgate's [`middleware`](crate::middleware)
+//! skeleton: this file is its layer and builder, `decide.rs` its decision.
+
+mod decide;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tower_layer::Layer;
+
+use crate::clock::{SystemClock, WallClock};
+use crate::error::ConfigError;
+use crate::middleware::Middleware;
+use crate::rate_limit::KeyBy;
+use crate::reject::DefaultResponder;
+use decide::{LockoutDecision, Shared};
+pub use decide::{LoginFailed, LoginSucceeded};
+
+/// Default number of failures within the window that locks a key out.
+pub const DEFAULT_FAILURES: u32 = 5;
+/// Default window in which failures are counted.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+/// Default first lockout; each further one doubles it.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(60);
+/// Default longest lockout.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Default bound on the keys counted.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// Locks out keys whose requests keep failing; see the [module docs](self).
+#[derive(Clone)]
+pub struct LockoutLayer<R = DefaultResponder> {
+    shared: Arc<Shared>,
+    responder: R,
+}
+
+impl<R: std::fmt::Debug> std::fmt::Debug for LockoutLayer<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockoutLayer")
+            .field("responder", &self.responder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockoutLayer {
+    /// A builder that keys requests by `key` (usually
+    /// [`KeyBy::client_ip`](crate::rate_limit::KeyBy::client_ip)).
+    pub fn builder(key: KeyBy) -> LockoutBuilder {
+        LockoutBuilder {
+            key,
+            failures: DEFAULT_FAILURES,
+            window: DEFAULT_WINDOW,
+            backoff: DEFAULT_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            statuses: vec![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN],
+            max_keys: DEFAULT_MAX_KEYS,
+            clock: Arc::new(SystemClock),
+            peer_addr_inserted: false,
+        }
+    }
+}
+
+impl<R> LockoutLayer<R> {
+    /// Replaces the responder that renders refusals.
+    pub fn with_responder<R2>(self, responder: R2) -> LockoutLayer<R2> {
+        LockoutLayer {
+            shared: self.shared,
+            responder,
+        }
+    }
+
+    /// Whether `key` is locked out now (for a login page that says so).
+    pub fn is_locked(&self, key: &crate::rate_limit::RateKey) -> bool {
+        self.shared.locked_for(key).is_some()
+    }
+}
+
+/// Builds a [`LockoutLayer`].
+pub struct LockoutBuilder {
+    key: KeyBy,
+    failures: u32,
+    window: Duration,
+    backoff: Duration,
+    max_backoff: Duration,
+    statuses: Vec<StatusCode>,
+    max_keys: usize,
+    clock: Arc<dyn WallClock>,
+    peer_addr_inserted: bool,
+}
+
+impl std::fmt::Debug for LockoutBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockoutBuilder")
+            .field("failures", &self.failures)
+            .field("window", &self.window)
+            .field("backoff", &self.backoff)
+            .field("max_backoff", &self.max_backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockoutBuilder {
+    /// Failures within [`window`](Self::window) that lock a key out
+    /// (default 5).
+    #[must_use]
+    pub fn failures(mut self, failures: u32) -> Self {
+        self.failures = failures;
+        self
+    }
+
+    /// How long failures are counted from the first (default 5 minutes).
+    #[must_use]
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// The first lockout (default 1 minute); each further one doubles it.
+    #[must_use]
+    pub fn backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The longest lockout (default 1 hour).
+    #[must_use]
+    pub fn max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// The response statuses that count as failures (default 401 and 403).
+    #[must_use]
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// The most keys counted at once (default 100,000).
+    #[must_use]
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// The wall clock (default the system clock); tests pass a fake one.
+    #[must_use]
+    pub fn clock(mut self, clock: impl WallClock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The service inserts [`PeerAddr`](crate::rate_limit::PeerAddr) itself,
+    /// in a build without `axum-connect-info` or `tonic` (as for
+    /// [`RateLimitBuilder::peer_addr_inserted`](crate::rate_limit::RateLimitBuilder::peer_addr_inserted)).
+    #[must_use]
+    pub fn peer_addr_inserted(mut self, inserted: bool) -> Self {
+        self.peer_addr_inserted = inserted;
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    ///
+    /// # Errors
+    /// No failures, an empty window or back-off, a back-off longer than its
+    /// maximum, no failure status, no keys, or a key by client address in a
+    /// build with no source of peer addresses.
+    pub fn build(self) -> Result<LockoutLayer, ConfigError> {
+        let fail = |setting, reason: &str| Err(ConfigError::new(setting, reason.to_owned()));
+        if self.failures == 0 {
+            return fail("lockout.failures", "at least 1 failure must lock a key out");
+        }
+        if self.window.as_secs() == 0 || self.backoff.as_secs() == 0 {
+            return fail(
+                "lockout.window",
+                "the window and the back-off must be at least 1 second",
+            );
+        }
+        if self.max_backoff < self.backoff {
+            return fail(
+                "lockout.max_backoff",
+                "the longest lockout cannot be shorter than the first",
+            );
+        }
+        if self.statuses.is_empty() {
+            return fail(
+                "lockout.statuses",
+                "no status counts as a failure: the layer would never lock out",
+            );
+        }
+        if self.max_keys == 0 {
+            return fail("lockout.max_keys", "must be at least 1");
+        }
+        self.key
+            .check_peer_source(self.peer_addr_inserted, "lockout.key")?;
+        Ok(LockoutLayer {
+            shared: Arc::new(Shared::new(
+                self.key,
+                self.failures,
+                self.window.as_secs(),
+                self.backoff.as_secs(),
+                self.max_backoff.as_secs(),
+                self.statuses,
+                self.max_keys,
+                self.clock,
+            )),
+            responder: DefaultResponder,
+        })
+    }
+}
+
+impl<S, R: Clone> Layer<S> for LockoutLayer<R> {
+    type Service = Lockout<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Middleware::new(
+            inner,
+            LockoutDecision {
+                shared: Arc::clone(&self.shared),
+                responder: self.responder.clone(),
+            },
+        )
+    }
+}
+
+/// The service built by [`LockoutLayer`] (tollgate's one
+/// [`Middleware`](crate::middleware::Middleware), with the lockout's
+/// decision).
+pub type Lockout<S, R = DefaultResponder> = Middleware<S, LockoutDecision<R>>;
+
+/// Response future of [`Lockout`].
+pub type ResponseFuture<S, B, R = DefaultResponder> =
+    crate::middleware::ResponseFuture<S, B, LockoutDecision<R>>;

@@ -1,0 +1,263 @@
+//! Failure-driven lockout on a fake clock: failures lock a client out with
+//! a growing back-off, successes are never charged, a marked success clears,
+//! one client cannot lock out another, and the refusal is the draft's.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use tollgate::lockout::{LockoutLayer, LoginFailed, LoginSucceeded};
+use tollgate::rate_limit::{KeyBy, PeerAddr, TrustedProxies};
+use tower::{Layer, Service, ServiceExt};
+
+const NOW: u64 = 1_700_000_000;
+
+/// What the handler answers, and how often it ran.
+#[derive(Clone)]
+struct Handler {
+    calls: Arc<AtomicUsize>,
+}
+
+fn request(ip: &str, answer: &str) -> Request<String> {
+    let mut request = Request::new(answer.to_owned());
+    let ip = ip.parse().expect("ip");
+    request
+        .extensions_mut()
+        .insert(PeerAddr(SocketAddr::new(ip, 40_000)));
+    request
+}
+
+impl Service<Request<String>> for Handler {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    /// The request body says what to answer: `ok`, `401`, `failed` (200
+    /// marked as a failed login) or `login` (200 marked as a success).
+    fn call(&mut self, req: Request<String>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut response = Response::new(String::new());
+        match req.body().as_str() {
+            "401" => *response.status_mut() = StatusCode::UNAUTHORIZED,
+            "failed" => {
+                response.extensions_mut().insert(LoginFailed);
+            }
+            "login" => {
+                response.extensions_mut().insert(LoginSucceeded);
+            }
+            _ => {}
+        }
+        std::future::ready(Ok(response))
+    }
+}
+
+struct Setup {
+    clock: Arc<AtomicU64>,
+    calls: Arc<AtomicUsize>,
+    layer: LockoutLayer,
+}
+
+fn setup() -> Setup {
+    let clock = Arc::new(AtomicU64::new(NOW));
+    let now = Arc::clone(&clock);
+    let layer = LockoutLayer::builder(KeyBy::client_ip(TrustedProxies::none()))
+        .failures(3)
+        .window(Duration::from_secs(60))
+        .backoff(Duration::from_secs(30))
+        .max_backoff(Duration::from_secs(100))
+        .peer_addr_inserted(true)
+        .clock(move || now.load(Ordering::SeqCst))
+        .build()
+        .expect("layer");
+    Setup {
+        clock,
+        calls: Arc::new(AtomicUsize::new(0)),
+        layer,
+    }
+}
+
+impl Setup {
+    async fn send(&self, ip: &str, answer: &str) -> Response<tollgate::body::ResponseBody<String>> {
+        let handler = Handler {
+            calls: Arc::clone(&self.calls),
+        };
+        self.layer
+            .layer(handler)
+            .oneshot(request(ip, answer))
+            .await
+            .expect("infallible")
+    }
+
+    fn advance(&self, secs: u64) {
+        self.clock.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+async fn body_json(response: Response<tollgate::body::ResponseBody<String>>) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+#[tokio::test]
+async fn failures_lock_a_client_out_with_a_growing_backoff() {
+    let s = setup();
+    for _ in 0..3 {
+        assert_eq!(
+            s.send("192.0.2.1", "401").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let calls = s.calls.load(Ordering::SeqCst);
+    let refused = s.send("192.0.2.1", "ok").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "30");
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body = body_json(refused).await;
+    assert_eq!(body["type"], tollgate::reject::ABNORMAL_USAGE_DETECTED);
+    assert_eq!(body["reason"], "locked_out");
+    assert_eq!(
+        s.calls.load(Ordering::SeqCst),
+        calls,
+        "the handler is not called"
+    );
+
+    // Ten seconds before the end: still refused, with what is left.
+    s.advance(20);
+    assert_eq!(
+        s.send("192.0.2.1", "ok").await.headers()["retry-after"],
+        "10"
+    );
+    // The lockout is over: served again.
+    s.advance(10);
+    assert_eq!(s.send("192.0.2.1", "ok").await.status(), StatusCode::OK);
+    // Three more failures: the second lockout is twice as long, the third
+    // capped at max_backoff (100 s, not 120 s).
+    for expected in ["60", "100"] {
+        for _ in 0..3 {
+            s.send("192.0.2.1", "401").await;
+        }
+        let refused = s.send("192.0.2.1", "ok").await;
+        assert_eq!(refused.headers()["retry-after"], expected);
+        s.advance(expected.parse().expect("secs"));
+    }
+    // Quiet for max_backoff after the last lockout: the back-off starts over.
+    s.advance(100);
+    for _ in 0..3 {
+        s.send("192.0.2.1", "401").await;
+    }
+    assert_eq!(
+        s.send("192.0.2.1", "ok").await.headers()["retry-after"],
+        "30"
+    );
+}
+
+#[tokio::test]
+async fn successes_are_never_charged_and_failures_outside_the_window_do_not_add_up() {
+    let s = setup();
+    for _ in 0..1_000 {
+        assert_eq!(s.send("192.0.2.2", "ok").await.status(), StatusCode::OK);
+    }
+    // Two failures, then the window passes: two more do not lock out.
+    s.send("192.0.2.2", "401").await;
+    s.send("192.0.2.2", "401").await;
+    s.advance(60);
+    s.send("192.0.2.2", "401").await;
+    s.send("192.0.2.2", "401").await;
+    assert_eq!(s.send("192.0.2.2", "ok").await.status(), StatusCode::OK);
+    // A third inside the new window does.
+    s.send("192.0.2.2", "401").await;
+    assert_eq!(
+        s.send("192.0.2.2", "ok").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn handler_marks_count_and_a_marked_success_clears_the_failures() {
+    let s = setup();
+    // A failed login answered 200 counts; a successful one clears.
+    s.send("192.0.2.3", "failed").await;
+    s.send("192.0.2.3", "failed").await;
+    s.send("192.0.2.3", "login").await;
+    s.send("192.0.2.3", "failed").await;
+    s.send("192.0.2.3", "failed").await;
+    assert_eq!(s.send("192.0.2.3", "ok").await.status(), StatusCode::OK);
+    s.send("192.0.2.3", "failed").await;
+    assert_eq!(
+        s.send("192.0.2.3", "ok").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+/// Hostile: a client locks out only itself; another address (the account
+/// owner elsewhere) keeps being served, and requests without an address
+/// are not counted in one shared key that anyone could fill.
+#[tokio::test]
+async fn one_client_cannot_lock_out_another_nor_the_keyless() {
+    let s = setup();
+    for _ in 0..30 {
+        s.send("192.0.2.66", "401").await;
+    }
+    assert_eq!(
+        s.send("192.0.2.66", "ok").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(s.send("198.51.100.9", "ok").await.status(), StatusCode::OK);
+    assert_eq!(s.send("2001:db8::1", "ok").await.status(), StatusCode::OK);
+
+    let keyless = || Request::new("401".to_owned());
+    let handler = Handler {
+        calls: Arc::clone(&s.calls),
+    };
+    let mut service = s.layer.layer(handler);
+    for _ in 0..10 {
+        let status = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(keyless())
+            .await
+            .expect("infallible")
+            .status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[test]
+fn misconfigurations_fail_at_build() {
+    let base =
+        || LockoutLayer::builder(KeyBy::client_ip(TrustedProxies::none())).peer_addr_inserted(true);
+    let err = |b: tollgate::lockout::LockoutBuilder| b.build().expect_err("refused");
+    assert_eq!(err(base().failures(0)).setting(), "lockout.failures");
+    assert_eq!(
+        err(base()
+            .backoff(Duration::from_secs(60))
+            .max_backoff(Duration::from_secs(10)))
+        .setting(),
+        "lockout.max_backoff"
+    );
+    assert_eq!(err(base().statuses([])).setting(), "lockout.statuses");
+    assert_eq!(
+        err(base().window(Duration::ZERO)).setting(),
+        "lockout.window"
+    );
+}
