@@ -50,10 +50,11 @@ mod decide {
     use bytes::Bytes;
     use http::{Request, Response};
 
-    /// One request's decision: go on with what the response needs, answer
-    /// with a refusal now, or wait and decide again.
-    pub enum Verdict<B, A, W> {
-        Pass(Request<B>, A),
+    /// One request's decision: gone on (the inner service's future `F`, and
+    /// what the response needs), a refusal now, or a wait before deciding
+    /// again (the request kept meanwhile).
+    pub enum Verdict<F, A, W, B> {
+        Pass(F, A),
         Refuse(Response<Bytes>),
         Wait(W, Request<B>),
     }
@@ -67,17 +68,24 @@ mod decide {
         /// layer that decides at once.
         type Wait: Future + Unpin;
 
-        /// Decides for a request.
-        fn decide(&self, req: Request<B>) -> Verdict<B, Self::After, Self::Wait>;
+        /// Decides for a request; a request that goes on is handed to `call`
+        /// (the inner service's `call`) right where it is rebuilt, so that it
+        /// is not moved through the verdict.
+        fn decide<F>(
+            &self,
+            req: Request<B>,
+            call: impl FnOnce(Request<B>) -> F,
+        ) -> Verdict<F, Self::After, Self::Wait, B>;
 
         /// Decides again once the wait is over; no second wait.
-        fn resume(
+        fn resume<F>(
             &self,
             waited: <Self::Wait as Future>::Output,
             req: Request<B>,
-        ) -> Verdict<B, Self::After, Infallible> {
+            call: impl FnOnce(Request<B>) -> F,
+        ) -> Verdict<F, Self::After, Infallible, B> {
             // Only a layer that never waits keeps this: it is never called.
-            let _ = (waited, req);
+            let _ = (waited, req, call);
             Verdict::Refuse(crate::reject::polled_after_completion())
         }
     }
@@ -160,11 +168,9 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let state = match self.decide.decide(req) {
-            Verdict::Pass(req, after) => State::Inner {
-                future: self.inner.call(req),
-                after,
-            },
+        let inner = &mut self.inner;
+        let state = match self.decide.decide(req, |req| inner.call(req)) {
+            Verdict::Pass(future, after) => State::Inner { future, after },
             Verdict::Refuse(response) => State::Refused {
                 response: Some(response),
             },
@@ -253,11 +259,8 @@ where
                         request,
                         decide,
                     } = *parked;
-                    match decide.resume(waited, request) {
-                        Verdict::Pass(request, after) => State::Inner {
-                            future: inner.call(request),
-                            after,
-                        },
+                    match decide.resume(waited, request, |request| inner.call(request)) {
+                        Verdict::Pass(future, after) => State::Inner { future, after },
                         Verdict::Refuse(response) => State::Refused {
                             response: Some(response),
                         },

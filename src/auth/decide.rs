@@ -57,18 +57,31 @@ where
     type After = ();
     type Wait = Wait;
 
-    fn decide(&self, req: Request<B>) -> Verdict<B, (), Wait> {
-        step(
+    fn decide<F>(
+        &self,
+        req: Request<B>,
+        call: impl FnOnce(Request<B>) -> F,
+    ) -> Verdict<F, (), Wait, B> {
+        match step(
             &self.state,
             self.mode,
             self.shadow,
             &self.responder,
             req,
             true,
-        )
+        ) {
+            Step::Pass(req) => Verdict::Pass(call(req), ()),
+            Step::Refuse(response) => Verdict::Refuse(response),
+            Step::Wait(wait, req) => Verdict::Wait(wait, req),
+        }
     }
 
-    fn resume(&self, (): (), req: Request<B>) -> Verdict<B, (), Infallible> {
+    fn resume<F>(
+        &self,
+        (): (),
+        req: Request<B>,
+        call: impl FnOnce(Request<B>) -> F,
+    ) -> Verdict<F, (), Infallible, B> {
         // Second and last try: no further fetch.
         match step(
             &self.state,
@@ -78,12 +91,19 @@ where
             req,
             false,
         ) {
-            Verdict::Pass(req, after) => Verdict::Pass(req, after),
-            Verdict::Refuse(response) => Verdict::Refuse(response),
+            Step::Pass(req) => Verdict::Pass(call(req), ()),
+            Step::Refuse(response) => Verdict::Refuse(response),
             // `step` does not ask to wait when fetching is not allowed.
-            Verdict::Wait(..) => Verdict::Refuse(crate::reject::polled_after_completion()),
+            Step::Wait(..) => Verdict::Refuse(crate::reject::polled_after_completion()),
         }
     }
+}
+
+/// What `step` decided.
+enum Step<B> {
+    Pass(Request<B>),
+    Refuse(http::Response<bytes::Bytes>),
+    Wait(Wait, Request<B>),
 }
 
 /// Whether a token's grants meet a route's needs. No grants read (the layer
@@ -119,7 +139,7 @@ fn step<T, R, B>(
     responder: &R,
     mut req: Request<B>,
     allow_fetch: bool,
-) -> Verdict<B, (), Wait>
+) -> Step<B>
 where
     T: DeserializeOwned + Send + Sync + 'static,
     R: Responder,
@@ -131,7 +151,7 @@ where
         if exempt {
             // Later layers see that the auth layer looked: anonymous.
             req.extensions_mut().insert(Anonymous::new(None));
-            return Verdict::Pass(req, ());
+            return Step::Pass(req);
         }
     }
     // Route rules, when a RouteRulesLayer outside put the request's rule
@@ -170,7 +190,7 @@ where
     let Some(mode) = mode else {
         // Access off: the token is not looked at.
         req.extensions_mut().insert(Anonymous::new(None));
-        return Verdict::Pass(req, ());
+        return Step::Pass(req);
     };
     let error = match state.authenticate(req.headers(), allow_fetch) {
         Outcome::Authenticated(authenticated)
@@ -210,9 +230,9 @@ where
             if let Some(token) = token {
                 extensions.insert(token);
             }
-            return Verdict::Pass(req, ());
+            return Step::Pass(req);
         }
-        Outcome::Retry(wait) => return Verdict::Wait(wait, req),
+        Outcome::Retry(wait) => return Step::Wait(wait, req),
         Outcome::NoToken if mode == AuthMode::Required => {
             AuthError::new(AuthErrorKind::Missing, "this resource needs a token")
         }
@@ -221,7 +241,7 @@ where
             trace::auth("anonymous", AuthErrorKind::Missing.reason());
             tracing::trace!(outcome = "anonymous", reason = "missing", "tollgate: auth");
             req.extensions_mut().insert(Anonymous::new(None));
-            return Verdict::Pass(req, ());
+            return Step::Pass(req);
         }
         Outcome::Failed(e) if mode == AuthMode::Lenient && e.kind() != AuthErrorKind::Forbidden => {
             state.metrics.anonymous(e.kind());
@@ -232,7 +252,7 @@ where
                 "tollgate: token ignored (lenient)"
             );
             req.extensions_mut().insert(Anonymous::new(Some(e.kind())));
-            return Verdict::Pass(req, ());
+            return Step::Pass(req);
         }
         Outcome::Failed(e) => e,
     };
@@ -249,7 +269,7 @@ where
         );
         req.extensions_mut()
             .insert(Anonymous::new(Some(error.kind())));
-        return Verdict::Pass(req, ());
+        return Step::Pass(req);
     }
     tracing::debug!(
         outcome = "refused",
@@ -258,5 +278,5 @@ where
         "tollgate: request refused"
     );
     let (parts, _body) = req.into_parts();
-    Verdict::Refuse(responder.respond(&Refusal::auth(&error), &parts))
+    Step::Refuse(responder.respond(&Refusal::auth(&error), &parts))
 }

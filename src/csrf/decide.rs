@@ -120,7 +120,11 @@ where
     type After = ();
     type Wait = Never;
 
-    fn decide(&self, req: Request<B>) -> Verdict<B, (), Never> {
+    fn decide<F>(
+        &self,
+        req: Request<B>,
+        call: impl FnOnce(Request<B>) -> F,
+    ) -> Verdict<F, (), Never, B> {
         // A route rule can turn the guard off for its routes.
         let off = req
             .extensions()
@@ -139,7 +143,7 @@ where
                 }
             };
         if pass {
-            return Verdict::Pass(req, ());
+            return Verdict::Pass(call(req), ());
         }
         tracing::debug!(
             outcome = "refused",

@@ -73,15 +73,16 @@ where
     R: Responder,
 {
     /// The store's answer made a verdict.
-    fn conclude<B, W>(
+    fn conclude<B, F, W>(
         &self,
         policy: usize,
         result: Result<Decision, StoreError>,
         parts: http::request::Parts,
         body: B,
-    ) -> Verdict<B, Option<Stamp>, W> {
+        call: impl FnOnce(Request<B>) -> F,
+    ) -> Verdict<F, Option<Stamp>, W, B> {
         match self.shared.verdict(policy, result, &parts, &self.responder) {
-            Ok(stamp) => Verdict::Pass(Request::from_parts(parts, body), stamp),
+            Ok(stamp) => Verdict::Pass(call(Request::from_parts(parts, body)), stamp),
             Err(refusal) => Verdict::Refuse(refusal),
         }
     }
@@ -95,13 +96,17 @@ where
     type After = Option<Stamp>;
     type Wait = Checking<St::Future>;
 
-    fn decide(&self, req: Request<B>) -> Verdict<B, Option<Stamp>, Self::Wait> {
+    fn decide<F>(
+        &self,
+        req: Request<B>,
+        call: impl FnOnce(Request<B>) -> F,
+    ) -> Verdict<F, Option<Stamp>, Self::Wait, B> {
         let (parts, body) = req.into_parts();
         let Some((policy, key)) = self.shared.classify(&parts) else {
-            return Verdict::Pass(Request::from_parts(parts, body), None);
+            return Verdict::Pass(call(Request::from_parts(parts, body)), None);
         };
         match self.shared.store.check(&self.shared.policies[policy], &key) {
-            Check::Ready(result) => self.conclude(policy, result, parts, body),
+            Check::Ready(result) => self.conclude(policy, result, parts, body, call),
             Check::Pending(check) => Verdict::Wait(
                 Checking {
                     check: Box::pin(check),
@@ -112,12 +117,13 @@ where
         }
     }
 
-    fn resume(
+    fn resume<F>(
         &self,
         (result, policy): (Result<Decision, StoreError>, usize),
         req: Request<B>,
-    ) -> Verdict<B, Option<Stamp>, Infallible> {
+        call: impl FnOnce(Request<B>) -> F,
+    ) -> Verdict<F, Option<Stamp>, Infallible, B> {
         let (parts, body) = req.into_parts();
-        self.conclude(policy, result, parts, body)
+        self.conclude(policy, result, parts, body, call)
     }
 }
