@@ -82,6 +82,7 @@ fn auth(mut case: Case) {
 #[bench::tower_governor_no_headers(args = (tower_governor_no_headers()), config = budget("tower_governor_no_headers"))]
 #[bench::tower_governor_headers(args = (tower_governor_headers()), config = budget("tower_governor_headers"))]
 #[bench::redis_local_first(args = (redis_local_first()), config = budget("redis_local_first"))]
+#[bench::lockout_pass(args = (lockout_pass()), config = budget("lockout_pass"))]
 fn rate_limit(mut case: Case) {
     case();
     forget(case);

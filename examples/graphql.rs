@@ -30,6 +30,16 @@
 //!   the CSRF guard's same-origin check (default `http`, what this example
 //!   serves; `https` behind an ingress that terminates TLS)
 //! - `TOLLGATE_LAYERS=off`: serve without tollgate (for throughput comparisons only)
+//! - `TOLLGATE_LOGIN_PASSWORD`: the demo password of `POST /login` (default
+//!   `tollgate-demo` with the built-in dev secret; unset otherwise, and
+//!   `/login` is not served)
+//!
+//! `POST /login` (JSON `{"subject": "...", "password": "..."}`) is a demo
+//! login: the right password sets a `da3` session cookie (204); a wrong one
+//! answers 401 and counts against the client's address, and after 5 failures
+//! within 5 minutes the address is locked out (429, problem type
+//! `abnormal-usage-detected`) for 1 minute, doubling with each lockout
+//! (`[lockouts.login]` in `TOLLGATE_CONFIG` changes that).
 //!
 //! With `TOLLGATE_JWKS_URL` or `TOLLGATE_OIDC_ISSUER`, `POST
 //! /oidc/backchannel-logout` receives the provider's OpenID Connect
@@ -66,6 +76,7 @@ use serde::{Deserialize, Serialize};
 use tollgate::auth::{BackChannelLogout, JwtAuthLayer, Key, RemoteKeys, Revocations};
 use tollgate::config::TollgateConfig;
 use tollgate::csrf::CsrfGuardLayer;
+use tollgate::lockout::{LockoutLayer, LoginFailed, LoginSucceeded};
 use tollgate::rate_limit::store::AnyStore;
 use tollgate::rate_limit::{KeyBy, LocalStore, Quota, RateLimitLayer, TrustedProxies};
 use tollgate::refresh::{Refresh, RefreshSessionLayer, SigningKey};
@@ -242,6 +253,92 @@ async fn logout_everywhere(
     }
 }
 
+/// `POST /login`'s password and what it signs sessions with.
+struct Login {
+    password: String,
+    secret: String,
+    issuer: String,
+    audience: String,
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    subject: String,
+    password: String,
+}
+
+/// Equal, in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// `POST /login`: a demo password check. The response tells the lockout in
+/// front how the attempt ended: `LoginFailed` counts against the client,
+/// `LoginSucceeded` clears its failures.
+async fn login(
+    State(login): State<std::sync::Arc<Login>>,
+    Json(credentials): Json<Credentials>,
+) -> axum::response::Response {
+    let subject_ok = !credentials.subject.is_empty()
+        && credentials.subject.len() <= 64
+        && credentials
+            .subject
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    if !subject_ok || !same_secret(credentials.password.as_bytes(), login.password.as_bytes()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Extension(LoginFailed),
+            "wrong subject or password",
+        )
+            .into_response();
+    }
+    match mint_token(
+        &login.secret,
+        &login.issuer,
+        &login.audience,
+        &credentials.subject,
+    ) {
+        Ok(token) => (
+            StatusCode::NO_CONTENT,
+            Extension(LoginSucceeded),
+            [(
+                header::SET_COOKIE,
+                format!("da3={token}; Max-Age=3600; Path=/; Secure; HttpOnly; SameSite=Lax"),
+            )],
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// A session token of an hour for `subject`, signed with `secret`.
+fn mint_token(
+    secret: &str,
+    issuer: &str,
+    audience: &str,
+    subject: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    tollgate::crypto::install_default_provider();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    let claims = User {
+        sub: subject.to_owned(),
+        iss: issuer.to_owned(),
+        aud: Audience::One(audience.to_owned()),
+        exp: now.as_secs() + 3600,
+        iat: Some(now.as_secs()),
+        // Unique enough for an example: the issue time in nanoseconds.
+        jti: Some(format!("{subject}-{:x}", now.as_nanos())),
+        roles: vec!["reader".to_owned()],
+    };
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &key,
+    )?)
+}
+
 pub(crate) struct Config {
     addr: String,
     secret: String,
@@ -258,6 +355,7 @@ pub(crate) struct Config {
     file: Option<TollgateConfig>,
     refresh_within: Option<Duration>,
     scheme: http::uri::Scheme,
+    login_password: Option<String>,
 }
 
 impl Config {
@@ -309,6 +407,9 @@ impl Config {
                 0 => None,
                 secs => Some(Duration::from_secs(secs.into())),
             },
+            login_password: lookup("TOLLGATE_LOGIN_PASSWORD")
+                .filter(|v| !v.is_empty())
+                .or_else(|| dev_secret.then(|| "tollgate-demo".to_owned())),
             scheme: match var("TOLLGATE_PUBLIC_SCHEME", "http").as_str() {
                 "http" => http::uri::Scheme::HTTP,
                 "https" => http::uri::Scheme::HTTPS,
@@ -323,24 +424,7 @@ impl Config {
     }
 
     pub(crate) fn mint(&self, subject: &str) -> Result<String, Box<dyn std::error::Error>> {
-        tollgate::crypto::install_default_provider();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
-        let claims = User {
-            sub: subject.to_owned(),
-            iss: self.issuer.clone(),
-            aud: Audience::One(self.audience.clone()),
-            exp: now.as_secs() + 3600,
-            iat: Some(now.as_secs()),
-            // Unique enough for an example: the issue time in nanoseconds.
-            jti: Some(format!("{subject}-{:x}", now.as_nanos())),
-            roles: vec!["reader".to_owned()],
-        };
-        let key = jsonwebtoken::EncodingKey::from_secret(self.secret.as_bytes());
-        Ok(jsonwebtoken::encode(
-            &jsonwebtoken::Header::default(),
-            &claims,
-            &key,
-        )?)
+        mint_token(&self.secret, &self.issuer, &self.audience, subject)
     }
 }
 
@@ -390,6 +474,28 @@ pub(crate) async fn app(
         logout_routes = logout_routes.route_service(
             "/oidc/backchannel-logout",
             BackChannelLogout::builder(&auth).build()?,
+        );
+    }
+    // The demo login, behind a lockout of the client address that failed
+    // too often: the policy file's `[lockouts.login]`, else the defaults
+    // (5 failures in 5 minutes lock it out for 1 minute, doubling).
+    if let Some(password) = &config.login_password {
+        let lockout = match config.file.as_ref().and_then(|f| f.lockout("login")) {
+            Some(table) => table.layer("login")?,
+            None => LockoutLayer::builder(KeyBy::client_ip(config.proxies.clone()))
+                .name("login")
+                .build()?,
+        };
+        let state = std::sync::Arc::new(Login {
+            password: password.clone(),
+            secret: config.secret.clone(),
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+        });
+        logout_routes = logout_routes.merge(
+            Router::new()
+                .route("/login", post(login).layer(lockout))
+                .with_state(state),
         );
     }
     // A coarse limit per client IP, so that a flood of junk tokens is

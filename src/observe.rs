@@ -12,6 +12,7 @@
 //! | `tollgate_rate_limit_sync_lag_seconds` | gauge | `store`: how long the oldest of those has waited |
 //! | `tollgate_rate_limit_sync_failures_total` | counter | `store`: local-first calls to Redis that failed (a batch, an ask) |
 //! | `tollgate_revocation_sync_failures_total` | counter | — (failed calls of revocations shared through Redis) |
+//! | `tollgate_lockout_events_total` | counter | `lockout` (the layer's name), `event` (`refused`: a request of a locked-out key; `failure`: a failure counted; `locked_out`: a lockout began; `cleared`: a marked success cleared the failures; `untracked`: a failure not counted, no key or no room) |
 //!
 //! No label carries a token, subject or address: their cardinality is
 //! bounded by the configuration.
@@ -43,6 +44,37 @@ pub mod names {
     pub const RATE_LIMIT_SYNC_FAILURES: &str = "tollgate_rate_limit_sync_failures_total";
     /// Counter of failed calls to Redis by shared revocations.
     pub const REVOCATION_SYNC_FAILURES: &str = "tollgate_revocation_sync_failures_total";
+    /// Counter of a lockout's events (refusals, failures, lockouts).
+    pub const LOCKOUT_EVENTS: &str = "tollgate_lockout_events_total";
+}
+
+#[cfg(all(feature = "metrics", feature = "rate-limit"))]
+pub(crate) use handles::LockoutMetrics;
+#[cfg(all(not(feature = "metrics"), feature = "rate-limit"))]
+pub(crate) use noop::LockoutMetrics;
+
+/// What a lockout counts, as the `event` label says it.
+#[cfg(feature = "rate-limit")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockoutEvent {
+    Refused,
+    Failure,
+    LockedOut,
+    Cleared,
+    Untracked,
+}
+
+#[cfg(all(feature = "rate-limit", feature = "metrics"))]
+impl LockoutEvent {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Failure => "failure",
+            Self::LockedOut => "locked_out",
+            Self::Cleared => "cleared",
+            Self::Untracked => "untracked",
+        }
+    }
 }
 
 #[cfg(all(feature = "metrics", feature = "auth"))]
@@ -105,6 +137,18 @@ mod noop {
 
     #[cfg(feature = "rate-limit")]
     pub(crate) struct RateMetrics;
+
+    #[cfg(feature = "rate-limit")]
+    pub(crate) struct LockoutMetrics;
+
+    #[cfg(feature = "rate-limit")]
+    impl LockoutMetrics {
+        pub(crate) fn new(_name: std::sync::Arc<str>) -> Self {
+            Self
+        }
+        #[inline]
+        pub(crate) fn event(&self, _event: super::LockoutEvent) {}
+    }
 
     #[cfg(feature = "rate-limit")]
     impl RateMetrics {
@@ -304,6 +348,36 @@ mod handles {
         /// Whether the gauge has never been set.
         pub(crate) fn keys_unset(&self) -> bool {
             self.keys.get().is_none()
+        }
+    }
+
+    /// A lockout layer's handles.
+    #[cfg(feature = "rate-limit")]
+    pub(crate) struct LockoutMetrics {
+        name: Arc<str>,
+        events: [OnceLock<Counter>; 5],
+    }
+
+    #[cfg(feature = "rate-limit")]
+    impl LockoutMetrics {
+        pub(crate) fn new(name: Arc<str>) -> Self {
+            Self {
+                name,
+                events: Default::default(),
+            }
+        }
+
+        /// Counts `event`.
+        pub(crate) fn event(&self, event: super::LockoutEvent) {
+            self.events[event as usize]
+                .get_or_init(|| {
+                    metrics::counter!(
+                        names::LOCKOUT_EVENTS,
+                        "lockout" => SharedString::from(Arc::clone(&self.name)),
+                        "event" => event.label()
+                    )
+                })
+                .increment(1);
         }
     }
 }

@@ -564,3 +564,51 @@ fn a_configuration_error_is_printed_as_written() {
     assert!(stderr.lines().count() > 1, "one line: {stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `POST /login`: the right password sets a session cookie the service
+/// accepts; five wrong ones lock the client address out (429,
+/// `abnormal-usage-detected`, `Retry-After`), and then even the right
+/// password is refused until the lockout ends.
+#[tokio::test]
+async fn failed_logins_lock_the_client_out() {
+    let mut cmd = command();
+    cmd.env("TOLLGATE_LOGIN_PASSWORD", "right-password");
+    let (_child, addr) = start_with(cmd);
+    let http = http(addr);
+    let login = |password: &str| json!({ "subject": "alice", "password": password });
+
+    let (status, headers, _) = http
+        .send(Method::POST, "/login", &[], Some(login("right-password")))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let cookie = headers["set-cookie"].to_str().unwrap();
+    let token = cookie
+        .strip_prefix("da3=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap();
+    let (status, _, me) = http.send(Method::GET, "/me", &da3(token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["sub"], "alice", "{me}");
+
+    for _ in 0..5 {
+        let (status, headers, _) = http
+            .send(Method::POST, "/login", &[], Some(login("guess")))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(!headers.contains_key("set-cookie"));
+    }
+    let (status, headers, body) = http
+        .send(Method::POST, "/login", &[], Some(login("right-password")))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "60");
+    assert_eq!(
+        body["type"],
+        "https://iana.org/assignments/http-problem-types#abnormal-usage-detected"
+    );
+    assert_eq!(body["reason"], "locked_out");
+    assert!(!headers.contains_key("set-cookie"));
+    // The lockout guards /login only: the session still works.
+    let (status, _, _) = http.send(Method::GET, "/me", &da3(token), None).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -261,3 +261,108 @@ fn misconfigurations_fail_at_build() {
         "lockout.window"
     );
 }
+
+/// A `[lockouts.NAME]` table builds the same layer; bad values name their
+/// field.
+#[tokio::test]
+async fn a_lockouts_table_configures_it() {
+    use tollgate::config::TollgateConfig;
+    let text = r#"
+[lockouts.login]
+key = "client_ip"
+failures = 2
+window_secs = 60
+backoff_secs = 10
+max_backoff_secs = 40
+statuses = [401]
+"#;
+    let config = TollgateConfig::from_toml(text).expect("config");
+    assert!(config.lockout("other").is_none());
+    let layer = config
+        .lockout("login")
+        .expect("table")
+        .layer("login")
+        .expect("layer");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let send = |answer: &str| {
+        let handler = Handler {
+            calls: Arc::clone(&calls),
+        };
+        layer.layer(handler).oneshot(request("203.0.113.5", answer))
+    };
+    // 403 is not in `statuses`: not counted.
+    send("ok").await.expect("ok");
+    for _ in 0..2 {
+        assert_eq!(
+            send("401").await.expect("ok").status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let refused = send("ok").await.expect("ok");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "10");
+
+    let bad = text.replace("statuses = [401]", "statuses = [200]");
+    let config = TollgateConfig::from_toml(&bad).expect("parses");
+    let err = config
+        .lockout("login")
+        .expect("table")
+        .layer("login")
+        .expect_err("refused");
+    assert_eq!(err.setting(), "lockouts.statuses");
+    let typo = text.replace("failures = 2", "failure = 2");
+    assert!(TollgateConfig::from_toml(&typo).is_err());
+}
+
+/// Every event is counted under the lockout's name.
+#[test]
+fn events_are_counted() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let s = setup();
+                for _ in 0..3 {
+                    s.send("192.0.2.9", "401").await;
+                }
+                s.send("192.0.2.9", "ok").await;
+                s.send("192.0.2.10", "login").await;
+                s.send("192.0.2.10", "failed").await;
+                s.send("192.0.2.10", "login").await;
+            });
+    });
+    let mut counted: Vec<(String, String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "tollgate_lockout_events_total")
+        .map(|(key, _, _, value)| {
+            let label = |name: &str| {
+                key.key()
+                    .labels()
+                    .find(|l| l.key() == name)
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default()
+            };
+            let DebugValue::Counter(n) = value else {
+                panic!("a counter")
+            };
+            (label("lockout"), label("event"), n)
+        })
+        .collect();
+    counted.sort();
+    let expect = |event: &str, n| ("lockout".to_owned(), event.to_owned(), n);
+    assert_eq!(
+        counted,
+        [
+            expect("cleared", 1),
+            expect("failure", 4),
+            expect("locked_out", 1),
+            expect("refused", 1)
+        ]
+    );
+}

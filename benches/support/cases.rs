@@ -225,6 +225,16 @@ pub fn limit_no_headers() -> Case {
     limit(HeaderStyle::Off)
 }
 
+/// A request through a failure-driven lockout that lets it pass and looks
+/// at its (successful) response: the cost every request of a guarded route
+/// pays.
+pub fn lockout_pass() -> Case {
+    let layer = tollgate::lockout::LockoutLayer::builder(KeyBy::peer_ip())
+        .build()
+        .expect("layer");
+    case(layer.layer(axum_noop()), connect_info_request)
+}
+
 pub fn tower_governor(headers: bool) -> Case {
     let mut config = tower_governor::governor::GovernorConfigBuilder::default();
     config
@@ -426,6 +436,7 @@ pub const ALL: &[(&str, MakeCase)] = &[
     ("limit_bare", limit_bare),
     ("limit_ietf_headers", limit_ietf_headers),
     ("limit_no_headers", limit_no_headers),
+    ("lockout_pass", lockout_pass),
     ("tower_governor_no_headers", tower_governor_no_headers),
     ("tower_governor_headers", tower_governor_headers),
     ("redis_local_first", redis_local_first),

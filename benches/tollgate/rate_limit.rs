@@ -285,6 +285,40 @@ pub fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The failure-driven lockout next to the plain limiter: a request it
+    // lets through (a successful response, nothing counted), and one of a
+    // key it has locked out (refused before the inner service).
+    let lockout = tollgate::lockout::LockoutLayer::builder(KeyBy::peer_ip())
+        .build()
+        .expect("layer");
+    let mut guarded = lockout.layer(noop);
+    group.bench_function("stack/lockout_pass", |b| {
+        b.iter_batched(
+            request,
+            |req| ready(guarded.call(req)),
+            BatchSize::SmallInput,
+        )
+    });
+    let failing = tower::service_fn(|_req: Request<()>| async {
+        let mut response = Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+        *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let mut locked = lockout.layer(failing);
+    for _ in 0..tollgate::lockout::DEFAULT_FAILURES {
+        let _ = ready(locked.call(request()));
+    }
+    group.bench_function("stack/lockout_refused", |b| {
+        b.iter_batched(
+            request,
+            |req| {
+                let res = ready(locked.call(req)).expect("infallible");
+                assert_eq!(res.status(), 429);
+                res
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 
     drop(at_the_cap);

@@ -35,6 +35,11 @@
 //! # key = "client_ip"
 //! # default = { name = "per-ip", per_minute = 1200, burst = 200 }
 //!
+//! # [lockouts.login]                 # failed logins (401, 403, LoginFailed) lock a client out
+//! # failures = 5                     # within window_secs; then backoff_secs, doubling to max_backoff_secs
+//! # window_secs = 300
+//! # backoff_secs = 60
+//!
 //! # [rate_limit.redis]                # state shared by replicas (feature `redis`)
 //! # url = "redis://127.0.0.1:6379"    # one server or any cluster node; redis+cluster://a:7000,b:7001
 //! #                                   # or Sentinel: redis+sentinel://s1:26379,s2:26379/mymaster
@@ -50,6 +55,7 @@
 //! at parse time with the line, the column and the accepted values.
 
 mod auth;
+mod lockout;
 mod rate_limit;
 mod routes;
 
@@ -62,6 +68,7 @@ pub use auth::{
     AuthConfig, KeyConfig, ModeConfig, RefreshConfig, RevocationConfig, SameSiteConfig,
     SourceConfig,
 };
+pub use lockout::{LockoutConfig, LockoutKeyConfig};
 pub use rate_limit::{
     ForwardedHeaderConfig, HeaderStyleConfig, KeyByConfig, MissingKeyConfig, OnStoreErrorConfig,
     QuotaConfig, RateLimitConfig, RedisConfig,
@@ -80,6 +87,10 @@ pub struct TollgateConfig {
     /// fields as `[rate_limit]` (see [`limit`](Self::limit)).
     #[serde(default)]
     pub limits: std::collections::BTreeMap<String, RateLimitConfig>,
+    /// Failure-driven lockouts, by name: `[lockouts.login]` (see
+    /// [`lockout`](Self::lockout)).
+    #[serde(default)]
+    pub lockouts: std::collections::BTreeMap<String, LockoutConfig>,
     /// The `[routes]` table: per-route rules ([`route_table`](Self::route_table)).
     pub routes: Option<RoutesConfig>,
     /// The text parsed, for line numbers in later errors.
@@ -138,6 +149,12 @@ impl TollgateConfig {
     /// the limits keyed by the caller.
     pub fn limit(&self, name: &str) -> Option<&RateLimitConfig> {
         self.limits.get(name)
+    }
+
+    /// The `[lockouts.NAME]` table: build its layer with
+    /// [`LockoutConfig::layer`]`(name)`.
+    pub fn lockout(&self, name: &str) -> Option<&LockoutConfig> {
+        self.lockouts.get(name)
     }
 
     /// Reads and parses a TOML file.

@@ -133,7 +133,7 @@ impl<S, R: Clone> Layer<S> for CsrfGuardLayer<R> {
 }
 
 /// The service built by [`CsrfGuardLayer`] (tollgate's one
-/// [`Middleware`](crate::middleware::Middleware), with the guard's
+/// [`Middleware`], with the guard's
 /// decision).
 pub type CsrfGuard<S, R = DefaultResponder> = Middleware<S, CsrfDecision<R>>;
 

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 
 use crate::clock::WallClock;
 use crate::middleware::{After, Decide, Never, Verdict};
+use crate::observe::{LockoutEvent, LockoutMetrics};
 use crate::rate_limit::{KeyBy, RateKey};
 use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
 
@@ -44,6 +45,7 @@ pub struct Shared {
     max_keys: usize,
     clock: Arc<dyn WallClock>,
     records: Mutex<HashMap<RateKey, Record>>,
+    metrics: LockoutMetrics,
     warned_no_key: AtomicBool,
     warned_full: AtomicBool,
 }
@@ -51,6 +53,7 @@ pub struct Shared {
 impl Shared {
     #[expect(clippy::too_many_arguments, reason = "the builder's checked settings")]
     pub(super) fn new(
+        name: Arc<str>,
         key: KeyBy,
         failures: u32,
         window: u64,
@@ -70,6 +73,7 @@ impl Shared {
             max_keys,
             clock,
             records: Mutex::new(HashMap::new()),
+            metrics: LockoutMetrics::new(name),
             warned_no_key: AtomicBool::new(false),
             warned_full: AtomicBool::new(false),
         }
@@ -99,6 +103,7 @@ impl Shared {
                     || r.window_start.saturating_add(window) > now
             });
             if records.len() >= self.max_keys {
+                self.metrics.event(LockoutEvent::Untracked);
                 if !self.warned_full.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         max_keys = self.max_keys,
@@ -119,12 +124,14 @@ impl Shared {
             record.window_start = now;
         }
         record.failures += 1;
+        self.metrics.event(LockoutEvent::Failure);
         if record.failures >= self.failures {
             let doubling = 1_u64.checked_shl(record.lockouts).unwrap_or(u64::MAX);
             let lockout = self.backoff.saturating_mul(doubling).min(self.max_backoff);
             record.locked_until = now.saturating_add(lockout);
             record.lockouts = record.lockouts.saturating_add(1);
             record.failures = 0;
+            self.metrics.event(LockoutEvent::LockedOut);
             tracing::debug!(
                 lockout_secs = lockout,
                 "tollgate: a key is locked out after repeated failures"
@@ -137,6 +144,7 @@ impl Shared {
         let now = self.clock.unix_now();
         let mut records = self.records();
         if let Some(record) = records.get_mut(key) {
+            self.metrics.event(LockoutEvent::Cleared);
             if record.locked_until > now {
                 record.failures = 0;
             } else {
@@ -170,9 +178,10 @@ impl<R: fmt::Debug> fmt::Debug for LockoutDecision<R> {
     }
 }
 
-/// What a passed request's response is looked at for.
+/// What a passed request's response is looked at for: the lockout, and
+/// the request's key (none: its failures are not counted).
 #[derive(Default)]
-pub struct Outcome(Option<(Arc<Shared>, RateKey)>);
+pub struct Outcome(Option<(Arc<Shared>, Option<RateKey>)>);
 
 impl After for Outcome {
     fn apply<B>(self, response: &mut Response<B>) {
@@ -180,12 +189,15 @@ impl After for Outcome {
             return;
         };
         let extensions = response.extensions();
-        if extensions.get::<LoginSucceeded>().is_some() {
-            shared.succeeded(&key);
-        } else if extensions.get::<LoginFailed>().is_some()
-            || shared.statuses.contains(&response.status())
-        {
-            shared.failed(key);
+        let succeeded = extensions.get::<LoginSucceeded>().is_some();
+        let failed = !succeeded
+            && (extensions.get::<LoginFailed>().is_some()
+                || shared.statuses.contains(&response.status()));
+        match key {
+            Some(key) if succeeded => shared.succeeded(&key),
+            Some(key) if failed => shared.failed(key),
+            None if failed => shared.metrics.event(LockoutEvent::Untracked),
+            _ => {}
         }
     }
 }
@@ -197,7 +209,11 @@ where
     type After = Outcome;
     type Wait = Never;
 
-    fn decide(&self, req: Request<B>) -> Verdict<B, Outcome, Never> {
+    fn decide<F>(
+        &self,
+        req: Request<B>,
+        call: impl FnOnce(Request<B>) -> F,
+    ) -> Verdict<F, Outcome, Never, B> {
         let (parts, body) = req.into_parts();
         let Some(key) = self.shared.key.key(&parts) else {
             if !self.shared.warned_no_key.swap(true, Ordering::Relaxed) {
@@ -206,9 +222,11 @@ where
                      such requests are not counted"
                 );
             }
-            return Verdict::Pass(Request::from_parts(parts, body), Outcome(None));
+            let outcome = Outcome(Some((Arc::clone(&self.shared), None)));
+            return Verdict::Pass(call(Request::from_parts(parts, body)), outcome);
         };
         if let Some(left) = self.shared.locked_for(&key) {
+            self.shared.metrics.event(LockoutEvent::Refused);
             tracing::debug!(outcome = "locked_out", "tollgate: request refused");
             let mut headers = HeaderMap::new();
             headers.insert(header::RETRY_AFTER, HeaderValue::from(left));
@@ -222,9 +240,7 @@ where
             .with_headers(headers);
             return Verdict::Refuse(self.responder.respond(&refusal, &parts));
         }
-        Verdict::Pass(
-            Request::from_parts(parts, body),
-            Outcome(Some((Arc::clone(&self.shared), key))),
-        )
+        let outcome = Outcome(Some((Arc::clone(&self.shared), Some(key))));
+        Verdict::Pass(call(Request::from_parts(parts, body)), outcome)
     }
 }

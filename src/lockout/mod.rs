@@ -61,9 +61,13 @@
 //! - Counts are per replica and bounded by [`max_keys`](LockoutBuilder::max_keys)
 //!   (default 100,000): when full, expired keys are dropped, and a new key is
 //!   not counted (said once at `warn`) rather than evicting a locked one.
-//! - Not yet: per-account keys (a failed login naming its account), sharing
-//!   through Redis, metrics and a TOML table — tracked in the open issue on
-//!   limits by cost, failure and concurrency.
+//! - Counted in `tollgate_lockout_events_total` ([`observe`](crate::observe)),
+//!   configured in code or by a `[lockouts.NAME]` table
+//!   ([`TollgateConfig::lockout`](crate::config::TollgateConfig::lockout),
+//!   feature `config`).
+//! - Not yet: per-account keys (a failed login naming its account) and
+//!   sharing through Redis — tracked in the open issue on limits by cost,
+//!   failure and concurrency.
 //!
 //! The layer is built on tollgate's [`middleware`](crate::middleware)
 //! skeleton: this file is its layer and builder, `decide.rs` its decision.
@@ -115,6 +119,7 @@ impl LockoutLayer {
     /// [`KeyBy::client_ip`](crate::rate_limit::KeyBy::client_ip)).
     pub fn builder(key: KeyBy) -> LockoutBuilder {
         LockoutBuilder {
+            name: "lockout".into(),
             key,
             failures: DEFAULT_FAILURES,
             window: DEFAULT_WINDOW,
@@ -145,6 +150,7 @@ impl<R> LockoutLayer<R> {
 
 /// Builds a [`LockoutLayer`].
 pub struct LockoutBuilder {
+    name: String,
     key: KeyBy,
     failures: u32,
     window: Duration,
@@ -168,6 +174,14 @@ impl std::fmt::Debug for LockoutBuilder {
 }
 
 impl LockoutBuilder {
+    /// The lockout's name, in its metrics' `lockout` label (default
+    /// `lockout`).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Failures within [`window`](Self::window) that lock a key out
     /// (default 5).
     #[must_use]
@@ -263,6 +277,7 @@ impl LockoutBuilder {
             .check_peer_source(self.peer_addr_inserted, "lockout.key")?;
         Ok(LockoutLayer {
             shared: Arc::new(Shared::new(
+                self.name.into(),
                 self.key,
                 self.failures,
                 self.window.as_secs(),
@@ -292,7 +307,7 @@ impl<S, R: Clone> Layer<S> for LockoutLayer<R> {
 }
 
 /// The service built by [`LockoutLayer`] (tollgate's one
-/// [`Middleware`](crate::middleware::Middleware), with the lockout's
+/// [`Middleware`], with the lockout's
 /// decision).
 pub type Lockout<S, R = DefaultResponder> = Middleware<S, LockoutDecision<R>>;
 
