@@ -481,7 +481,7 @@ pub(crate) async fn app(
     // (5 failures in 5 minutes lock it out for 1 minute, doubling).
     if let Some(password) = &config.login_password {
         let lockout = match config.file.as_ref().and_then(|f| f.lockout("login")) {
-            Some(table) => table.layer("login")?,
+            Some(table) => table.layer("login").await?,
             None => LockoutLayer::builder(KeyBy::client_ip(config.proxies.clone()))
                 .name("login")
                 .build()?,

@@ -98,6 +98,12 @@ pub mod body;
 mod clock;
 #[cfg(feature = "config")]
 pub mod config;
+// The configuration file describes the whole stack.
+#[cfg(all(feature = "config", not(all(feature = "auth", feature = "rate-limit"))))]
+compile_error!(
+    "tollgate's `config` feature reads the whole stack from a file: enable `auth` and \
+     `rate-limit` with it (both are default features)"
+);
 #[cfg(feature = "auth")]
 pub mod crypto;
 #[cfg(feature = "csrf")]

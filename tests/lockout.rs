@@ -282,6 +282,7 @@ statuses = [401]
         .lockout("login")
         .expect("table")
         .layer("login")
+        .await
         .expect("layer");
     let calls = Arc::new(AtomicUsize::new(0));
     let send = |answer: &str| {
@@ -308,6 +309,7 @@ statuses = [401]
         .lockout("login")
         .expect("table")
         .layer("login")
+        .await
         .expect_err("refused");
     assert_eq!(err.setting(), "lockouts.statuses");
     let typo = text.replace("failures = 2", "failure = 2");

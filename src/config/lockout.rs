@@ -34,6 +34,8 @@ pub enum LockoutKeyConfig {
 /// backoff_secs = 60             # the first lockout; each further one doubles
 /// max_backoff_secs = 3600
 /// statuses = [401, 403]         # what counts as a failure (besides LoginFailed)
+/// # redis_url = "redis://127.0.0.1:6379"   # replicas count together (feature `redis`)
+/// # prefix = "myapi"
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,14 +58,21 @@ pub struct LockoutConfig {
     pub statuses: Option<Vec<u16>>,
     /// The most keys counted at once.
     pub max_keys: Option<usize>,
+    /// The Redis the replicas count failures in (feature `redis`); absent,
+    /// each replica counts alone.
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys (default `tollgate`).
+    pub prefix: Option<String>,
 }
 
 impl LockoutConfig {
-    /// A builder with what the table says, named `name`.
+    /// A builder with what the table says, named `name`; async because a
+    /// `redis_url` is connected to here.
     ///
     /// # Errors
-    /// Invalid proxies or statuses, with the field named.
-    pub fn builder(&self, name: &str) -> Result<LockoutBuilder, ConfigError> {
+    /// Invalid proxies or statuses, with the field named; a Redis that does
+    /// not answer, or `redis_url` without the `redis` feature.
+    pub async fn builder(&self, name: &str) -> Result<LockoutBuilder, ConfigError> {
         let proxies = TrustedProxies::cidrs(&self.trusted_proxies)
             .map_err(|e| invalid("lockouts.trusted_proxies", e.reason().to_owned()))?;
         let key = match self.key {
@@ -103,14 +112,29 @@ impl LockoutConfig {
         if let Some(max) = self.max_keys {
             b = b.max_keys(max);
         }
-        Ok(b)
+        match &self.redis_url {
+            None => Ok(b),
+            #[cfg(feature = "redis")]
+            Some(url) => {
+                let mut shared = crate::lockout::SharedLockouts::connect(url).await?;
+                if let Some(prefix) = &self.prefix {
+                    shared = shared.prefix(prefix);
+                }
+                Ok(b.shared(shared))
+            }
+            #[cfg(not(feature = "redis"))]
+            Some(_) => Err(invalid(
+                "lockouts.redis_url",
+                "sharing lockouts through Redis needs tollgate's `redis` feature",
+            )),
+        }
     }
 
     /// Builds the layer, named `name`.
     ///
     /// # Errors
     /// As [`builder`](Self::builder) and [`LockoutBuilder::build`].
-    pub fn layer(&self, name: &str) -> Result<LockoutLayer, ConfigError> {
-        self.builder(name)?.build()
+    pub async fn layer(&self, name: &str) -> Result<LockoutLayer, ConfigError> {
+        self.builder(name).await?.build()
     }
 }

@@ -36,6 +36,8 @@ struct Record {
 
 /// The state every clone of a layer shares.
 pub struct Shared {
+    #[cfg(feature = "redis")]
+    name: Arc<str>,
     key: KeyBy,
     failures: u32,
     window: u64,
@@ -45,6 +47,9 @@ pub struct Shared {
     max_keys: usize,
     clock: Arc<dyn WallClock>,
     records: Mutex<HashMap<RateKey, Record>>,
+    /// Where the replicas count failures together, if anywhere.
+    #[cfg(feature = "redis")]
+    store: Option<super::shared::SharedLockouts>,
     metrics: LockoutMetrics,
     warned_no_key: AtomicBool,
     warned_full: AtomicBool,
@@ -64,6 +69,8 @@ impl Shared {
         clock: Arc<dyn WallClock>,
     ) -> Self {
         Self {
+            #[cfg(feature = "redis")]
+            name: Arc::clone(&name),
             key,
             failures,
             window,
@@ -73,10 +80,19 @@ impl Shared {
             max_keys,
             clock,
             records: Mutex::new(HashMap::new()),
+            #[cfg(feature = "redis")]
+            store: None,
             metrics: LockoutMetrics::new(name),
             warned_no_key: AtomicBool::new(false),
             warned_full: AtomicBool::new(false),
         }
+    }
+
+    /// Shares the counts through `store`.
+    #[cfg(feature = "redis")]
+    pub(super) fn with_store(mut self, store: Option<super::shared::SharedLockouts>) -> Self {
+        self.store = store;
+        self
     }
 
     fn records(&self) -> std::sync::MutexGuard<'_, HashMap<RateKey, Record>> {
@@ -90,8 +106,80 @@ impl Shared {
         (until > now).then(|| until - now)
     }
 
-    /// Counts a failure of `key`; locks it out when it failed too often.
-    fn failed(&self, key: RateKey) {
+    /// Counts a failure of `key`: in Redis when the replicas share the
+    /// counts (off the request's path, this replica's own count when Redis
+    /// does not answer), here otherwise.
+    fn failed(self: &Arc<Self>, key: RateKey) {
+        #[cfg(feature = "redis")]
+        if let Some(store) = &self.store
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let inner = &store.inner;
+            if inner.in_flight.fetch_add(1, Ordering::Relaxed)
+                < super::shared::MAX_REPORTS_IN_FLIGHT
+            {
+                let this = Arc::clone(self);
+                let store = store.clone();
+                runtime.spawn(async move {
+                    let limits = super::shared::Limits {
+                        window_ms: this.window.saturating_mul(1000),
+                        failures: this.failures,
+                        backoff_ms: this.backoff.saturating_mul(1000),
+                        max_backoff_ms: this.max_backoff.saturating_mul(1000),
+                    };
+                    let reported = store
+                        .inner
+                        .report(&this.name, &key.to_store_key(), &limits)
+                        .await;
+                    store.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    match reported {
+                        Ok(left_ms) => {
+                            this.metrics.event(LockoutEvent::Failure);
+                            if left_ms > 0 {
+                                this.learned_lockout(key, left_ms);
+                            }
+                        }
+                        Err(why) => {
+                            if store.inner.warn.due() {
+                                tracing::warn!(
+                                    error = %why,
+                                    "tollgate: the lockout could not report a failure to Redis; \
+                                     this replica counts it alone meanwhile"
+                                );
+                            }
+                            this.count_here(key);
+                        }
+                    }
+                });
+                return;
+            }
+            inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.count_here(key);
+    }
+
+    /// Remembers a lockout Redis reported (`left_ms` to go), for this
+    /// replica's own decisions.
+    #[cfg(feature = "redis")]
+    fn learned_lockout(&self, key: RateKey, left_ms: u64) {
+        let now = self.clock.unix_now();
+        let until = now.saturating_add(left_ms.div_ceil(1000));
+        let mut records = self.records();
+        if !records.contains_key(&key) && records.len() >= self.max_keys {
+            self.metrics.event(LockoutEvent::Untracked);
+            return;
+        }
+        let record = records.entry(key).or_default();
+        if record.locked_until <= now {
+            self.metrics.event(LockoutEvent::LockedOut);
+        }
+        record.locked_until = record.locked_until.max(until);
+        record.failures = 0;
+    }
+
+    /// Counts a failure of `key` on this replica; locks it out when it
+    /// failed too often.
+    fn count_here(&self, key: RateKey) {
         let now = self.clock.unix_now();
         let mut records = self.records();
         if !records.contains_key(&key) && records.len() >= self.max_keys {
@@ -139,8 +227,23 @@ impl Shared {
         }
     }
 
-    /// A success clears the key's failures; a lockout in force stays.
+    /// A success clears the key's failures (in Redis too, when shared); a
+    /// lockout in force stays.
     fn succeeded(&self, key: &RateKey) {
+        #[cfg(feature = "redis")]
+        if let Some(store) = &self.store
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let store = store.clone();
+            let (name, key) = (Arc::clone(&self.name), key.to_store_key());
+            runtime.spawn(async move {
+                if let Err(why) = store.inner.clear(&name, &key).await
+                    && store.inner.warn.due()
+                {
+                    tracing::warn!(error = %why, "tollgate: the lockout could not clear a key's failures in Redis");
+                }
+            });
+        }
         let now = self.clock.unix_now();
         let mut records = self.records();
         if let Some(record) = records.get_mut(key) {

@@ -58,21 +58,26 @@
 //! - A request without a key (no peer address) is not counted, and the
 //!   first one is said once at `warn`: counting every such request in one
 //!   shared key would let one client lock out all of them.
-//! - Counts are per replica and bounded by [`max_keys`](LockoutBuilder::max_keys)
-//!   (default 100,000): when full, expired keys are dropped, and a new key is
-//!   not counted (said once at `warn`) rather than evicting a locked one.
+//! - Counts are per replica unless the replicas share them through Redis
+//!   ([`LockoutBuilder::shared`], feature `redis`: see `SharedLockouts` for
+//!   what a client can get before every replica refuses it, and what
+//!   happens while Redis is down). Each replica holds at most
+//!   [`max_keys`](LockoutBuilder::max_keys) keys (default 100,000): when
+//!   full, expired keys are dropped, and a new key is not counted (said once
+//!   at `warn`) rather than evicting a locked one.
 //! - Counted in `tollgate_lockout_events_total` ([`observe`](crate::observe)),
 //!   configured in code or by a `[lockouts.NAME]` table
 //!   ([`TollgateConfig::lockout`](crate::config::TollgateConfig::lockout),
 //!   feature `config`).
-//! - Not yet: per-account keys (a failed login naming its account) and
-//!   sharing through Redis — tracked in the open issue on limits by cost,
-//!   failure and concurrency.
+//! - Not yet: per-account keys (a failed login naming its account) —
+//!   tracked in the open issue on limits by cost, failure and concurrency.
 //!
 //! The layer is built on tollgate's [`middleware`](crate::middleware)
 //! skeleton: this file is its layer and builder, `decide.rs` its decision.
 
 mod decide;
+#[cfg(feature = "redis")]
+mod shared;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +92,10 @@ use crate::rate_limit::KeyBy;
 use crate::reject::DefaultResponder;
 use decide::{LockoutDecision, Shared};
 pub use decide::{LoginFailed, LoginSucceeded};
+#[cfg(feature = "redis")]
+pub use shared::{
+    DEFAULT_LOCKOUT_PREFIX, DEFAULT_LOCKOUT_TIMEOUT, MAX_REPORTS_IN_FLIGHT, SharedLockouts,
+};
 
 /// Default number of failures within the window that locks a key out.
 pub const DEFAULT_FAILURES: u32 = 5;
@@ -129,6 +138,8 @@ impl LockoutLayer {
             max_keys: DEFAULT_MAX_KEYS,
             clock: Arc::new(SystemClock),
             peer_addr_inserted: false,
+            #[cfg(feature = "redis")]
+            shared: None,
         }
     }
 }
@@ -160,6 +171,8 @@ pub struct LockoutBuilder {
     max_keys: usize,
     clock: Arc<dyn WallClock>,
     peer_addr_inserted: bool,
+    #[cfg(feature = "redis")]
+    shared: Option<SharedLockouts>,
 }
 
 impl std::fmt::Debug for LockoutBuilder {
@@ -241,6 +254,15 @@ impl LockoutBuilder {
         self
     }
 
+    /// Counts failures and lockouts together with the other replicas, in
+    /// Redis (feature `redis`); see [`SharedLockouts`].
+    #[cfg(feature = "redis")]
+    #[must_use]
+    pub fn shared(mut self, shared: SharedLockouts) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
     /// Checks the settings and builds the layer.
     ///
     /// # Errors
@@ -275,18 +297,21 @@ impl LockoutBuilder {
         }
         self.key
             .check_peer_source(self.peer_addr_inserted, "lockout.key")?;
+        let shared = Shared::new(
+            self.name.into(),
+            self.key,
+            self.failures,
+            self.window.as_secs(),
+            self.backoff.as_secs(),
+            self.max_backoff.as_secs(),
+            self.statuses,
+            self.max_keys,
+            self.clock,
+        );
+        #[cfg(feature = "redis")]
+        let shared = shared.with_store(self.shared);
         Ok(LockoutLayer {
-            shared: Arc::new(Shared::new(
-                self.name.into(),
-                self.key,
-                self.failures,
-                self.window.as_secs(),
-                self.backoff.as_secs(),
-                self.max_backoff.as_secs(),
-                self.statuses,
-                self.max_keys,
-                self.clock,
-            )),
+            shared: Arc::new(shared),
             responder: DefaultResponder,
         })
     }

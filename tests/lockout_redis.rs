@@ -1,0 +1,182 @@
+//! Lockouts shared by replicas through Redis, against a `redis-server` this
+//! test starts on a free port: failures counted together, the bound a
+//! client gets past it, and faults (frozen, restarted without persistence)
+//! that never hold a request and fall back to counting per replica.
+
+mod redis_support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode};
+use redis_support::Server;
+use tollgate::lockout::{LockoutLayer, SharedLockouts};
+use tollgate::rate_limit::{KeyBy, PeerAddr, RateKey, TrustedProxies};
+use tower::{Layer, ServiceExt};
+
+const IP: &str = "192.0.2.44";
+const OTHER_IP: &str = "192.0.2.45";
+const FAILURES: u32 = 4;
+
+/// One replica: its own connection to Redis and its own local state.
+async fn replica(url: &str, prefix: &str, timeout: Duration) -> LockoutLayer {
+    let shared = SharedLockouts::connect(url)
+        .await
+        .expect("redis")
+        .prefix(prefix)
+        .timeout(timeout);
+    LockoutLayer::builder(KeyBy::client_ip(TrustedProxies::none()))
+        .name("login")
+        .failures(FAILURES)
+        .window(Duration::from_secs(60))
+        .backoff(Duration::from_secs(30))
+        .peer_addr_inserted(true)
+        .shared(shared)
+        .build()
+        .expect("layer")
+}
+
+/// A failed login from `IP` through `layer`: its status.
+async fn fail(layer: &LockoutLayer) -> StatusCode {
+    fail_from(layer, IP).await
+}
+
+/// A failed login from `ip` through `layer`: its status.
+async fn fail_from(layer: &LockoutLayer, ip: &str) -> StatusCode {
+    let handler = tower::service_fn(|_req: Request<()>| async {
+        let mut response = Response::new(String::new());
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let mut request = Request::new(());
+    request
+        .extensions_mut()
+        .insert(PeerAddr(SocketAddr::new(ip.parse().expect("ip"), 50_000)));
+    layer
+        .layer(handler)
+        .oneshot(request)
+        .await
+        .expect("infallible")
+        .status()
+}
+
+/// How many failures of `ip` Redis holds now.
+async fn in_redis(url: &str, prefix: &str, ip: &str) -> u64 {
+    let key = RateKey::ip(ip.parse().expect("ip"), 64).to_store_key();
+    let mut conn = redis_support::raw(url).await;
+    redis::cmd("ZCARD")
+        .arg(format!("{prefix}:lockout:{{login:{key}}}:f"))
+        .query_async(&mut conn)
+        .await
+        .expect("ZCARD")
+}
+
+fn prefix(test: &str) -> String {
+    redis_support::prefix(test)
+}
+
+#[tokio::test]
+async fn replicas_count_a_clients_failures_together() {
+    let server = Server::started();
+    let url = server.url();
+    let prefix = prefix("lockout-together");
+    let a = replica(&url, &prefix, Duration::from_secs(2)).await;
+    let b = replica(&url, &prefix, Duration::from_secs(2)).await;
+    // Alternating replicas: per replica, 4 failures each would be needed
+    // (8 attempts); together, the 4th locks the client out.
+    for n in 1..FAILURES {
+        let layer = if n % 2 == 1 { &a } else { &b };
+        assert_eq!(fail(layer).await, StatusCode::UNAUTHORIZED);
+        assert!(
+            wait_count(&url, &prefix, IP, u64::from(n)).await,
+            "failure {n} reached Redis"
+        );
+    }
+    // The 4th, on b: Redis answers that the client is locked out.
+    assert_eq!(fail(&b).await, StatusCode::UNAUTHORIZED);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut status = fail(&b).await;
+    while status != StatusCode::TOO_MANY_REQUESTS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = fail(&b).await;
+    }
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "b refuses");
+    // a learns it with its own next failure: at most one more attempt there.
+    assert_eq!(fail(&a).await, StatusCode::UNAUTHORIZED);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut status = StatusCode::UNAUTHORIZED;
+    let mut extra = 0;
+    while status != StatusCode::TOO_MANY_REQUESTS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = fail(&a).await;
+        if status != StatusCode::TOO_MANY_REQUESTS {
+            extra += 1;
+        }
+    }
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "a refuses");
+    // Reports are asynchronous: a request sent before the previous report
+    // landed may pass too (the in-flight allowance); here they are polled.
+    assert!(extra <= 2, "{extra} extra attempts on a");
+}
+
+/// Polls Redis (for at most 5 s) until it holds `n` failures of `ip`.
+async fn wait_count(url: &str, prefix: &str, ip: &str, n: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if in_redis(url, prefix, ip).await == n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Redis frozen (SIGSTOP): no request waits for it, the replica counts the
+/// failures itself and still locks the client out; thawed, failures reach
+/// Redis again. Restarted without persistence, a lockout the replica
+/// learned still holds.
+#[tokio::test]
+async fn a_frozen_or_emptied_redis_never_holds_a_request_and_the_lockout_still_works() {
+    let mut server = Server::started();
+    let url = server.url();
+    let prefix = prefix("lockout-faults");
+    let timeout = Duration::from_millis(200);
+    let a = replica(&url, &prefix, timeout).await;
+
+    server.freeze();
+    for _ in 0..FAILURES {
+        let started = Instant::now();
+        assert_eq!(fail(&a).await, StatusCode::UNAUTHORIZED);
+        // The report runs after the response, off the request's path.
+        assert!(started.elapsed() < timeout, "{:?}", started.elapsed());
+    }
+    // Each report times out and is counted on this replica instead.
+    let mut locked = false;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !locked && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        locked = a.is_locked(&RateKey::ip(IP.parse().expect("ip"), 64));
+    }
+    assert!(locked, "counted locally while Redis was frozen");
+    let started = Instant::now();
+    assert_eq!(fail(&a).await, StatusCode::TOO_MANY_REQUESTS);
+    assert!(started.elapsed() < timeout);
+    server.thaw();
+
+    // Thawed: another client's failure on the same replica reaches Redis
+    // again, within 5 s.
+    assert_eq!(fail_from(&a, OTHER_IP).await, StatusCode::UNAUTHORIZED);
+    let mut reached = wait_count(&url, &prefix, OTHER_IP, 1).await;
+    if !reached {
+        // The first report after the thaw may still have timed out while
+        // the connection recovered: one more failure must get through.
+        assert_eq!(fail_from(&a, OTHER_IP).await, StatusCode::UNAUTHORIZED);
+        reached = wait_count(&url, &prefix, OTHER_IP, 1).await;
+    }
+    assert!(reached, "failures reach Redis again after the thaw");
+
+    // Restart without persistence: every key gone, and the lockout `a`
+    // learned still refuses the client on `a`.
+    server.restart();
+    assert_eq!(fail(&a).await, StatusCode::TOO_MANY_REQUESTS);
+}
