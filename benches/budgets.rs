@@ -83,6 +83,7 @@ fn auth(mut case: Case) {
 #[bench::tower_governor_headers(args = (tower_governor_headers()), config = budget("tower_governor_headers"))]
 #[bench::redis_local_first(args = (redis_local_first()), config = budget("redis_local_first"))]
 #[bench::lockout_pass(args = (lockout_pass()), config = budget("lockout_pass"))]
+#[bench::concurrency_pass(args = (concurrency_pass()), config = budget("concurrency_pass"))]
 fn rate_limit(mut case: Case) {
     case();
     forget(case);

@@ -13,6 +13,7 @@
 //!   any token is verified (1200, 200): a flood of junk tokens is refused cheaply
 //! - `TOLLGATE_ANON_PER_MIN`, `TOLLGATE_ANON_BURST`: anonymous callers, per client IP (60, 20)
 //! - `TOLLGATE_USER_PER_MIN`, `TOLLGATE_USER_BURST`: registered callers, per subject (600, 100)
+//! - `TOLLGATE_IN_FLIGHT`: requests in flight at once per caller (16)
 //! - `TOLLGATE_TRUSTED_PROXIES`: comma-separated CIDRs whose `X-Forwarded-For` is trusted (none)
 //! - `TOLLGATE_JWKS_URL` or `TOLLGATE_OIDC_ISSUER`: trust an identity provider's
 //!   keys (fetched and rotated in the background) instead of `TOLLGATE_SECRET`;
@@ -74,6 +75,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use tollgate::auth::{BackChannelLogout, JwtAuthLayer, Key, RemoteKeys, Revocations};
+use tollgate::concurrency::ConcurrencyLimitLayer;
 use tollgate::config::TollgateConfig;
 use tollgate::csrf::CsrfGuardLayer;
 use tollgate::lockout::{LockoutLayer, LoginFailed, LoginSucceeded};
@@ -348,6 +350,7 @@ pub(crate) struct Config {
     per_ip: Quota,
     anon: Quota,
     user: Quota,
+    in_flight: u32,
     proxies: TrustedProxies,
     layers: bool,
     jwks_url: Option<String>,
@@ -395,6 +398,7 @@ impl Config {
                 .burst(env_u32("TOLLGATE_ANON_BURST", 20)?),
             user: Quota::per_minute(env_u32("TOLLGATE_USER_PER_MIN", 600)?)
                 .burst(env_u32("TOLLGATE_USER_BURST", 100)?),
+            in_flight: env_u32("TOLLGATE_IN_FLIGHT", 16)?,
             proxies: TrustedProxies::cidrs(proxies.split(','))?,
             layers: var("TOLLGATE_LAYERS", "on") != "off",
             jwks_url: lookup("TOLLGATE_JWKS_URL").filter(|v| !v.is_empty()),
@@ -508,10 +512,17 @@ pub(crate) async fn app(
             .store(AnyStore::Local(LocalStore::new()))
             .build()?,
     };
+    // At most this many requests in flight per caller (the verified
+    // subject, the client IP for anonymous callers): a slow query holds its
+    // slot until its response has been sent.
+    let in_flight = ConcurrencyLimitLayer::builder(config.in_flight)
+        .name("in-flight")
+        .key(KeyBy::subject_or_client_ip(config.proxies.clone()))
+        .build()?;
     // One stack on every route, in this order (ServiceBuilder: first is
     // outermost): the route rules → per-IP limit → auth → sliding refresh
-    // (when on) → CSRF guard → the per-subject limit. Each layer does on
-    // each route what its rule says.
+    // (when on) → CSRF guard → the per-subject limit → the in-flight cap.
+    // Each layer does on each route what its rule says.
     Ok(Router::new()
         .route("/graphql", graphql_routes)
         .route("/me", get(me))
@@ -526,7 +537,8 @@ pub(crate) async fn app(
                 .layer(auth)
                 .option_layer(refresh)
                 .layer(csrf)
-                .layer(limit),
+                .layer(limit)
+                .layer(in_flight),
         ))
 }
 

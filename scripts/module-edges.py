@@ -67,7 +67,7 @@ TIERS = [
     {"identity", "observe", "redis", "reject", "routes"},
     {"middleware"},
     {"auth", "rate_limit", "csrf"},
-    {"refresh", "forward", "lockout"},
+    {"refresh", "forward", "lockout", "concurrency"},
     {"config", "testing", "guide"},
 ]
 
@@ -143,13 +143,13 @@ def main():
     for s_, t in upward:
         print(f"  upward: {s_} -> {t}")
         status = 1
-    for folder in ("auth", "rate_limit", "csrf", "lockout"):
+    for folder in ("auth", "rate_limit", "csrf", "lockout", "concurrency"):
         uses = face_uses(files, folder)
         print(f"{folder}: {len(uses)} upward edges (children using the folder's face)")
         for src, name in uses:
             print(f"  upward: {src} -> {folder}::{name} (the face)")
             status = 1
-    for folder in ("auth", "rate_limit", "csrf", "lockout"):
+    for folder in ("auth", "rate_limit", "csrf", "lockout", "concurrency"):
         reports.append((folder, graph(files, 2, folder)))
     for name, edges in reports:
         known = top if name == "top level" else None

@@ -19,10 +19,31 @@ pin_project! {
     }
 }
 
+/// Something a layer keeps alive until the response body has ended or is
+/// dropped (a concurrency limit's slot).
+pub struct BodyGuard(
+    #[expect(
+        dead_code,
+        reason = "held, never read: dropping it releases what it holds"
+    )]
+    Box<dyn Send + Sync>,
+);
+
+impl BodyGuard {
+    #[cfg(feature = "rate-limit")]
+    pub(crate) fn new(held: impl Send + Sync + 'static) -> Self {
+        Self(Box::new(held))
+    }
+}
+
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Inner { #[pin] body: B },
+        // The inner body and what must live until it has ended (a
+        // concurrency slot). A variant of its own: no larger than `Full`
+        // for a boxed body, and the other bodies do not carry it.
+        Guarded { #[pin] body: B, guard: Option<BodyGuard> },
         Full { data: Option<Bytes> },
     }
 }
@@ -32,6 +53,18 @@ impl<B> ResponseBody<B> {
     pub fn inner(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },
+        }
+    }
+
+    /// Wraps the inner service's body, holding `guard` until it ends.
+    #[cfg(any(feature = "auth", feature = "rate-limit", feature = "csrf"))]
+    #[inline]
+    pub(crate) fn guarded(body: B, guard: Option<BodyGuard>) -> Self {
+        match guard {
+            None => Self::inner(body),
+            guard => Self {
+                kind: Kind::Guarded { body, guard },
+            },
         }
     }
 
@@ -57,20 +90,29 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Guarded { body, guard } => {
+                let frame = body.poll_frame(cx);
+                if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+                    // The body ended (or failed): what it held goes now,
+                    // not when the server drops it.
+                    *guard = None;
+                }
+                frame
+            }
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Inner { body } | Kind::Guarded { body, .. } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Inner { body } => body.size_hint(),
+            Kind::Inner { body } | Kind::Guarded { body, .. } => body.size_hint(),
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
@@ -81,7 +123,7 @@ where
 impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
-            Kind::Inner { .. } => f.write_str("ResponseBody::Inner"),
+            Kind::Inner { .. } | Kind::Guarded { .. } => f.write_str("ResponseBody::Inner"),
             Kind::Full { data } => f
                 .debug_struct("ResponseBody::Full")
                 .field("len", &data.as_ref().map_or(0, Bytes::len))

@@ -96,6 +96,8 @@
 pub mod auth;
 pub mod body;
 mod clock;
+#[cfg(feature = "rate-limit")]
+pub mod concurrency;
 #[cfg(feature = "config")]
 pub mod config;
 // The configuration file describes the whole stack.

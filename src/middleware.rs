@@ -90,14 +90,17 @@ mod decide {
         }
     }
 
-    /// What the response of a passed request gets, once it is there.
+    /// What the response of a passed request gets, once it is there; what
+    /// `apply` returns lives until the response body has ended.
     pub trait After: Default {
-        fn apply<B>(self, response: &mut Response<B>);
+        fn apply<B>(self, response: &mut Response<B>) -> Option<crate::body::BodyGuard>;
     }
 
     impl After for () {
         #[inline]
-        fn apply<B>(self, _: &mut Response<B>) {}
+        fn apply<B>(self, _: &mut Response<B>) -> Option<crate::body::BodyGuard> {
+            None
+        }
     }
 
     /// The wait of a layer that never waits.
@@ -238,8 +241,10 @@ where
             let next = match state.as_mut().project() {
                 StateProj::Inner { future, after } => {
                     let mut response = ready!(future.poll(cx))?;
-                    std::mem::take(after).apply(&mut response);
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    let guard = std::mem::take(after).apply(&mut response);
+                    return Poll::Ready(
+                        Ok(response.map(|body| ResponseBody::guarded(body, guard))),
+                    );
                 }
                 StateProj::Refused { response } => {
                     // Polled again after completion: an empty 500, not a panic.

@@ -171,7 +171,9 @@ async fn graphql_example_interface() {
     assert_eq!(body["data"]["me"]["id"], "smoke-user");
     assert_eq!(body["data"]["feed"].as_array().unwrap().len(), 2);
     assert_eq!(body["data"]["feed"][0]["personalized"], true);
-    // Both limiters that looked at the request report (IETF lists compose).
+    // Every limit that looked at the request reports, innermost first
+    // (IETF lists compose): the in-flight cap, the per-caller and the
+    // per-IP rate limits.
     let policies: Vec<_> = headers
         .get_all("ratelimit-policy")
         .iter()
@@ -179,7 +181,11 @@ async fn graphql_example_interface() {
         .collect();
     assert_eq!(
         policies,
-        ["\"registered\";q=50;w=5", "\"per-ip\";q=200;w=10"]
+        [
+            "\"in-flight\";q=16;qu=\"concurrent-requests\"",
+            "\"registered\";q=50;w=5",
+            "\"per-ip\";q=200;w=10"
+        ]
     );
     let (status, _, body) = http
         .send(
@@ -221,7 +227,8 @@ async fn graphql_example_interface() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["data"]["anonymousFeed"].as_array().unwrap().len(), 1);
-    assert_eq!(headers["ratelimit-policy"], "\"anonymous\";q=5;w=300");
+    let policies: Vec<_> = headers.get_all("ratelimit-policy").iter().collect();
+    assert_eq!(policies[1], "\"anonymous\";q=5;w=300", "{policies:?}");
     let (status, _, body) = http.graphql("{ feed { title } }", &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
@@ -611,4 +618,39 @@ async fn failed_logins_lock_the_client_out() {
     // The lockout guards /login only: the session still works.
     let (status, _, _) = http.send(Method::GET, "/me", &da3(token), None).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Every response carries the in-flight cap's policy next to the rate
+/// limits' (draft-11 fields, one per policy), counting this request.
+#[tokio::test]
+async fn responses_carry_the_in_flight_cap() {
+    let mut cmd = command();
+    cmd.env("TOLLGATE_IN_FLIGHT", "3");
+    let (_child, addr) = start_with(cmd);
+    let http = http(addr);
+    let (status, headers, _) = http
+        .send(Method::GET, "/me", &da3(&mint("carol")), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let all = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    let policies = all("ratelimit-policy");
+    assert!(
+        policies.contains(&"\"in-flight\";q=3;qu=\"concurrent-requests\"".to_owned()),
+        "{policies:?}"
+    );
+    assert!(
+        policies.iter().any(|p| p.starts_with("\"registered\";")),
+        "{policies:?}"
+    );
+    let remaining = all("ratelimit");
+    assert!(
+        remaining.contains(&"\"in-flight\";r=2".to_owned()),
+        "{remaining:?}"
+    );
 }

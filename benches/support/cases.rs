@@ -235,6 +235,17 @@ pub fn lockout_pass() -> Case {
     case(layer.layer(axum_noop()), connect_info_request)
 }
 
+/// A request through a per-caller concurrency limit that has a slot free:
+/// the slot taken, the headers, the slot given back when the response
+/// (and its body) is dropped.
+pub fn concurrency_pass() -> Case {
+    let layer = tollgate::concurrency::ConcurrencyLimitLayer::builder(64)
+        .key(KeyBy::peer_ip())
+        .build()
+        .expect("layer");
+    case(layer.layer(axum_noop()), connect_info_request)
+}
+
 pub fn tower_governor(headers: bool) -> Case {
     let mut config = tower_governor::governor::GovernorConfigBuilder::default();
     config
@@ -437,6 +448,7 @@ pub const ALL: &[(&str, MakeCase)] = &[
     ("limit_ietf_headers", limit_ietf_headers),
     ("limit_no_headers", limit_no_headers),
     ("lockout_pass", lockout_pass),
+    ("concurrency_pass", concurrency_pass),
     ("tower_governor_no_headers", tower_governor_no_headers),
     ("tower_governor_headers", tower_governor_headers),
     ("redis_local_first", redis_local_first),

@@ -287,10 +287,8 @@ impl<R: fmt::Debug> fmt::Debug for LockoutDecision<R> {
 pub struct Outcome(Option<(Arc<Shared>, Option<RateKey>)>);
 
 impl After for Outcome {
-    fn apply<B>(self, response: &mut Response<B>) {
-        let Some((shared, key)) = self.0 else {
-            return;
-        };
+    fn apply<B>(self, response: &mut Response<B>) -> Option<crate::body::BodyGuard> {
+        let (shared, key) = self.0?;
         let extensions = response.extensions();
         let succeeded = extensions.get::<LoginSucceeded>().is_some();
         let failed = !succeeded
@@ -302,6 +300,7 @@ impl After for Outcome {
             None if failed => shared.metrics.event(LockoutEvent::Untracked),
             _ => {}
         }
+        None
     }
 }
 

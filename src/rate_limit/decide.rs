@@ -43,10 +43,11 @@ impl<St, R: fmt::Debug> fmt::Debug for LimitDecision<St, R> {
 
 impl After for Option<Stamp> {
     #[inline]
-    fn apply<B>(self, response: &mut Response<B>) {
+    fn apply<B>(self, response: &mut Response<B>) -> Option<crate::body::BodyGuard> {
         if let Some(stamp) = self {
             stamp.apply(response.headers_mut());
         }
+        None
     }
 }
 

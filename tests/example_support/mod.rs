@@ -31,6 +31,8 @@ pub fn command(secret: &str) -> Command {
         .env("TOLLGATE_ADDR", "127.0.0.1:0")
         .env_remove("TOLLGATE_TRUSTED_PROXIES")
         .env_remove("TOLLGATE_LAYERS")
+        .env_remove("TOLLGATE_IN_FLIGHT")
+        .env_remove("TOLLGATE_LOGIN_PASSWORD")
         .env_remove("TOLLGATE_REFRESH_WITHIN_SECS")
         .env_remove("TOLLGATE_CONFIG")
         .env_remove("TOLLGATE_JWKS_URL")

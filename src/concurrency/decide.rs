@@ -1,0 +1,186 @@
+//! The concurrency limit's decision for one request: refuse a caller with
+//! `max` requests in flight; otherwise take a slot, held by the response
+//! until its body ends or is dropped.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+
+use crate::body::BodyGuard;
+use crate::middleware::{After, Decide, Never, Verdict};
+use crate::rate_limit::{KeyBy, RateKey};
+use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
+
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// The state every clone of a layer shares.
+pub struct Shared {
+    key: KeyBy,
+    max: u32,
+    in_flight: Mutex<HashMap<RateKey, u32>>,
+    /// `"name";q=N;qu="concurrent-requests"`, rendered once.
+    policy: HeaderValue,
+    /// `"name";r=LEFT` for every LEFT up to 4,096, rendered once (a
+    /// response clones one instead of formatting it).
+    remaining: Vec<HeaderValue>,
+    name: Arc<str>,
+    warned_no_key: AtomicBool,
+}
+
+impl Shared {
+    pub(super) fn new(name: &str, key: KeyBy, max: u32) -> Self {
+        let policy =
+            HeaderValue::try_from(format!("\"{name}\";q={max};qu=\"concurrent-requests\""))
+                .unwrap_or_else(|_| HeaderValue::from_static("\"concurrency\""));
+        let render = |left: u32| {
+            HeaderValue::try_from(format!("\"{name}\";r={left}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("\"concurrency\";r=0"))
+        };
+        Self {
+            key,
+            max,
+            in_flight: Mutex::new(HashMap::new()),
+            policy,
+            remaining: (0..=max.min(4_096)).map(render).collect(),
+            name: name.into(),
+            warned_no_key: AtomicBool::new(false),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<RateKey, u32>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Requests of `key` in flight now.
+    pub(super) fn in_flight(&self, key: &RateKey) -> u32 {
+        self.table().get(key).copied().unwrap_or(0)
+    }
+
+    /// `RateLimit: "name";r=N`.
+    fn remaining(&self, in_flight: u32) -> HeaderValue {
+        let left = self.max.saturating_sub(in_flight);
+        match self.remaining.get(left as usize) {
+            Some(value) => value.clone(),
+            None => HeaderValue::try_from(format!("\"{}\";r={left}", self.name))
+                .unwrap_or_else(|_| HeaderValue::from_static("\"concurrency\";r=0")),
+        }
+    }
+}
+
+/// A request's slot: given back when dropped (the response body ended or
+/// was dropped, the request was cancelled, the handler panicked).
+pub struct Permit {
+    shared: Arc<Shared>,
+    key: RateKey,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut table = self.shared.table();
+        if let Some(n) = table.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                table.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What a passed request's response gets: the headers, and the slot to
+/// hold until the body ends.
+#[derive(Default)]
+pub struct Slot(Option<Permit>);
+
+impl After for Slot {
+    fn apply<B>(self, response: &mut Response<B>) -> Option<BodyGuard> {
+        let permit = self.0?;
+        let in_flight = permit.shared.in_flight(&permit.key);
+        let headers = response.headers_mut();
+        headers.append(&RATELIMIT_POLICY, permit.shared.policy.clone());
+        headers.append(&RATELIMIT, permit.shared.remaining(in_flight));
+        Some(BodyGuard::new(permit))
+    }
+}
+
+/// The decision of [`ConcurrencyLimit`](super::ConcurrencyLimit).
+pub struct ConcurrencyDecision<R> {
+    pub(super) shared: Arc<Shared>,
+    pub(super) responder: R,
+}
+
+impl<R: Clone> Clone for ConcurrencyDecision<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            responder: self.responder.clone(),
+        }
+    }
+}
+
+impl<R: fmt::Debug> fmt::Debug for ConcurrencyDecision<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConcurrencyLimit")
+            .field("max", &self.shared.max)
+            .field("responder", &self.responder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R, B> Decide<B> for ConcurrencyDecision<R>
+where
+    R: Responder,
+{
+    type After = Slot;
+    type Wait = Never;
+
+    fn decide<F>(
+        &self,
+        req: Request<B>,
+        call: impl FnOnce(Request<B>) -> F,
+    ) -> Verdict<F, Slot, Never, B> {
+        let (parts, body) = req.into_parts();
+        let Some(key) = self.shared.key.key(&parts) else {
+            if !self.shared.warned_no_key.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "tollgate: the concurrency limit saw a request without a key (no peer \
+                     address?); such requests are not limited"
+                );
+            }
+            return Verdict::Pass(call(Request::from_parts(parts, body)), Slot(None));
+        };
+        {
+            let mut table = self.shared.table();
+            let n = table.entry(key.clone()).or_insert(0);
+            if *n >= self.shared.max {
+                drop(table);
+                tracing::debug!(outcome = "limited", "tollgate: too many requests in flight");
+                let mut headers = HeaderMap::new();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                headers.append(&RATELIMIT_POLICY, self.shared.policy.clone());
+                headers.append(&RATELIMIT, self.shared.remaining(self.shared.max));
+                let refusal = Refusal::new(
+                    RefusalKind::RateLimited,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    GrpcCode::ResourceExhausted,
+                    "too_many_in_flight",
+                    "too many requests in flight for this caller; retry when one ends",
+                )
+                .with_policy(&self.shared.name)
+                .with_headers(headers);
+                return Verdict::Refuse(self.responder.respond(&refusal, &parts));
+            }
+            *n += 1;
+        }
+        let permit = Permit {
+            shared: Arc::clone(&self.shared),
+            key,
+        };
+        Verdict::Pass(call(Request::from_parts(parts, body)), Slot(Some(permit)))
+    }
+}
