@@ -275,8 +275,10 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `POST /login`: a demo password check. The response tells the lockout in
-/// front how the attempt ended: `LoginFailed` counts against the client,
-/// `LoginSucceeded` clears its failures.
+/// front how the attempt ended: `LoginFailed` counts against the client;
+/// `LoginSucceeded` would clear its failures with `clear_on_success(true)`,
+/// which the example leaves off (the key is the client's address, which
+/// several accounts may share).
 async fn login(
     State(login): State<std::sync::Arc<Login>>,
     Json(credentials): Json<Credentials>,

@@ -277,9 +277,10 @@ impl<F: Future> Future for Forwarded<F> {
 /// Runs the inner service in the scope of the request's verified token, for
 /// clients wrapped in [`ForwardIdentityLayer`]; see the [module docs](self).
 /// Mount it behind the auth layer it is built from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ForwardScopeLayer {
-    _private: (),
+    /// The auth layer it was built from.
+    origin: usize,
 }
 
 impl ForwardScopeLayer {
@@ -287,7 +288,9 @@ impl ForwardScopeLayer {
     /// its clones) to hand the verified token on to the layers behind it.
     pub fn new<T, R>(auth: &JwtAuthLayer<T, R>) -> Self {
         auth.state.hand_on_token.store(true, Ordering::Relaxed);
-        Self { _private: () }
+        Self {
+            origin: auth.state.origin(),
+        }
     }
 }
 
@@ -295,7 +298,10 @@ impl<S> Layer<S> for ForwardScopeLayer {
     type Service = ForwardScope<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ForwardScope { inner }
+        ForwardScope {
+            inner,
+            origin: self.origin,
+        }
     }
 }
 
@@ -303,6 +309,7 @@ impl<S> Layer<S> for ForwardScopeLayer {
 #[derive(Debug, Clone)]
 pub struct ForwardScope<S> {
     inner: S,
+    origin: usize,
 }
 
 impl<S> ForwardScope<S> {
@@ -310,7 +317,7 @@ impl<S> ForwardScope<S> {
 }
 
 /// The token a request carries to its scope, and into its extensions.
-fn token_of<B>(req: &mut Request<B>) -> Option<ForwardedToken> {
+fn token_of<B>(req: &mut Request<B>, origin: usize) -> Option<ForwardedToken> {
     static WARNED: AtomicBool = AtomicBool::new(false);
     let warn = |why: &str| {
         if !WARNED.swap(true, Ordering::Relaxed) {
@@ -318,7 +325,10 @@ fn token_of<B>(req: &mut Request<B>) -> Option<ForwardedToken> {
         }
     };
     let extensions = req.extensions_mut();
-    let Some(token) = extensions.get::<VerifiedToken>() else {
+    let Some(token) = extensions
+        .get::<VerifiedToken>()
+        .and_then(|token| token.from(origin))
+    else {
         if extensions.get::<Identity>().is_some() {
             warn(
                 "saw a token verified by an auth layer it was not built from: build it with \
@@ -332,7 +342,7 @@ fn token_of<B>(req: &mut Request<B>) -> Option<ForwardedToken> {
         }
         return None;
     };
-    let token = ForwardedToken::bearer(token.as_str())?;
+    let token = ForwardedToken::bearer(token)?;
     extensions.insert(token.clone());
     Some(token)
 }
@@ -350,7 +360,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let mut token = token_of(&mut req);
+        let mut token = token_of(&mut req, self.origin);
         let future = enter(&mut token, || self.inner.call(req));
         Forwarded { token, future }
     }

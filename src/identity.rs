@@ -209,16 +209,25 @@ impl Anonymous {
 /// [`Identity`] and never the token.
 #[cfg(feature = "auth")]
 #[derive(Clone)]
-pub(crate) struct VerifiedToken(Box<str>);
+pub(crate) struct VerifiedToken {
+    token: Box<str>,
+    /// Which auth layer verified it (the address of its shared state): a
+    /// layer built from another auth layer does not use it.
+    origin: usize,
+}
 
 #[cfg(feature = "auth")]
 impl VerifiedToken {
-    pub(crate) fn new(token: &str) -> Self {
-        Self(token.into())
+    pub(crate) fn new(token: &str, origin: usize) -> Self {
+        Self {
+            token: token.into(),
+            origin,
+        }
     }
 
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
+    /// The token, if the auth layer `origin` verified it.
+    pub(crate) fn from(&self, origin: usize) -> Option<&str> {
+        (self.origin == origin).then_some(&*self.token)
     }
 }
 

@@ -68,17 +68,22 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(|b| b)
+}
+
+fn setup_with(
+    adjust: impl FnOnce(tollgate::lockout::LockoutBuilder) -> tollgate::lockout::LockoutBuilder,
+) -> Setup {
     let clock = Arc::new(AtomicU64::new(NOW));
     let now = Arc::clone(&clock);
-    let layer = LockoutLayer::builder(KeyBy::client_ip(TrustedProxies::none()))
+    let builder = LockoutLayer::builder(KeyBy::client_ip(TrustedProxies::none()))
         .failures(3)
         .window(Duration::from_secs(60))
         .backoff(Duration::from_secs(30))
         .max_backoff(Duration::from_secs(100))
         .peer_addr_inserted(true)
-        .clock(move || now.load(Ordering::SeqCst))
-        .build()
-        .expect("layer");
+        .clock(move || now.load(Ordering::SeqCst));
+    let layer = adjust(builder).build().expect("layer");
     Setup {
         clock,
         calls: Arc::new(AtomicUsize::new(0)),
@@ -193,7 +198,7 @@ async fn successes_are_never_charged_and_failures_outside_the_window_do_not_add_
 
 #[tokio::test]
 async fn handler_marks_count_and_a_marked_success_clears_the_failures() {
-    let s = setup();
+    let s = setup_with(|b| b.clear_on_success(true));
     // A failed login answered 200 counts; a successful one clears.
     s.send("192.0.2.3", "failed").await;
     s.send("192.0.2.3", "failed").await;
@@ -361,10 +366,87 @@ fn events_are_counted() {
     assert_eq!(
         counted,
         [
-            expect("cleared", 1),
             expect("failure", 4),
             expect("locked_out", 1),
             expect("refused", 1)
         ]
+    );
+}
+
+/// Hostile: an attacker with an account of their own logs into it between
+/// guesses at someone else's. By default a success clears nothing (the key
+/// is the address, shared by both accounts): the guesses still lock out.
+#[tokio::test]
+async fn logging_into_ones_own_account_between_guesses_does_not_reset_the_count() {
+    let s = setup();
+    for _ in 0..3 {
+        s.send("192.0.2.77", "failed").await;
+        s.send("192.0.2.77", "login").await;
+    }
+    assert_eq!(
+        s.send("192.0.2.77", "ok").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+/// Hostile: a burst of parallel guesses, each slower than the burst. No
+/// more attempts than the limit are let through before their outcomes are
+/// counted; a cancelled attempt frees its place.
+#[tokio::test]
+async fn parallel_guesses_beyond_the_limit_are_refused_before_any_fails() {
+    let s = setup();
+    let (release, wait) = tokio::sync::watch::channel(false);
+    let slow = tower::service_fn(move |_req: Request<String>| {
+        let mut wait = wait.clone();
+        async move {
+            let _ = wait.wait_for(|go| *go).await;
+            let mut response = Response::new(String::new());
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut in_flight = Vec::new();
+    for _ in 0..3 {
+        in_flight.push(tokio::spawn(
+            s.layer
+                .layer(slow.clone())
+                .oneshot(request("192.0.2.88", "x")),
+        ));
+    }
+    tokio::task::yield_now().await;
+    // The 4th, while three are in flight and none has failed yet.
+    let refused = s
+        .layer
+        .layer(slow.clone())
+        .oneshot(request("192.0.2.88", "x"))
+        .await
+        .expect("infallible");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(body_json(refused).await["reason"], "too_many_attempts");
+    // One cancelled: its place is free again.
+    in_flight.pop().expect("one").abort();
+    tokio::task::yield_now().await;
+    let fourth = tokio::spawn(
+        s.layer
+            .layer(slow.clone())
+            .oneshot(request("192.0.2.88", "x")),
+    );
+    tokio::task::yield_now().await;
+    release.send(true).expect("receivers");
+    assert_eq!(
+        fourth.await.expect("task").expect("ok").status(),
+        StatusCode::UNAUTHORIZED
+    );
+    for task in in_flight {
+        assert_eq!(
+            task.await.expect("task").expect("ok").status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Three failures counted: locked out.
+    assert_eq!(
+        s.send("192.0.2.88", "ok").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
     );
 }

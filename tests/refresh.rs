@@ -1055,7 +1055,11 @@ async fn a_refresh_in_front_of_its_auth_layer_or_built_from_another_refreshes_no
 
     let other = builder(&clock).build().unwrap();
     let from_other = RefreshSessionLayer::new(&other, Refresh::new(hs_key(), WITHIN)).unwrap();
-    let res = Stack::new(from_other, builder(&clock).build().unwrap())
+    // The auth layer in front hands its tokens on too (for its own
+    // forwarding scope): still not the layer the refresh was built from.
+    let front = builder(&clock).build().unwrap();
+    let _scope = tollgate::forward::ForwardScopeLayer::new(&front);
+    let res = Stack::new(from_other, front)
         .layer(answering(OK))
         .oneshot(near())
         .await

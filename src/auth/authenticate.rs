@@ -83,6 +83,14 @@ pub(crate) enum Outcome<T> {
     Retry(Wait),
 }
 
+impl<T> AuthState<T> {
+    /// This state's identity, for the layers built from it: its address
+    /// (it lives in an `Arc` for as long as any layer holds it).
+    pub(crate) fn origin(&self) -> usize {
+        std::ptr::from_ref(self).cast::<()>() as usize
+    }
+}
+
 impl<T: DeserializeOwned> AuthState<T> {
     pub(crate) fn authenticate(&self, headers: &HeaderMap, allow_fetch: bool) -> Outcome<T> {
         let found = match super::token::extract(headers, &self.sources, self.max_token_len) {
@@ -195,7 +203,7 @@ impl<T: DeserializeOwned> AuthState<T> {
             token: self
                 .hand_on_token
                 .load(std::sync::atomic::Ordering::Relaxed)
-                .then(|| VerifiedToken::new(&found.token)),
+                .then(|| VerifiedToken::new(&found.token, self.origin())),
         })
     }
 }

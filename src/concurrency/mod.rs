@@ -40,7 +40,9 @@
 //! for as long as it streams. A request cancelled before its response (the
 //! client went away, a timeout dropped the future) and a handler that
 //! panicked give the slot back too: the slot lives in the response future
-//! and then in the body. Responses carry `RateLimit-Policy:
+//! and then in the body. A protocol upgrade (a WebSocket's 101) ends its
+//! empty body at once: the upgraded connection does not hold a slot — cap
+//! those where the upgrade is served. Responses carry `RateLimit-Policy:
 //! "name";q=N;qu="concurrent-requests"` and `RateLimit: "name";r=LEFT`
 //! (draft-ietf-httpapi-ratelimit-headers-11); a refusal is 429 with
 //! `Retry-After: 1`, the problem type `quota-exceeded` and `reason:

@@ -58,6 +58,10 @@ pub struct LockoutConfig {
     pub statuses: Option<Vec<u16>>,
     /// The most keys counted at once.
     pub max_keys: Option<usize>,
+    /// Whether a `LoginSucceeded` response clears the key's failures
+    /// (default false; see `LockoutBuilder::clear_on_success`).
+    #[serde(default)]
+    pub clear_on_success: bool,
     /// The Redis the replicas count failures in (feature `redis`); absent,
     /// each replica counts alone.
     pub redis_url: Option<String>,
@@ -112,6 +116,7 @@ impl LockoutConfig {
         if let Some(max) = self.max_keys {
             b = b.max_keys(max);
         }
+        b = b.clear_on_success(self.clear_on_success);
         match &self.redis_url {
             None => Ok(b),
             #[cfg(feature = "redis")]

@@ -32,6 +32,10 @@ struct Record {
     window_start: u64,
     locked_until: u64,
     lockouts: u32,
+    /// Requests let through whose outcome is not counted yet: together with
+    /// the failures they may not exceed the limit, so that a burst of
+    /// parallel guesses cannot all pass before the first one fails.
+    pending: u32,
 }
 
 /// The state every clone of a layer shares.
@@ -47,6 +51,8 @@ pub struct Shared {
     max_keys: usize,
     clock: Arc<dyn WallClock>,
     records: Mutex<HashMap<RateKey, Record>>,
+    /// Whether a marked success clears the key's failures.
+    clear_on_success: bool,
     /// Where the replicas count failures together, if anywhere.
     #[cfg(feature = "redis")]
     store: Option<super::shared::SharedLockouts>,
@@ -80,6 +86,7 @@ impl Shared {
             max_keys,
             clock,
             records: Mutex::new(HashMap::new()),
+            clear_on_success: false,
             #[cfg(feature = "redis")]
             store: None,
             metrics: LockoutMetrics::new(name),
@@ -95,6 +102,12 @@ impl Shared {
         self
     }
 
+    /// Lets a marked success clear the key's failures.
+    pub(super) fn with_clear_on_success(mut self, clear: bool) -> Self {
+        self.clear_on_success = clear;
+        self
+    }
+
     fn records(&self) -> std::sync::MutexGuard<'_, HashMap<RateKey, Record>> {
         self.records.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -106,10 +119,50 @@ impl Shared {
         (until > now).then(|| until - now)
     }
 
+    /// What a request of `key` may do now: pass (an attempt taken), or be
+    /// refused for the seconds given and why.
+    fn admit(self: &Arc<Self>, key: RateKey) -> Result<Option<Attempt>, (u64, &'static str)> {
+        let now = self.clock.unix_now();
+        let mut records = self.records();
+        if let Some(record) = records.get_mut(&key) {
+            if record.locked_until > now {
+                return Err((record.locked_until - now, "locked_out"));
+            }
+            let counted = if record.window_start.saturating_add(self.window) <= now {
+                0
+            } else {
+                record.failures
+            };
+            if counted.saturating_add(record.pending) >= self.failures {
+                return Err((1, "too_many_attempts"));
+            }
+            record.pending += 1;
+        } else if records.len() >= self.max_keys {
+            // No room to follow it: let it through uncounted (said when
+            // failures are not counted).
+            return Ok(None);
+        } else {
+            records.insert(
+                key.clone(),
+                Record {
+                    pending: 1,
+                    ..Record::default()
+                },
+            );
+        }
+        drop(records);
+        Ok(Some(Attempt {
+            shared: Arc::clone(self),
+            key,
+        }))
+    }
+
     /// Counts a failure of `key`: in Redis when the replicas share the
     /// counts (off the request's path, this replica's own count when Redis
-    /// does not answer), here otherwise.
-    fn failed(self: &Arc<Self>, key: RateKey) {
+    /// does not answer), here otherwise. The attempt stays pending until
+    /// its failure is counted.
+    fn failed(self: &Arc<Self>, attempt: Attempt) {
+        let key = attempt.key.clone();
         #[cfg(feature = "redis")]
         if let Some(store) = &self.store
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -121,6 +174,7 @@ impl Shared {
                 let this = Arc::clone(self);
                 let store = store.clone();
                 runtime.spawn(async move {
+                    let _attempt = attempt;
                     let limits = super::shared::Limits {
                         window_ms: this.window.saturating_mul(1000),
                         failures: this.failures,
@@ -156,6 +210,7 @@ impl Shared {
             inner.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
         self.count_here(key);
+        drop(attempt);
     }
 
     /// Remembers a lockout Redis reported (`left_ms` to go), for this
@@ -187,7 +242,8 @@ impl Shared {
             // remember, no failure in a live window.
             let (window, max_backoff) = (self.window, self.max_backoff);
             records.retain(|_, r| {
-                r.locked_until.saturating_add(max_backoff) > now
+                r.pending > 0
+                    || r.locked_until.saturating_add(max_backoff) > now
                     || r.window_start.saturating_add(window) > now
             });
             if records.len() >= self.max_keys {
@@ -227,32 +283,39 @@ impl Shared {
         }
     }
 
-    /// A success clears the key's failures (in Redis too, when shared); a
-    /// lockout in force stays.
+    /// A success clears the key's failures (in Redis too, when shared), if
+    /// the layer was told to; a lockout in force and the count of lockouts
+    /// stay.
     fn succeeded(&self, key: &RateKey) {
+        if !self.clear_on_success {
+            return;
+        }
         #[cfg(feature = "redis")]
         if let Some(store) = &self.store
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let store = store.clone();
-            let (name, key) = (Arc::clone(&self.name), key.to_store_key());
-            runtime.spawn(async move {
-                if let Err(why) = store.inner.clear(&name, &key).await
-                    && store.inner.warn.due()
-                {
-                    tracing::warn!(error = %why, "tollgate: the lockout could not clear a key's failures in Redis");
-                }
-            });
-        }
-        let now = self.clock.unix_now();
-        let mut records = self.records();
-        if let Some(record) = records.get_mut(key) {
-            self.metrics.event(LockoutEvent::Cleared);
-            if record.locked_until > now {
-                record.failures = 0;
+            let inner = &store.inner;
+            if inner.in_flight.fetch_add(1, Ordering::Relaxed)
+                < super::shared::MAX_REPORTS_IN_FLIGHT
+            {
+                let store = store.clone();
+                let (name, key) = (Arc::clone(&self.name), key.to_store_key());
+                runtime.spawn(async move {
+                    let cleared = store.inner.clear(&name, &key).await;
+                    store.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    if let Err(why) = cleared
+                        && store.inner.warn.due()
+                    {
+                        tracing::warn!(error = %why, "tollgate: the lockout could not clear a key's failures in Redis");
+                    }
+                });
             } else {
-                records.remove(key);
+                inner.in_flight.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+        if let Some(record) = self.records().get_mut(key) {
+            self.metrics.event(LockoutEvent::Cleared);
+            record.failures = 0;
         }
     }
 }
@@ -281,22 +344,37 @@ impl<R: fmt::Debug> fmt::Debug for LockoutDecision<R> {
     }
 }
 
+/// A request let through and not counted yet: pending for its key until
+/// dropped (its outcome counted, or the request cancelled).
+pub struct Attempt {
+    shared: Arc<Shared>,
+    key: RateKey,
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if let Some(record) = self.shared.records().get_mut(&self.key) {
+            record.pending = record.pending.saturating_sub(1);
+        }
+    }
+}
+
 /// What a passed request's response is looked at for: the lockout, and
-/// the request's key (none: its failures are not counted).
+/// the request's attempt (none: its failures are not counted).
 #[derive(Default)]
-pub struct Outcome(Option<(Arc<Shared>, Option<RateKey>)>);
+pub struct Outcome(Option<(Arc<Shared>, Option<Attempt>)>);
 
 impl After for Outcome {
     fn apply<B>(self, response: &mut Response<B>) -> Option<crate::body::BodyGuard> {
-        let (shared, key) = self.0?;
+        let (shared, attempt) = self.0?;
         let extensions = response.extensions();
         let succeeded = extensions.get::<LoginSucceeded>().is_some();
         let failed = !succeeded
             && (extensions.get::<LoginFailed>().is_some()
                 || shared.statuses.contains(&response.status()));
-        match key {
-            Some(key) if succeeded => shared.succeeded(&key),
-            Some(key) if failed => shared.failed(key),
+        match attempt {
+            Some(attempt) if succeeded => shared.succeeded(&attempt.key),
+            Some(attempt) if failed => shared.failed(attempt),
             None if failed => shared.metrics.event(LockoutEvent::Untracked),
             _ => {}
         }
@@ -327,22 +405,30 @@ where
             let outcome = Outcome(Some((Arc::clone(&self.shared), None)));
             return Verdict::Pass(call(Request::from_parts(parts, body)), outcome);
         };
-        if let Some(left) = self.shared.locked_for(&key) {
-            self.shared.metrics.event(LockoutEvent::Refused);
-            tracing::debug!(outcome = "locked_out", "tollgate: request refused");
-            let mut headers = HeaderMap::new();
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(left));
-            let refusal = Refusal::new(
-                RefusalKind::AbnormalUsage,
-                StatusCode::TOO_MANY_REQUESTS,
-                GrpcCode::ResourceExhausted,
-                "locked_out",
-                "too many failed requests from this client; retry later",
-            )
-            .with_headers(headers);
-            return Verdict::Refuse(self.responder.respond(&refusal, &parts));
-        }
-        let outcome = Outcome(Some((Arc::clone(&self.shared), Some(key))));
+        let attempt = match self.shared.admit(key) {
+            Ok(attempt) => attempt,
+            Err((left, reason)) => {
+                self.shared.metrics.event(LockoutEvent::Refused);
+                tracing::debug!(outcome = reason, "tollgate: request refused");
+                let mut headers = HeaderMap::new();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(left));
+                let detail = if reason == "locked_out" {
+                    "too many failed requests from this client; retry later"
+                } else {
+                    "too many attempts from this client at once; retry when one has ended"
+                };
+                let refusal = Refusal::new(
+                    RefusalKind::AbnormalUsage,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    GrpcCode::ResourceExhausted,
+                    reason,
+                    detail,
+                )
+                .with_headers(headers);
+                return Verdict::Refuse(self.responder.respond(&refusal, &parts));
+            }
+        };
+        let outcome = Outcome(Some((Arc::clone(&self.shared), attempt)));
         Verdict::Pass(call(Request::from_parts(parts, body)), outcome)
     }
 }

@@ -2,8 +2,11 @@
 //! the requests of one key (a client IP, by default) that *ended badly* —
 //! a 401 or 403, or a response the handler marked [`LoginFailed`] — and
 //! refuses that key for a growing back-off once it failed too often.
-//! Successful requests are never charged, and a response marked
-//! [`LoginSucceeded`] clears the key's failures.
+//! Successful requests are never charged; a response marked
+//! [`LoginSucceeded`] clears the key's failures only when asked to
+//! ([`LockoutBuilder::clear_on_success`]). At most `failures` requests of
+//! one key are let through at once before their outcomes are counted, so a
+//! burst of parallel guesses is refused too.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -48,7 +51,8 @@
 //!
 //! - A refusal is 429 with `Retry-After` and the problem type
 //!   [`ABNORMAL_USAGE_DETECTED`](crate::reject::ABNORMAL_USAGE_DETECTED) of
-//!   draft-ietf-httpapi-ratelimit-headers-11 (`reason: "locked_out"`; gRPC
+//!   draft-ietf-httpapi-ratelimit-headers-11 (`reason: "locked_out"`, or
+//!   `"too_many_attempts"` for a burst over the limit; gRPC
 //!   `RESOURCE_EXHAUSTED`). The handler is not called.
 //! - Keyed by client address, an attacker locks out only the addresses it
 //!   sends from: a victim elsewhere keeps logging in. The back-off doubles
@@ -138,6 +142,7 @@ impl LockoutLayer {
             max_keys: DEFAULT_MAX_KEYS,
             clock: Arc::new(SystemClock),
             peer_addr_inserted: false,
+            clear_on_success: false,
             #[cfg(feature = "redis")]
             shared: None,
         }
@@ -171,6 +176,7 @@ pub struct LockoutBuilder {
     max_keys: usize,
     clock: Arc<dyn WallClock>,
     peer_addr_inserted: bool,
+    clear_on_success: bool,
     #[cfg(feature = "redis")]
     shared: Option<SharedLockouts>,
 }
@@ -254,6 +260,17 @@ impl LockoutBuilder {
         self
     }
 
+    /// Whether a response marked [`LoginSucceeded`] clears the key's
+    /// failures (default `false`). Keep it off while the key is a client
+    /// address: an attacker who owns one account could log into it between
+    /// guesses at another's and never be locked out. A lockout in force and
+    /// the doubling of the next one are never cleared.
+    #[must_use]
+    pub fn clear_on_success(mut self, clear: bool) -> Self {
+        self.clear_on_success = clear;
+        self
+    }
+
     /// Counts failures and lockouts together with the other replicas, in
     /// Redis (feature `redis`); see [`SharedLockouts`].
     #[cfg(feature = "redis")]
@@ -308,6 +325,7 @@ impl LockoutBuilder {
             self.max_keys,
             self.clock,
         );
+        let shared = shared.with_clear_on_success(self.clear_on_success);
         #[cfg(feature = "redis")]
         let shared = shared.with_store(self.shared);
         Ok(LockoutLayer {

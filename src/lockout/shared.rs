@@ -66,7 +66,11 @@ return span
 /// one attempt per other replica (plus the reports in flight) before every
 /// replica refuses it. When Redis does not answer within the timeout, the
 /// replica counts the failure itself (as without Redis) and says so at
-/// `warn` (at most every 10 s); requests never wait for Redis.
+/// `warn` (at most every 10 s); requests never wait for Redis. A report
+/// that timed out after Redis had run it is counted twice (in Redis and on
+/// the replica): with Redis that slow, a client is locked out sooner, never
+/// later. A request's attempt stays pending (see the parallel bound in the
+/// [module docs](super)) until its report is answered.
 #[derive(Clone)]
 pub struct SharedLockouts {
     pub(super) inner: Arc<Inner>,

@@ -25,6 +25,8 @@ use crate::macros::inner_accessors;
 #[derive(Clone)]
 pub struct RefreshSessionLayer {
     refresher: Arc<Refresher>,
+    /// The auth layer it was built from.
+    origin: usize,
 }
 
 impl fmt::Debug for RefreshSessionLayer {
@@ -61,6 +63,7 @@ impl RefreshSessionLayer {
         state.hand_on_token.store(true, Ordering::Relaxed);
         Ok(Self {
             refresher: Arc::new(refresher),
+            origin: state.origin(),
         })
     }
 }
@@ -72,6 +75,7 @@ impl<S> Layer<S> for RefreshSessionLayer {
         RefreshSession {
             inner,
             refresher: Arc::clone(&self.refresher),
+            origin: self.origin,
         }
     }
 }
@@ -81,6 +85,7 @@ impl<S> Layer<S> for RefreshSessionLayer {
 pub struct RefreshSession<S> {
     inner: S,
     refresher: Arc<Refresher>,
+    origin: usize,
 }
 
 impl<S> RefreshSession<S> {
@@ -106,7 +111,7 @@ fn misplaced(why: &'static str) {
 impl Refresher {
     /// The re-mint this request may get: a verified token from the cookie
     /// inside the window.
-    fn for_request<B>(self: &Arc<Self>, req: &Request<B>) -> Option<Box<Due>> {
+    fn for_request<B>(self: &Arc<Self>, req: &Request<B>, origin: usize) -> Option<Box<Due>> {
         let extensions = req.extensions();
         let Some(identity) = extensions.get::<Identity>() else {
             if extensions.get::<Anonymous>().is_none() {
@@ -122,14 +127,17 @@ impl Refresher {
         if identity.source() != CredentialSource::Cookie {
             return None;
         }
-        let Some(token) = extensions.get::<VerifiedToken>() else {
+        let Some(token) = extensions
+            .get::<VerifiedToken>()
+            .and_then(|token| token.from(origin))
+        else {
             misplaced(
                 "saw a token verified by an auth layer it was not built from: build it with \
                  RefreshSessionLayer::new(&auth, ..) from the layer in front of it",
             );
             return None;
         };
-        self.due(token.as_str(), identity.expires_at(), self.now(), identity)
+        self.due(token, identity.expires_at(), self.now(), identity)
     }
 }
 
@@ -146,7 +154,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let due = self.refresher.for_request(&req);
+        let due = self.refresher.for_request(&req, self.origin);
         ResponseFuture {
             future: self.inner.call(req),
             due,
