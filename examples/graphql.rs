@@ -517,10 +517,17 @@ pub(crate) async fn app(
     // At most this many requests in flight per caller (the verified
     // subject, the client IP for anonymous callers): a slow query holds its
     // slot until its response has been sent.
-    let in_flight = ConcurrencyLimitLayer::builder(config.in_flight)
-        .name("in-flight")
-        .key(KeyBy::subject_or_client_ip(config.proxies.clone()))
-        .build()?;
+    let in_flight = match config
+        .file
+        .as_ref()
+        .and_then(|f| f.concurrency("in-flight"))
+    {
+        Some(table) => table.layer("in-flight")?,
+        None => ConcurrencyLimitLayer::builder(config.in_flight)
+            .name("in-flight")
+            .key(KeyBy::subject_or_client_ip(config.proxies.clone()))
+            .build()?,
+    };
     // One stack on every route, in this order (ServiceBuilder: first is
     // outermost): the route rules → per-IP limit → auth → sliding refresh
     // (when on) → CSRF guard → the per-subject limit → the in-flight cap.

@@ -12,6 +12,7 @@
 //! | `tollgate_rate_limit_sync_lag_seconds` | gauge | `store`: how long the oldest of those has waited |
 //! | `tollgate_rate_limit_sync_failures_total` | counter | `store`: local-first calls to Redis that failed (a batch, an ask) |
 //! | `tollgate_revocation_sync_failures_total` | counter | — (failed calls of revocations shared through Redis) |
+//! | `tollgate_concurrency_events_total` | counter | `limit` (the layer's name), `event` (`admitted`, `refused`: over its limit, `untracked`: no key) |
 //! | `tollgate_lockout_events_total` | counter | `lockout` (the layer's name), `event` (`refused`: a request of a locked-out key; `failure`: a failure counted; `locked_out`: a lockout began; `cleared`: a marked success cleared the failures; `untracked`: a failure not counted, no key or no room) |
 //!
 //! No label carries a token, subject or address: their cardinality is
@@ -46,12 +47,48 @@ pub mod names {
     pub const REVOCATION_SYNC_FAILURES: &str = "tollgate_revocation_sync_failures_total";
     /// Counter of a lockout's events (refusals, failures, lockouts).
     pub const LOCKOUT_EVENTS: &str = "tollgate_lockout_events_total";
+    /// Counter of a concurrency limit's events (admissions, refusals).
+    pub const CONCURRENCY_EVENTS: &str = "tollgate_concurrency_events_total";
 }
 
 #[cfg(all(feature = "metrics", feature = "rate-limit"))]
-pub(crate) use handles::LockoutMetrics;
+pub(crate) use handles::EventMetrics;
 #[cfg(all(not(feature = "metrics"), feature = "rate-limit"))]
-pub(crate) use noop::LockoutMetrics;
+pub(crate) use noop::EventMetrics;
+
+/// An event a layer counts under one counter, by its `event` label.
+#[cfg(feature = "rate-limit")]
+pub(crate) trait Event: Copy {
+    /// Its slot among the layer's handles (below 5).
+    #[cfg_attr(not(feature = "metrics"), expect(dead_code))]
+    fn index(self) -> usize;
+    /// The `event` label.
+    #[cfg_attr(not(feature = "metrics"), expect(dead_code))]
+    fn label(self) -> &'static str;
+}
+
+/// What a concurrency limit counts, as the `event` label says it.
+#[cfg(feature = "rate-limit")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConcurrencyEvent {
+    Admitted,
+    Refused,
+    Untracked,
+}
+
+#[cfg(feature = "rate-limit")]
+impl Event for ConcurrencyEvent {
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn label(self) -> &'static str {
+        match self {
+            Self::Admitted => "admitted",
+            Self::Refused => "refused",
+            Self::Untracked => "untracked",
+        }
+    }
+}
 
 /// What a lockout counts, as the `event` label says it.
 #[cfg(feature = "rate-limit")]
@@ -64,8 +101,11 @@ pub(crate) enum LockoutEvent {
     Untracked,
 }
 
-#[cfg(all(feature = "rate-limit", feature = "metrics"))]
-impl LockoutEvent {
+#[cfg(feature = "rate-limit")]
+impl Event for LockoutEvent {
+    fn index(self) -> usize {
+        self as usize
+    }
     fn label(self) -> &'static str {
         match self {
             Self::Refused => "refused",
@@ -139,15 +179,19 @@ mod noop {
     pub(crate) struct RateMetrics;
 
     #[cfg(feature = "rate-limit")]
-    pub(crate) struct LockoutMetrics;
+    pub(crate) struct EventMetrics;
 
     #[cfg(feature = "rate-limit")]
-    impl LockoutMetrics {
-        pub(crate) fn new(_name: std::sync::Arc<str>) -> Self {
+    impl EventMetrics {
+        pub(crate) fn new(
+            _metric: &'static str,
+            _layer_label: &'static str,
+            _name: std::sync::Arc<str>,
+        ) -> Self {
             Self
         }
         #[inline]
-        pub(crate) fn event(&self, _event: super::LockoutEvent) {}
+        pub(crate) fn event(&self, _event: impl super::Event) {}
     }
 
     #[cfg(feature = "rate-limit")]
@@ -351,29 +395,37 @@ mod handles {
         }
     }
 
-    /// A lockout layer's handles.
+    /// The handles of a layer that counts its events under one counter
+    /// (the lockout, the concurrency limit), labelled by the layer's name.
     #[cfg(feature = "rate-limit")]
-    pub(crate) struct LockoutMetrics {
+    pub(crate) struct EventMetrics {
+        metric: &'static str,
+        layer_label: &'static str,
         name: Arc<str>,
         events: [OnceLock<Counter>; 5],
     }
 
     #[cfg(feature = "rate-limit")]
-    impl LockoutMetrics {
-        pub(crate) fn new(name: Arc<str>) -> Self {
+    impl EventMetrics {
+        pub(crate) fn new(metric: &'static str, layer_label: &'static str, name: Arc<str>) -> Self {
             Self {
+                metric,
+                layer_label,
                 name,
                 events: Default::default(),
             }
         }
 
         /// Counts `event`.
-        pub(crate) fn event(&self, event: super::LockoutEvent) {
-            self.events[event as usize]
+        pub(crate) fn event(&self, event: impl super::Event) {
+            let Some(handle) = self.events.get(event.index()) else {
+                return;
+            };
+            handle
                 .get_or_init(|| {
                     metrics::counter!(
-                        names::LOCKOUT_EVENTS,
-                        "lockout" => SharedString::from(Arc::clone(&self.name)),
+                        self.metric,
+                        self.layer_label => SharedString::from(Arc::clone(&self.name)),
                         "event" => event.label()
                     )
                 })

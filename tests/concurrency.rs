@@ -178,3 +178,73 @@ fn misconfigurations_fail_at_build() {
         .unwrap_err();
     assert_eq!(err.setting(), "concurrency.name");
 }
+
+/// A `[concurrency.NAME]` table builds the same layer, and every admission
+/// and refusal is counted under the limit's name.
+#[test]
+fn a_table_configures_it_and_its_events_are_counted() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use tollgate::config::TollgateConfig;
+    let config =
+        TollgateConfig::from_toml("[concurrency.in-flight]\nmax = 1\nkey = \"peer_ip\"\n").unwrap();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let limit = config
+                    .concurrency("in-flight")
+                    .unwrap()
+                    .layer("in-flight")
+                    .unwrap();
+                let mut svc = limit.layer(Handler::Answer);
+                let held = svc.ready().await.unwrap().call(from(A)).await.unwrap();
+                assert_eq!(
+                    held.headers()["ratelimit-policy"],
+                    "\"in-flight\";q=1;qu=\"concurrent-requests\""
+                );
+                let refused = svc.ready().await.unwrap().call(from(A)).await.unwrap();
+                assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+                drop(held);
+                let _ = svc
+                    .ready()
+                    .await
+                    .unwrap()
+                    .call(Request::new(()))
+                    .await
+                    .unwrap();
+            });
+    });
+    let mut counted: Vec<(String, String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "tollgate_concurrency_events_total")
+        .map(|(key, _, _, value)| {
+            let label = |name: &str| {
+                key.key()
+                    .labels()
+                    .find(|l| l.key() == name)
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default()
+            };
+            let DebugValue::Counter(n) = value else {
+                panic!("a counter")
+            };
+            (label("limit"), label("event"), n)
+        })
+        .collect();
+    counted.sort();
+    let expect = |event: &str, n| ("in-flight".to_owned(), event.to_owned(), n);
+    assert_eq!(
+        counted,
+        [
+            expect("admitted", 1),
+            expect("refused", 1),
+            expect("untracked", 1)
+        ]
+    );
+    assert!(TollgateConfig::from_toml("[concurrency.x]\nmax = 1\nmaks = 2\n").is_err());
+}

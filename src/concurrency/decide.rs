@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, he
 
 use crate::body::BodyGuard;
 use crate::middleware::{After, Decide, Never, Verdict};
+use crate::observe::{ConcurrencyEvent, EventMetrics, names};
 use crate::rate_limit::{KeyBy, RateKey};
 use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
 
@@ -28,6 +29,7 @@ pub struct Shared {
     /// response clones one instead of formatting it).
     remaining: Vec<HeaderValue>,
     name: Arc<str>,
+    metrics: EventMetrics,
     warned_no_key: AtomicBool,
 }
 
@@ -47,6 +49,7 @@ impl Shared {
             policy,
             remaining: (0..=max.min(4_096)).map(render).collect(),
             name: name.into(),
+            metrics: EventMetrics::new(names::CONCURRENCY_EVENTS, "limit", name.into()),
             warned_no_key: AtomicBool::new(false),
         }
     }
@@ -152,6 +155,7 @@ where
                      address?); such requests are not limited"
                 );
             }
+            self.shared.metrics.event(ConcurrencyEvent::Untracked);
             return Verdict::Pass(call(Request::from_parts(parts, body)), Slot(None));
         };
         {
@@ -159,6 +163,7 @@ where
             let n = table.entry(key.clone()).or_insert(0);
             if *n >= self.shared.max {
                 drop(table);
+                self.shared.metrics.event(ConcurrencyEvent::Refused);
                 tracing::debug!(outcome = "limited", "tollgate: too many requests in flight");
                 let mut headers = HeaderMap::new();
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -177,6 +182,7 @@ where
             }
             *n += 1;
         }
+        self.shared.metrics.event(ConcurrencyEvent::Admitted);
         let permit = Permit {
             shared: Arc::clone(&self.shared),
             key,

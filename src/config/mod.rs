@@ -40,6 +40,9 @@
 //! # window_secs = 300
 //! # backoff_secs = 60
 //!
+//! # [concurrency.in-flight]          # requests in flight at once per caller
+//! # max = 16
+//!
 //! # [rate_limit.redis]                # state shared by replicas (feature `redis`)
 //! # url = "redis://127.0.0.1:6379"    # one server or any cluster node; redis+cluster://a:7000,b:7001
 //! #                                   # or Sentinel: redis+sentinel://s1:26379,s2:26379/mymaster
@@ -55,6 +58,7 @@
 //! at parse time with the line, the column and the accepted values.
 
 mod auth;
+mod concurrency;
 mod lockout;
 mod rate_limit;
 mod routes;
@@ -68,6 +72,7 @@ pub use auth::{
     AuthConfig, KeyConfig, ModeConfig, RefreshConfig, RevocationConfig, SameSiteConfig,
     SourceConfig,
 };
+pub use concurrency::{ConcurrencyConfig, ConcurrencyKeyConfig};
 pub use lockout::{LockoutConfig, LockoutKeyConfig};
 pub use rate_limit::{
     ForwardedHeaderConfig, HeaderStyleConfig, KeyByConfig, MissingKeyConfig, OnStoreErrorConfig,
@@ -91,6 +96,10 @@ pub struct TollgateConfig {
     /// [`lockout`](Self::lockout)).
     #[serde(default)]
     pub lockouts: std::collections::BTreeMap<String, LockoutConfig>,
+    /// Per-caller concurrency limits, by name: `[concurrency.in-flight]`
+    /// (see [`concurrency`](Self::concurrency)).
+    #[serde(default)]
+    pub concurrency: std::collections::BTreeMap<String, ConcurrencyConfig>,
     /// The `[routes]` table: per-route rules ([`route_table`](Self::route_table)).
     pub routes: Option<RoutesConfig>,
     /// The text parsed, for line numbers in later errors.
@@ -155,6 +164,12 @@ impl TollgateConfig {
     /// [`LockoutConfig::layer`]`(name)`.
     pub fn lockout(&self, name: &str) -> Option<&LockoutConfig> {
         self.lockouts.get(name)
+    }
+
+    /// The `[concurrency.NAME]` table: build its layer with
+    /// [`ConcurrencyConfig::layer`]`(name)`.
+    pub fn concurrency(&self, name: &str) -> Option<&ConcurrencyConfig> {
+        self.concurrency.get(name)
     }
 
     /// Reads and parses a TOML file.

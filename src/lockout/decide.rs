@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 
 use crate::clock::WallClock;
 use crate::middleware::{After, Decide, Never, Verdict};
-use crate::observe::{LockoutEvent, LockoutMetrics};
+use crate::observe::{EventMetrics, LockoutEvent, names};
 use crate::rate_limit::{KeyBy, RateKey};
 use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
 
@@ -56,7 +56,7 @@ pub struct Shared {
     /// Where the replicas count failures together, if anywhere.
     #[cfg(feature = "redis")]
     store: Option<super::shared::SharedLockouts>,
-    metrics: LockoutMetrics,
+    metrics: EventMetrics,
     warned_no_key: AtomicBool,
     warned_full: AtomicBool,
 }
@@ -89,7 +89,7 @@ impl Shared {
             clear_on_success: false,
             #[cfg(feature = "redis")]
             store: None,
-            metrics: LockoutMetrics::new(name),
+            metrics: EventMetrics::new(names::LOCKOUT_EVENTS, "lockout", name),
             warned_no_key: AtomicBool::new(false),
             warned_full: AtomicBool::new(false),
         }
