@@ -13,7 +13,7 @@
 //! | `tollgate_rate_limit_sync_failures_total` | counter | `store`: local-first calls to Redis that failed (a batch, an ask) |
 //! | `tollgate_revocation_sync_failures_total` | counter | — (failed calls of revocations shared through Redis) |
 //! | `tollgate_concurrency_events_total` | counter | `limit` (the layer's name), `event` (`admitted`, `refused`: over its limit, `untracked`: no key) |
-//! | `tollgate_lockout_events_total` | counter | `lockout` (the layer's name), `event` (`refused`: a request of a locked-out key; `failure`: a failure counted; `locked_out`: a lockout began; `cleared`: a marked success cleared the failures; `untracked`: a failure not counted, no key or no room) |
+//! | `tollgate_lockout_events_total` | counter | `lockout` (the layer's name), `event` (`refused`: a request of a locked-out key; `failure`: a failure counted; `locked_out`: a lockout began; `cleared`: a marked success cleared the failures; `untracked`: a request or failure not counted, no key or no room) |
 //!
 //! No label carries a token, subject or address: their cardinality is
 //! bounded by the configuration.

@@ -450,3 +450,21 @@ async fn parallel_guesses_beyond_the_limit_are_refused_before_any_fails() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+/// Every request creates a record (its attempt is pending): once
+/// `max_keys` clients have come and gone, a new client's failures are still
+/// counted — the records that no longer matter make room.
+#[tokio::test]
+async fn a_full_table_makes_room_for_new_clients() {
+    let s = setup_with(|b| b.max_keys(2));
+    assert_eq!(s.send("198.51.100.1", "ok").await.status(), StatusCode::OK);
+    assert_eq!(s.send("198.51.100.2", "ok").await.status(), StatusCode::OK);
+    s.advance(1);
+    for _ in 0..3 {
+        s.send("198.51.100.3", "401").await;
+    }
+    assert_eq!(
+        s.send("198.51.100.3", "ok").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

@@ -38,60 +38,56 @@ struct Record {
     pending: u32,
 }
 
+/// A lockout's settings, checked by its builder (times in seconds).
+pub(super) struct Settings {
+    pub(super) failures: u32,
+    pub(super) window: u64,
+    pub(super) backoff: u64,
+    pub(super) max_backoff: u64,
+    pub(super) statuses: Vec<StatusCode>,
+    pub(super) max_keys: usize,
+    /// Whether a marked success clears the key's failures.
+    pub(super) clear_on_success: bool,
+}
+
 /// The state every clone of a layer shares.
 pub struct Shared {
     #[cfg(feature = "redis")]
     name: Arc<str>,
     key: KeyBy,
-    failures: u32,
-    window: u64,
-    backoff: u64,
-    max_backoff: u64,
-    statuses: Vec<StatusCode>,
-    max_keys: usize,
+    settings: Settings,
     clock: Arc<dyn WallClock>,
     records: Mutex<HashMap<RateKey, Record>>,
-    /// Whether a marked success clears the key's failures.
-    clear_on_success: bool,
     /// Where the replicas count failures together, if anywhere.
     #[cfg(feature = "redis")]
     store: Option<super::shared::SharedLockouts>,
     metrics: EventMetrics,
     warned_no_key: AtomicBool,
     warned_full: AtomicBool,
+    /// When the table was last swept for room (unix seconds).
+    last_sweep: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
-    #[expect(clippy::too_many_arguments, reason = "the builder's checked settings")]
     pub(super) fn new(
         name: Arc<str>,
         key: KeyBy,
-        failures: u32,
-        window: u64,
-        backoff: u64,
-        max_backoff: u64,
-        statuses: Vec<StatusCode>,
-        max_keys: usize,
+        settings: Settings,
         clock: Arc<dyn WallClock>,
     ) -> Self {
         Self {
             #[cfg(feature = "redis")]
             name: Arc::clone(&name),
             key,
-            failures,
-            window,
-            backoff,
-            max_backoff,
-            statuses,
-            max_keys,
+            settings,
             clock,
             records: Mutex::new(HashMap::new()),
-            clear_on_success: false,
             #[cfg(feature = "redis")]
             store: None,
             metrics: EventMetrics::new(names::LOCKOUT_EVENTS, "lockout", name),
             warned_no_key: AtomicBool::new(false),
             warned_full: AtomicBool::new(false),
+            last_sweep: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -102,10 +98,40 @@ impl Shared {
         self
     }
 
-    /// Lets a marked success clear the key's failures.
-    pub(super) fn with_clear_on_success(mut self, clear: bool) -> Self {
-        self.clear_on_success = clear;
-        self
+    /// Whether a new key fits: when the table is full, what no longer
+    /// matters is dropped first (no attempt pending, no lockout in force or
+    /// to remember, no failure in a live window) — at most once a second,
+    /// so that a table full of live keys is not swept on every request.
+    /// No room: counted as untracked, said once at `warn`.
+    fn make_room(&self, records: &mut HashMap<RateKey, Record>, now: u64) -> bool {
+        let Settings {
+            window,
+            max_backoff,
+            max_keys,
+            ..
+        } = self.settings;
+        if records.len() < max_keys {
+            return true;
+        }
+        if self.last_sweep.swap(now, Ordering::Relaxed) != now {
+            records.retain(|_, r| {
+                r.pending > 0
+                    || r.locked_until.saturating_add(max_backoff) > now
+                    || r.window_start.saturating_add(window) > now
+            });
+            if records.len() < max_keys {
+                return true;
+            }
+        }
+        self.metrics.event(LockoutEvent::Untracked);
+        if !self.warned_full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                max_keys,
+                "tollgate: the lockout follows as many keys as it may; requests of new keys \
+                 are not counted until some expire (raise max_keys)"
+            );
+        }
+        false
     }
 
     fn records(&self) -> std::sync::MutexGuard<'_, HashMap<RateKey, Record>> {
@@ -128,18 +154,17 @@ impl Shared {
             if record.locked_until > now {
                 return Err((record.locked_until - now, "locked_out"));
             }
-            let counted = if record.window_start.saturating_add(self.window) <= now {
+            let counted = if record.window_start.saturating_add(self.settings.window) <= now {
                 0
             } else {
                 record.failures
             };
-            if counted.saturating_add(record.pending) >= self.failures {
+            if counted.saturating_add(record.pending) >= self.settings.failures {
                 return Err((1, "too_many_attempts"));
             }
             record.pending += 1;
-        } else if records.len() >= self.max_keys {
-            // No room to follow it: let it through uncounted (said when
-            // failures are not counted).
+        } else if !self.make_room(&mut records, now) {
+            // No room to follow it: let it through uncounted.
             return Ok(None);
         } else {
             records.insert(
@@ -176,10 +201,10 @@ impl Shared {
                 runtime.spawn(async move {
                     let _attempt = attempt;
                     let limits = super::shared::Limits {
-                        window_ms: this.window.saturating_mul(1000),
-                        failures: this.failures,
-                        backoff_ms: this.backoff.saturating_mul(1000),
-                        max_backoff_ms: this.max_backoff.saturating_mul(1000),
+                        window_ms: this.settings.window.saturating_mul(1000),
+                        failures: this.settings.failures,
+                        backoff_ms: this.settings.backoff.saturating_mul(1000),
+                        max_backoff_ms: this.settings.max_backoff.saturating_mul(1000),
                     };
                     let reported = store
                         .inner
@@ -220,8 +245,7 @@ impl Shared {
         let now = self.clock.unix_now();
         let until = now.saturating_add(left_ms.div_ceil(1000));
         let mut records = self.records();
-        if !records.contains_key(&key) && records.len() >= self.max_keys {
-            self.metrics.event(LockoutEvent::Untracked);
+        if !records.contains_key(&key) && !self.make_room(&mut records, now) {
             return;
         }
         let record = records.entry(key).or_default();
@@ -237,41 +261,32 @@ impl Shared {
     fn count_here(&self, key: RateKey) {
         let now = self.clock.unix_now();
         let mut records = self.records();
-        if !records.contains_key(&key) && records.len() >= self.max_keys {
-            // Drop what no longer matters: no lockout in force or to
-            // remember, no failure in a live window.
-            let (window, max_backoff) = (self.window, self.max_backoff);
-            records.retain(|_, r| {
-                r.pending > 0
-                    || r.locked_until.saturating_add(max_backoff) > now
-                    || r.window_start.saturating_add(window) > now
-            });
-            if records.len() >= self.max_keys {
-                self.metrics.event(LockoutEvent::Untracked);
-                if !self.warned_full.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        max_keys = self.max_keys,
-                        "tollgate: the lockout counts as many keys as it may; failures of new \
-                         keys are not counted until some expire (raise max_keys)"
-                    );
-                }
-                return;
-            }
+        if !records.contains_key(&key) && !self.make_room(&mut records, now) {
+            return;
         }
         let record = records.entry(key).or_default();
         // A key quiet for max_backoff after its last lockout starts over.
-        if record.lockouts > 0 && record.locked_until.saturating_add(self.max_backoff) <= now {
+        if record.lockouts > 0
+            && record
+                .locked_until
+                .saturating_add(self.settings.max_backoff)
+                <= now
+        {
             record.lockouts = 0;
         }
-        if record.failures == 0 || record.window_start.saturating_add(self.window) <= now {
+        if record.failures == 0 || record.window_start.saturating_add(self.settings.window) <= now {
             record.failures = 0;
             record.window_start = now;
         }
         record.failures += 1;
         self.metrics.event(LockoutEvent::Failure);
-        if record.failures >= self.failures {
+        if record.failures >= self.settings.failures {
             let doubling = 1_u64.checked_shl(record.lockouts).unwrap_or(u64::MAX);
-            let lockout = self.backoff.saturating_mul(doubling).min(self.max_backoff);
+            let lockout = self
+                .settings
+                .backoff
+                .saturating_mul(doubling)
+                .min(self.settings.max_backoff);
             record.locked_until = now.saturating_add(lockout);
             record.lockouts = record.lockouts.saturating_add(1);
             record.failures = 0;
@@ -287,7 +302,7 @@ impl Shared {
     /// the layer was told to; a lockout in force and the count of lockouts
     /// stay.
     fn succeeded(&self, key: &RateKey) {
-        if !self.clear_on_success {
+        if !self.settings.clear_on_success {
             return;
         }
         #[cfg(feature = "redis")]
@@ -371,7 +386,7 @@ impl After for Outcome {
         let succeeded = extensions.get::<LoginSucceeded>().is_some();
         let failed = !succeeded
             && (extensions.get::<LoginFailed>().is_some()
-                || shared.statuses.contains(&response.status()));
+                || shared.settings.statuses.contains(&response.status()));
         match attempt {
             Some(attempt) if succeeded => shared.succeeded(&attempt.key),
             Some(attempt) if failed => shared.failed(attempt),
