@@ -287,9 +287,8 @@ impl ForwardScopeLayer {
     /// A scope for the tokens `auth` verifies: building it tells `auth` (and
     /// its clones) to hand the verified token on to the layers behind it.
     pub fn new<T, R>(auth: &JwtAuthLayer<T, R>) -> Self {
-        auth.state.hand_on_token.store(true, Ordering::Relaxed);
         Self {
-            origin: auth.state.origin(),
+            origin: auth.state.hand_on_token(),
         }
     }
 }

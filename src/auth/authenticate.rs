@@ -89,6 +89,14 @@ impl<T> AuthState<T> {
     pub(crate) fn origin(&self) -> usize {
         std::ptr::from_ref(self).cast::<()>() as usize
     }
+
+    /// For a layer built from this one: from now on the verified token is
+    /// handed on, marked with this state's origin (returned).
+    pub(crate) fn hand_on_token(&self) -> usize {
+        self.hand_on_token
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.origin()
+    }
 }
 
 impl<T: DeserializeOwned> AuthState<T> {

@@ -49,6 +49,23 @@ impl<T, R: fmt::Debug> fmt::Debug for AuthDecision<T, R> {
     }
 }
 
+impl<T, R> AuthDecision<T, R>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    R: Responder,
+{
+    fn step<B>(&self, req: Request<B>, allow_fetch: bool) -> Step<B> {
+        step(
+            &self.state,
+            self.mode,
+            self.shadow,
+            &self.responder,
+            req,
+            allow_fetch,
+        )
+    }
+}
+
 impl<T, R, B> Decide<B> for AuthDecision<T, R>
 where
     T: DeserializeOwned + Send + Sync + 'static,
@@ -62,14 +79,7 @@ where
         req: Request<B>,
         call: impl FnOnce(Request<B>) -> F,
     ) -> Verdict<F, (), Wait, B> {
-        match step(
-            &self.state,
-            self.mode,
-            self.shadow,
-            &self.responder,
-            req,
-            true,
-        ) {
+        match self.step(req, true) {
             Step::Pass(req) => Verdict::Pass(call(req), ()),
             Step::Refuse(response) => Verdict::Refuse(response),
             Step::Wait(wait, req) => Verdict::Wait(wait, req),
@@ -83,14 +93,7 @@ where
         call: impl FnOnce(Request<B>) -> F,
     ) -> Verdict<F, (), Infallible, B> {
         // Second and last try: no further fetch.
-        match step(
-            &self.state,
-            self.mode,
-            self.shadow,
-            &self.responder,
-            req,
-            false,
-        ) {
+        match self.step(req, false) {
             Step::Pass(req) => Verdict::Pass(call(req), ()),
             Step::Refuse(response) => Verdict::Refuse(response),
             // `step` does not ask to wait when fetching is not allowed.

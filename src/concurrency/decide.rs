@@ -81,6 +81,8 @@ impl Shared {
 pub struct Permit {
     shared: Arc<Shared>,
     key: RateKey,
+    /// The key's requests in flight with this one, when it was let in.
+    in_flight: u32,
 }
 
 impl Drop for Permit {
@@ -103,10 +105,9 @@ pub struct Slot(Option<Permit>);
 impl After for Slot {
     fn apply<B>(self, response: &mut Response<B>) -> Option<BodyGuard> {
         let permit = self.0?;
-        let in_flight = permit.shared.in_flight(&permit.key);
         let headers = response.headers_mut();
         headers.append(&RATELIMIT_POLICY, permit.shared.policy.clone());
-        headers.append(&RATELIMIT, permit.shared.remaining(in_flight));
+        headers.append(&RATELIMIT, permit.shared.remaining(permit.in_flight));
         Some(BodyGuard::new(permit))
     }
 }
@@ -158,34 +159,44 @@ where
             self.shared.metrics.event(ConcurrencyEvent::Untracked);
             return Verdict::Pass(call(Request::from_parts(parts, body)), Slot(None));
         };
-        {
-            let mut table = self.shared.table();
-            let n = table.entry(key.clone()).or_insert(0);
-            if *n >= self.shared.max {
-                drop(table);
-                self.shared.metrics.event(ConcurrencyEvent::Refused);
-                tracing::debug!(outcome = "limited", "tollgate: too many requests in flight");
-                let mut headers = HeaderMap::new();
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                headers.append(&RATELIMIT_POLICY, self.shared.policy.clone());
-                headers.append(&RATELIMIT, self.shared.remaining(self.shared.max));
-                let refusal = Refusal::new(
-                    RefusalKind::RateLimited,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    GrpcCode::ResourceExhausted,
-                    "too_many_in_flight",
-                    "too many requests in flight for this caller; retry when one ends",
-                )
-                .with_policy(&self.shared.name)
-                .with_headers(headers);
-                return Verdict::Refuse(self.responder.respond(&refusal, &parts));
+        // One look-up; the key is cloned only for a caller new to the table.
+        let mut table = self.shared.table();
+        let admitted = match table.get_mut(&key) {
+            Some(n) if *n >= self.shared.max => None,
+            Some(n) => {
+                *n += 1;
+                Some(*n)
             }
-            *n += 1;
-        }
+            None => {
+                table.insert(key.clone(), 1);
+                Some(1)
+            }
+        };
+        let Some(in_flight) = admitted else {
+            drop(table);
+            self.shared.metrics.event(ConcurrencyEvent::Refused);
+            tracing::debug!(outcome = "limited", "tollgate: too many requests in flight");
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            headers.append(&RATELIMIT_POLICY, self.shared.policy.clone());
+            headers.append(&RATELIMIT, self.shared.remaining(self.shared.max));
+            let refusal = Refusal::new(
+                RefusalKind::RateLimited,
+                StatusCode::TOO_MANY_REQUESTS,
+                GrpcCode::ResourceExhausted,
+                "too_many_in_flight",
+                "too many requests in flight for this caller; retry when one ends",
+            )
+            .with_policy(&self.shared.name)
+            .with_headers(headers);
+            return Verdict::Refuse(self.responder.respond(&refusal, &parts));
+        };
+        drop(table);
         self.shared.metrics.event(ConcurrencyEvent::Admitted);
         let permit = Permit {
             shared: Arc::clone(&self.shared),
             key,
+            in_flight,
         };
         Verdict::Pass(call(Request::from_parts(parts, body)), Slot(Some(permit)))
     }

@@ -94,7 +94,7 @@ use crate::error::ConfigError;
 use crate::middleware::Middleware;
 use crate::rate_limit::KeyBy;
 use crate::reject::DefaultResponder;
-use decide::{LockoutDecision, Shared};
+use decide::{LockoutDecision, Settings, Shared};
 pub use decide::{LoginFailed, LoginSucceeded};
 #[cfg(feature = "redis")]
 pub use shared::{
@@ -314,18 +314,16 @@ impl LockoutBuilder {
         }
         self.key
             .check_peer_source(self.peer_addr_inserted, "lockout.key")?;
-        let shared = Shared::new(
-            self.name.into(),
-            self.key,
-            self.failures,
-            self.window.as_secs(),
-            self.backoff.as_secs(),
-            self.max_backoff.as_secs(),
-            self.statuses,
-            self.max_keys,
-            self.clock,
-        );
-        let shared = shared.with_clear_on_success(self.clear_on_success);
+        let settings = Settings {
+            failures: self.failures,
+            window: self.window.as_secs(),
+            backoff: self.backoff.as_secs(),
+            max_backoff: self.max_backoff.as_secs(),
+            statuses: self.statuses,
+            max_keys: self.max_keys,
+            clear_on_success: self.clear_on_success,
+        };
+        let shared = Shared::new(self.name.into(), self.key, settings, self.clock);
         #[cfg(feature = "redis")]
         let shared = shared.with_store(self.shared);
         Ok(LockoutLayer {

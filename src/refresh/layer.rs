@@ -60,10 +60,9 @@ impl RefreshSessionLayer {
             // Successors keep the jti: a revocation outlives the session.
             revocations.cover_session(max_session);
         }
-        state.hand_on_token.store(true, Ordering::Relaxed);
         Ok(Self {
             refresher: Arc::new(refresher),
-            origin: state.origin(),
+            origin: state.hand_on_token(),
         })
     }
 }
