@@ -45,6 +45,9 @@ pub mod names {
     pub const RATE_LIMIT_SYNC_FAILURES: &str = "tollgate_rate_limit_sync_failures_total";
     /// Counter of failed calls to Redis by shared revocations.
     pub const REVOCATION_SYNC_FAILURES: &str = "tollgate_revocation_sync_failures_total";
+    /// Counter of units charged by cost, by policy and event (charged,
+    /// refused, owed, refunded).
+    pub const RATE_LIMIT_COST_UNITS: &str = "tollgate_rate_limit_cost_units_total";
     /// Counter of a lockout's events (refusals, failures, lockouts).
     pub const LOCKOUT_EVENTS: &str = "tollgate_lockout_events_total";
     /// Counter of a concurrency limit's events (admissions, refusals).
@@ -65,6 +68,35 @@ pub(crate) trait Event: Copy {
     /// The `event` label.
     #[cfg_attr(not(feature = "metrics"), expect(dead_code))]
     fn label(self) -> &'static str;
+}
+
+/// What a charge by cost counts, in units, as the `event` label says it.
+#[cfg(feature = "rate-limit")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CostEvent {
+    /// Taken before the work (the handler's estimate).
+    Charged,
+    /// Asked for and refused (nothing taken).
+    Refused,
+    /// Added after the work, even past the bucket.
+    Owed,
+    /// Given back after the work.
+    Refunded,
+}
+
+#[cfg(feature = "rate-limit")]
+impl Event for CostEvent {
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn label(self) -> &'static str {
+        match self {
+            Self::Charged => "charged",
+            Self::Refused => "refused",
+            Self::Owed => "owed",
+            Self::Refunded => "refunded",
+        }
+    }
 }
 
 /// What a concurrency limit counts, as the `event` label says it.
@@ -192,6 +224,8 @@ mod noop {
         }
         #[inline]
         pub(crate) fn event(&self, _event: impl super::Event) {}
+        #[inline]
+        pub(crate) fn add(&self, _event: impl super::Event, _n: u64) {}
     }
 
     #[cfg(feature = "rate-limit")]
@@ -418,6 +452,11 @@ mod handles {
 
         /// Counts `event`.
         pub(crate) fn event(&self, event: impl super::Event) {
+            self.add(event, 1);
+        }
+
+        /// Counts `event` `n` times (units of a charge).
+        pub(crate) fn add(&self, event: impl super::Event, n: u64) {
             let Some(handle) = self.events.get(event.index()) else {
                 return;
             };
@@ -429,7 +468,7 @@ mod handles {
                         "event" => event.label()
                     )
                 })
-                .increment(1);
+                .increment(n);
         }
     }
 }

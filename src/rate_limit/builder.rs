@@ -38,6 +38,7 @@ pub struct RateLimitBuilder<St> {
     on_store_error: OnStoreError,
     shadow: bool,
     peer_addr_inserted: bool,
+    max_cost: Option<u32>,
 }
 
 impl<St: fmt::Debug> fmt::Debug for RateLimitBuilder<St> {
@@ -64,6 +65,7 @@ impl RateLimitBuilder<LocalStore> {
             on_store_error: OnStoreError::default(),
             shadow: false,
             peer_addr_inserted: false,
+            max_cost: None,
         }
     }
 }
@@ -144,6 +146,27 @@ impl<St> RateLimitBuilder<St> {
         self
     }
 
+    /// Lets the handler charge each request by cost: the layer charges one
+    /// unit at the door, as always, and puts a [`Cost`](super::Cost) in the
+    /// request's extensions for the handler to charge its estimate before
+    /// the work and settle the actual cost after, against the same bucket.
+    /// One request costs at most `max_cost` units in all (and at most the
+    /// policy's burst): a larger charge is refused without being tried.
+    ///
+    /// Quotas then count units, not requests: `Quota::per_minute(1000)`
+    /// with this is a thousand units a minute. The response's `RateLimit`
+    /// header reports what is left after the last charge. Every store
+    /// charges by cost: the local one exactly, Redis exactly in one script
+    /// call, local-first Redis from the key's claim when it covers the
+    /// charge and in Redis otherwise (see
+    /// [`RateLimitStore::spend`](super::RateLimitStore::spend)).
+    ///
+    /// `max_cost` 0 is refused by [`build`](Self::build).
+    pub fn charged_by_handler(mut self, max_cost: u32) -> Self {
+        self.max_cost = Some(max_cost);
+        self
+    }
+
     /// Keeps state in `store` instead of a default [`LocalStore`].
     pub fn store<St2: RateLimitStore>(self, store: St2) -> RateLimitBuilder<St2> {
         RateLimitBuilder {
@@ -158,6 +181,7 @@ impl<St> RateLimitBuilder<St> {
             on_store_error: self.on_store_error,
             shadow: self.shadow,
             peer_addr_inserted: self.peer_addr_inserted,
+            max_cost: self.max_cost,
         }
     }
 }
@@ -182,7 +206,27 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
             }
             policies.push(Policy::new(name, *quota, index)?);
         }
+        if self.max_cost == Some(0) {
+            return Err(ConfigError::new(
+                "max_cost",
+                "a request charged by cost costs at least its one unit at the door: max_cost must \
+                 be 1 or more",
+            ));
+        }
         self.store.prepare(&policies)?;
+        let cost = self.max_cost.map(|max_cost| super::cost::CostSettings {
+            max_cost,
+            metrics: policies
+                .iter()
+                .map(|p| {
+                    crate::observe::EventMetrics::new(
+                        crate::observe::names::RATE_LIMIT_COST_UNITS,
+                        "policy",
+                        Arc::clone(&p.name),
+                    )
+                })
+                .collect(),
+        });
         let policy_headers = policies.iter().map(headers::policy_headers).collect();
         let metrics = RateMetrics::new(policies.iter().map(|p| Arc::clone(&p.name)).collect());
         let needs_auth = self.key.needs_identity() || self.authenticated.is_some();
@@ -205,6 +249,7 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
                 store_warnings: crate::observe::WarnEvery::new(10),
                 warned_no_peer: AtomicBool::new(false),
                 warned_no_auth: AtomicBool::new(false),
+                cost,
             }),
             responder: DefaultResponder,
         })

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 
 use super::headers::Stamp;
+use super::key::RateKey;
 use super::limiter::Shared;
 use super::store::{Check, Decision, RateLimitStore, StoreError};
 use crate::middleware::{After, Decide, Verdict};
@@ -41,10 +42,22 @@ impl<St, R: fmt::Debug> fmt::Debug for LimitDecision<St, R> {
     }
 }
 
-impl After for Option<Stamp> {
+/// What a passing request's response gets: the headers of the door's
+/// decision, or of the last charge of its [`Cost`](super::Cost).
+#[derive(Default)]
+pub struct Stamped {
+    stamp: Option<Stamp>,
+    cost: Option<super::Cost>,
+}
+
+impl After for Stamped {
     #[inline]
     fn apply<B>(self, response: &mut Response<B>) -> Option<crate::body::BodyGuard> {
-        if let Some(stamp) = self {
+        let stamp = match self.cost {
+            None => self.stamp,
+            Some(cost) => cost.stamp().or(self.stamp),
+        };
+        if let Some(stamp) = stamp {
             stamp.apply(response.headers_mut());
         }
         None
@@ -57,14 +70,20 @@ impl After for Option<Stamp> {
 pub struct Checking<C> {
     check: Pin<Box<C>>,
     policy: usize,
+    key: RateKey,
 }
 
 impl<C: Future<Output = Result<Decision, StoreError>>> Future for Checking<C> {
-    type Output = (Result<Decision, StoreError>, usize);
+    type Output = (Result<Decision, StoreError>, usize, RateKey);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let policy = self.policy;
-        self.check.as_mut().poll(cx).map(|result| (result, policy))
+        let result = std::task::ready!(self.check.as_mut().poll(cx));
+        Poll::Ready((
+            result,
+            policy,
+            std::mem::replace(&mut self.key, RateKey::unkeyed()),
+        ))
     }
 }
 
@@ -77,15 +96,49 @@ where
     fn conclude<B, F, W>(
         &self,
         policy: usize,
+        key: RateKey,
         result: Result<Decision, StoreError>,
         parts: http::request::Parts,
         body: B,
         call: impl FnOnce(Request<B>) -> F,
-    ) -> Verdict<F, Option<Stamp>, W, B> {
+    ) -> Verdict<F, Stamped, W, B> {
+        let decision = result.as_ref().ok().copied();
         match self.shared.verdict(policy, result, &parts, &self.responder) {
-            Ok(stamp) => Verdict::Pass(call(Request::from_parts(parts, body)), stamp),
+            Ok(stamp) => {
+                let mut parts = parts;
+                let cost = self
+                    .shared
+                    .cost
+                    .is_some()
+                    .then(|| self.handle(policy, key, &mut parts, decision));
+                Verdict::Pass(
+                    call(Request::from_parts(parts, body)),
+                    Stamped { stamp, cost },
+                )
+            }
             Err(refusal) => Verdict::Refuse(refusal),
         }
+    }
+
+    /// The request's [`Cost`](super::Cost), in its extensions.
+    #[cold]
+    fn handle(
+        &self,
+        policy: usize,
+        key: RateKey,
+        parts: &mut http::request::Parts,
+        decision: Option<Decision>,
+    ) -> super::Cost {
+        let cost = super::Cost::new(
+            &self.shared,
+            &self.responder,
+            policy,
+            key,
+            parts,
+            decision.filter(|d| d.allowed),
+        );
+        parts.extensions.insert(cost.clone());
+        cost
     }
 }
 
@@ -94,24 +147,25 @@ where
     St: RateLimitStore,
     R: Responder,
 {
-    type After = Option<Stamp>;
+    type After = Stamped;
     type Wait = Checking<St::Future>;
 
     fn decide<F>(
         &self,
         req: Request<B>,
         call: impl FnOnce(Request<B>) -> F,
-    ) -> Verdict<F, Option<Stamp>, Self::Wait, B> {
+    ) -> Verdict<F, Stamped, Self::Wait, B> {
         let (parts, body) = req.into_parts();
         let Some((policy, key)) = self.shared.classify(&parts) else {
-            return Verdict::Pass(call(Request::from_parts(parts, body)), None);
+            return Verdict::Pass(call(Request::from_parts(parts, body)), Stamped::default());
         };
         match self.shared.store.check(&self.shared.policies[policy], &key) {
-            Check::Ready(result) => self.conclude(policy, result, parts, body, call),
+            Check::Ready(result) => self.conclude(policy, key, result, parts, body, call),
             Check::Pending(check) => Verdict::Wait(
                 Checking {
                     check: Box::pin(check),
                     policy,
+                    key,
                 },
                 Request::from_parts(parts, body),
             ),
@@ -120,11 +174,11 @@ where
 
     fn resume<F>(
         &self,
-        (result, policy): (Result<Decision, StoreError>, usize),
+        (result, policy, key): (Result<Decision, StoreError>, usize, RateKey),
         req: Request<B>,
         call: impl FnOnce(Request<B>) -> F,
-    ) -> Verdict<F, Option<Stamp>, Infallible, B> {
+    ) -> Verdict<F, Stamped, Infallible, B> {
         let (parts, body) = req.into_parts();
-        self.conclude(policy, result, parts, body, call)
+        self.conclude(policy, key, result, parts, body, call)
     }
 }

@@ -68,6 +68,8 @@ pub(crate) struct Shared<St> {
     /// Each misconfiguration seen at run time is logged once per layer.
     pub(crate) warned_no_peer: AtomicBool,
     pub(crate) warned_no_auth: AtomicBool,
+    /// Set by `charged_by_handler`: requests get a [`Cost`](super::Cost).
+    pub(crate) cost: Option<super::cost::CostSettings>,
 }
 
 /// Where a peer address can come from in this build.

@@ -68,6 +68,7 @@
 
 mod builder;
 mod client_ip;
+mod cost;
 mod decide;
 mod headers;
 mod key;
@@ -78,6 +79,7 @@ pub mod store;
 
 pub use builder::RateLimitBuilder;
 pub use client_ip::{ForwardedHeader, PeerAddr, TrustedProxies, peer_ip};
+pub use cost::{ChargeError, ChargeErrorKind, Cost};
 pub use headers::HeaderStyle;
 pub use key::{DEFAULT_V6_PREFIX, KeyBy, RateKey};
 pub use layer::{RateLimit, RateLimitLayer, ResponseFuture};

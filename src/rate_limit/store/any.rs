@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::{Check, Decision, LocalStore, RateLimitStore, StoreError};
+use super::{Check, Decision, LocalStore, RateLimitStore, Spend, StoreError};
 use crate::error::ConfigError;
 use crate::rate_limit::key::RateKey;
 use crate::rate_limit::quota::Policy;
@@ -40,6 +40,17 @@ impl RateLimitStore for AnyStore {
             },
             #[cfg(feature = "redis")]
             Self::Redis(s) => s.check(policy, key),
+        }
+    }
+
+    fn spend(&self, policy: &Policy, key: &RateKey, spend: Spend) -> Check<Self::Future> {
+        match self {
+            Self::Local(s) => match s.spend(policy, key, spend) {
+                Check::Ready(d) => Check::Ready(d),
+                Check::Pending(f) => Check::Pending(Box::pin(f)),
+            },
+            #[cfg(feature = "redis")]
+            Self::Redis(s) => s.spend(policy, key, spend),
         }
     }
 

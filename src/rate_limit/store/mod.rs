@@ -6,6 +6,7 @@
 //! remote stores; a remote store answers later ([`Check::Pending`]).
 
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::key::RateKey;
@@ -78,6 +79,21 @@ impl StoreError {
     }
 }
 
+/// What a charge by cost asks of a store ([`RateLimitStore::spend`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Spend {
+    /// `n` units now, all or nothing: refused (nothing spent) while the
+    /// bucket holds fewer.
+    Take(NonZeroU32),
+    /// `n` units after the fact, even past what the bucket holds: the key is
+    /// in debt, and refused until it has paid it back.
+    Owe(NonZeroU32),
+    /// `n` units back, for a charge estimated too high (never more than a
+    /// full bucket).
+    Refund(NonZeroU32),
+}
+
 /// A decision now, or a future one.
 #[derive(Debug)]
 pub enum Check<F> {
@@ -101,6 +117,18 @@ pub trait RateLimitStore: Send + Sync + 'static {
 
     /// Counts one request of `key` under `policy`.
     fn check(&self, policy: &Policy, key: &RateKey) -> Check<Self::Future>;
+
+    /// Charges `key` under `policy` by cost ([`Spend`]); what the handle
+    /// of a layer built with
+    /// [`charged_by_handler`](super::RateLimitBuilder::charged_by_handler)
+    /// asks. The decision says what is left after it.
+    ///
+    /// The default answers with an error: a store that cannot charge more
+    /// than one unit at a time says so rather than guessing.
+    fn spend(&self, policy: &Policy, key: &RateKey, spend: Spend) -> Check<Self::Future> {
+        let _ = (policy, key, spend);
+        Check::Ready(Err(StoreError::new("this store cannot charge by cost")))
+    }
 
     /// How many keys the store holds now (approximate for remote stores).
     fn key_count(&self) -> usize;

@@ -8,7 +8,7 @@ use governor::RateLimiter;
 use governor::clock::{Clock, MonotonicClock, Reference};
 use governor::nanos::Nanos;
 
-use super::{Check, Decision, RateLimitStore, StoreError};
+use super::{Check, Decision, RateLimitStore, Spend, StoreError};
 use crate::error::ConfigError;
 use crate::rate_limit::key::RateKey;
 use crate::rate_limit::quota::Policy;
@@ -81,6 +81,7 @@ mod keys;
 #[cfg(test)]
 mod tests;
 
+use governor::state::StateStore;
 use keys::{Budget, Keys, Limiter, SharedKeys, Slot};
 
 /// A policy's limiter, its keys, and what the clean-up needs to tell a
@@ -406,6 +407,68 @@ where
             }
             Err(not_until) => Decision::limited(limit, not_until.wait_time_from(self.clock.now())),
         }))
+    }
+
+    fn spend(&self, policy: &Policy, key: &RateKey, spend: Spend) -> Check<Self::Future> {
+        let Some(keys) = self.policies.get(policy.index) else {
+            return Check::Ready(Err(StoreError::new("policy not prepared")));
+        };
+        let limit = policy.quota.burst_size();
+        let interval = keys.interval.as_u64().max(1);
+        let units = match spend {
+            Spend::Take(n) => {
+                return Check::Ready(Ok(match keys.limiter.check_key_n(key, n) {
+                    Ok(Ok(snapshot)) => {
+                        let remaining = snapshot.remaining_burst_capacity().min(limit);
+                        Decision::allowed(
+                            limit,
+                            remaining,
+                            std::time::Duration::from(keys.interval)
+                                .saturating_mul(limit - remaining),
+                        )
+                    }
+                    // Governor's time is when all n fit.
+                    Ok(Err(not_until)) => {
+                        Decision::limited(limit, not_until.wait_time_from(self.clock.now()))
+                    }
+                    // More than a full bucket: never affordable.
+                    Err(_) => {
+                        Decision::limited(limit, std::time::Duration::from_secs(u32::MAX.into()))
+                    }
+                }));
+            }
+            Spend::Owe(n) => i128::from(n.get()),
+            Spend::Refund(n) => -i128::from(n.get()),
+        };
+        // Governor's arrival times count from its own start, which is at or
+        // just before `keys.start`: `now` here errs a few nanoseconds early.
+        let now = self.clock.now().duration_since(keys.start).as_u64();
+        let tau = interval.saturating_mul(u64::from(limit) - 1);
+        let shift = u64::try_from(units.unsigned_abs())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(interval);
+        let moved: Result<u64, std::convert::Infallible> = SharedKeys(Arc::clone(&keys.keys))
+            .measure_and_replace(key, |tat| {
+                let tat = tat.map_or(0, Nanos::as_u64);
+                let tat = if units > 0 {
+                    tat.max(now).saturating_add(shift)
+                } else {
+                    // Never below now: a refund fills at most the bucket.
+                    tat.saturating_sub(shift).max(now)
+                };
+                Ok((tat, Nanos::new(tat)))
+            });
+        let tat = moved.unwrap_or(now);
+        // What is left: the units that fit between the arrival time and
+        // now + tau (none while in debt).
+        let headroom = now.saturating_add(tau).saturating_add(interval);
+        let remaining = u32::try_from(headroom.saturating_sub(tat.max(now)) / interval)
+            .unwrap_or(u32::MAX)
+            .min(limit);
+        let reset = std::time::Duration::from_nanos(tat.saturating_sub(now));
+        // In debt, the headers' `t` (the reset less the missing units but
+        // one) is the time until the next unit is back.
+        Check::Ready(Ok(Decision::allowed(limit, remaining, reset)))
     }
 
     fn key_count(&self) -> usize {

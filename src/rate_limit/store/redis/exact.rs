@@ -14,7 +14,7 @@ use redis::Script;
 use super::Params;
 use super::connection::Backend;
 use crate::rate_limit::key::RateKey;
-use crate::rate_limit::store::{Check, Decision, StoreError};
+use crate::rate_limit::store::{Check, Decision, Spend, StoreError};
 use crate::redis::kind_name;
 
 /// The future of an exact decision.
@@ -29,19 +29,27 @@ pub(super) struct Exact<'a> {
 }
 
 impl Exact<'_> {
-    /// Decides `key` under `policy` (index `index`) in Redis at `redis_key`.
+    /// Decides `key` under `policy` (index `index`) in Redis at `redis_key`:
+    /// one request ([`Spend`] `None`), or a charge by cost.
     pub(super) fn check(
         &self,
         index: usize,
         params: Params,
         key: &RateKey,
+        spend: Option<Spend>,
         redis_key: impl FnOnce() -> String,
     ) -> Check<DecisionFuture> {
         let started = Instant::now();
-        if let Some(retry) = self
-            .deny_cache
-            .and_then(|cache| cache.refused_for(index, key, started))
-        {
+        let (units, mode) = match spend {
+            None => (1, "take"),
+            Some(Spend::Take(n)) => (n.get(), "take"),
+            Some(Spend::Owe(n)) => (n.get(), "owe"),
+            Some(Spend::Refund(n)) => (n.get(), "refund"),
+        };
+        // A key refused one unit is refused more; debts and refunds always
+        // reach Redis.
+        let deny_cache = self.deny_cache.filter(|_| mode == "take");
+        if let Some(retry) = deny_cache.and_then(|cache| cache.refused_for(index, key, started)) {
             return Check::Ready(Ok(Decision::limited(params.burst, retry)));
         }
         let redis_key = redis_key();
@@ -65,8 +73,9 @@ impl Exact<'_> {
             .max(0);
         let deadline = tokio::time::Instant::from_std(started + self.timeout);
         let script = Arc::clone(self.script);
-        let deny = self
-            .deny_cache
+        // Only a refused single unit says when the next request may come.
+        let deny = deny_cache
+            .filter(|_| units == 1)
             .map(|cache| (Arc::clone(cache), key.clone()));
         Check::Pending(Box::pin(async move {
             backend.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -77,7 +86,7 @@ impl Exact<'_> {
                 .arg(params.t_us)
                 .arg(params.tau_us)
                 .arg(server_deadline)
-                .arg(1)
+                .arg(units)
                 // No replica field: an exact store holds no claim.
                 .arg("")
                 .arg(0)
@@ -87,7 +96,8 @@ impl Exact<'_> {
                 .arg(0)
                 .arg(0)
                 .arg(0)
-                .arg(0);
+                .arg(0)
+                .arg(mode);
             let call = invocation.invoke_async::<(i64, i64, i64, i64, i64, i64)>(&mut conn);
             let (outcome, remaining, reset_us, retry_us, server_now, _claim) =
                 match tokio::time::timeout_at(deadline, call).await {

@@ -21,7 +21,7 @@ use ::redis::Script;
 use ::redis::aio::ConnectionManager;
 use tokio::runtime::Handle;
 
-use super::{Check, DEFAULT_MAX_KEYS, RateLimitStore};
+use super::{Check, DEFAULT_MAX_KEYS, RateLimitStore, Spend};
 use crate::error::ConfigError;
 use crate::rate_limit::key::RateKey;
 use crate::rate_limit::quota::Policy;
@@ -489,6 +489,21 @@ impl RedisStore {
             .map_or(0, |local| local.state.forgiven())
     }
 
+    /// One call of the script for `key`, on Redis's clock.
+    fn exact(&self, policy: &Policy, key: &RateKey, spend: Option<Spend>) -> Check<DecisionFuture> {
+        let index = policy.index;
+        let Some(params) = self.params.get(index).copied() else {
+            return Check::Ready(Err(super::StoreError::new("policy not prepared")));
+        };
+        Exact {
+            backend: &self.backend,
+            script: &self.script,
+            deny_cache: self.deny_cache.as_ref(),
+            timeout: self.timeout,
+        }
+        .check(index, params, key, spend, || self.redis_key(index, key))
+    }
+
     fn redis_key(&self, policy: usize, key: &RateKey) -> String {
         format!(
             "{}:{}:{}",
@@ -577,19 +592,27 @@ impl RateLimitStore for RedisStore {
             return match local.state.decide(index, key) {
                 Ok(Local::Decided(decision)) => Check::Ready(Ok(decision)),
                 Ok(Local::Ask(report)) => Check::Pending(local.ask(report)),
+                Ok(Local::Exact) => self.exact(policy, key, None),
                 Err(e) => Check::Ready(Err(e)),
             };
         }
-        let Some(params) = self.params.get(index).copied() else {
-            return Check::Ready(Err(super::StoreError::new("policy not prepared")));
-        };
-        Exact {
-            backend: &self.backend,
-            script: &self.script,
-            deny_cache: self.deny_cache.as_ref(),
-            timeout: self.timeout,
+        self.exact(policy, key, None)
+    }
+
+    /// A charge by cost. Local-first: units the key's claim covers are
+    /// charged here (and merged by the next sync, like single requests);
+    /// more, debts and refunds go to Redis at once, exactly. The replica's
+    /// own view learns of those with the key's next sync.
+    fn spend(&self, policy: &Policy, key: &RateKey, spend: Spend) -> Check<Self::Future> {
+        if let (Some(local), Spend::Take(units)) = (&self.local, spend) {
+            match local.state.charge(policy.index, key, units.get()) {
+                Ok(Local::Decided(decision)) => return Check::Ready(Ok(decision)),
+                Ok(Local::Ask(report)) => return Check::Pending(local.ask(report)),
+                Ok(Local::Exact) => {}
+                Err(e) => return Check::Ready(Err(e)),
+            }
         }
-        .check(index, params, key, || self.redis_key(index, key))
+        self.exact(policy, key, Some(spend))
     }
 
     fn key_count(&self) -> usize {

@@ -24,11 +24,14 @@
 
 /// The steps for one key, as a Lua function both entry points call:
 /// `share(key, t, tau, admit, me, entry, acked, total, cap, age, want, life,
-/// keep, now)` returns `outcome, remaining, ahead_us, retry_us, claim`.
+/// keep, now, mode)` returns `outcome, remaining, ahead_us, retry_us, claim`.
+/// `admit` is the units to decide now (0: none); `mode` says how: `take`
+/// (all or nothing), `owe` (even past the bucket: debt) or `refund` (give
+/// back, never past a full bucket).
 macro_rules! share_fn {
     () => {
         r"
-local function share(key, t, tau, admit, me, entry, acked, total, cap, age, want, life, keep, now)
+local function share(key, t, tau, admit, me, entry, acked, total, cap, age, want, life, keep, now, mode)
   local now_ms = math.floor(now / 1000)
   local tat = 0
   local fields = redis.pcall('HGETALL', key)
@@ -87,17 +90,24 @@ local function share(key, t, tau, admit, me, entry, acked, total, cap, age, want
       applied = total
     end
   end
+  -- A refund moves the arrival time back, never before now; it is
+  -- written even when that leaves the bucket full.
+  local moved = false
+  if admit > 0 and mode == 'refund' then
+    tat = math.max(tat - admit * t, now)
+    moved = true
+  end
   local start = math.max(tat, now)
   local avail = math.floor((now + tau + t - start) / t) - reserved - holding
   local outcome = 1
   local retry = 0
-  if admit then
-    if avail >= 1 then
-      tat = start + t
-      avail = avail - 1
+  if admit > 0 and not moved then
+    if mode == 'owe' or avail >= admit then
+      tat = start + admit * t
+      avail = avail - admit
     else
       outcome = 0
-      retry = math.max(start - tau + (reserved + holding) * t - now, 1)
+      retry = math.max(start - tau + (reserved + holding + admit - 1) * t - now, 1)
     end
   end
   local claim = holding
@@ -116,9 +126,9 @@ local function share(key, t, tau, admit, me, entry, acked, total, cap, age, want
     record = entry .. ' ' .. string.format('%.0f', applied) .. ' ' .. claim .. ' '
       .. string.format('%.0f', now_ms + life)
   end
-  if tat > now and record then
+  if (tat > now or moved) and record then
     redis.call('HSET', key, 't', string.format('%.0f', tat), me, record)
-  elseif tat > now then
+  elseif tat > now or moved then
     redis.call('HSET', key, 't', string.format('%.0f', tat))
   elseif record then
     redis.call('HSET', key, me, record)
@@ -140,7 +150,8 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 /// 1. T, the emission interval (µs)
 /// 2. tau = T × (burst − 1) (µs)
 /// 3. deadline (server µs; 0: none)
-/// 4. admit: `1` to decide one request now, `0` to only sync
+/// 4. admit: the units to decide now (`1` for one request), `0` to only
+///    sync
 /// 5. replica id (empty: an exact-mode store, which keeps no field)
 /// 6. entry id, 7. applied as far as the replica knows, 8. its running total
 /// 9. cap: the most admissions one call charges (a longer backlog, after an
@@ -149,6 +160,7 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 ///     when they happened, so a steady stream costs no extra debt)
 /// 11. want: the claim asked for, 12. its life (ms)
 /// 13. keep (ms): the least time the key's fields are kept
+/// 14. mode (optional): `take` (default), `owe` or `refund`; see `share`
 ///
 /// Returns `{outcome, remaining, ahead_us, retry_us, now_us, claim}`:
 /// outcome 1 = allowed (or synced), 0 = limited, 2 = late (nothing done);
@@ -161,9 +173,9 @@ if deadline > 0 and now > deadline then
   return {2, 0, 0, 0, now, 0}
 end
 local outcome, remaining, ahead, retry, claim = share(KEYS[1], tonumber(ARGV[1]),
-  tonumber(ARGV[2]), ARGV[4] == '1', ARGV[5], ARGV[6], tonumber(ARGV[7]),
+  tonumber(ARGV[2]), tonumber(ARGV[4]) or 0, ARGV[5], ARGV[6], tonumber(ARGV[7]),
   tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]),
-  tonumber(ARGV[12]), tonumber(ARGV[13]), now)
+  tonumber(ARGV[12]), tonumber(ARGV[13]), now, ARGV[14] or 'take')
 return {outcome, remaining, ahead, retry, now, claim}
 "
 );
@@ -187,9 +199,9 @@ local out = {now, 0}
 for k = 1, #KEYS do
   local a = 4 + (k - 1) * 8
   local _, remaining, ahead, _, claim = share(KEYS[k], tonumber(ARGV[a + 1]),
-    tonumber(ARGV[a + 2]), false, me, ARGV[a + 3], tonumber(ARGV[a + 4]),
+    tonumber(ARGV[a + 2]), 0, me, ARGV[a + 3], tonumber(ARGV[a + 4]),
     tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]),
-    tonumber(ARGV[a + 8]), life, keep, now)
+    tonumber(ARGV[a + 8]), life, keep, now, 'take')
   out[#out + 1] = remaining
   out[#out + 1] = ahead
   out[#out + 1] = claim

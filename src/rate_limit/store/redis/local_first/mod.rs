@@ -145,6 +145,9 @@ pub(super) enum Local {
     Decided(Decision),
     /// No claim left: ask Redis, which decides this request.
     Ask(Report),
+    /// A charge of several units the claim does not cover: decided by Redis
+    /// alone, exactly (the claims of every replica stay reserved).
+    Exact,
 }
 
 #[derive(Debug)]
@@ -361,7 +364,18 @@ impl LocalState {
     /// Counts one request of `key` under `policy`, now: decided here while
     /// the key's claim lasts (or Redis is unreachable), else asked.
     pub(super) fn decide(&self, policy: usize, key: &RateKey) -> Result<Local, StoreError> {
-        self.decide_with(policy, key, !self.healthy())
+        self.decide_with(policy, key, 1, !self.healthy())
+    }
+
+    /// Charges `units` of `key` under `policy` here, if its claim covers
+    /// them (or Redis is unreachable); else [`Local::Exact`].
+    pub(super) fn charge(
+        &self,
+        policy: usize,
+        key: &RateKey,
+        units: u32,
+    ) -> Result<Local, StoreError> {
+        self.decide_with(policy, key, units.max(1), !self.healthy())
     }
 
     /// Decides `key` here, claim or not (Redis did not answer an ask).
@@ -370,13 +384,19 @@ impl LocalState {
         policy: usize,
         key: &RateKey,
     ) -> Result<Decision, StoreError> {
-        match self.decide_with(policy, key, true)? {
+        match self.decide_with(policy, key, 1, true)? {
             Local::Decided(decision) => Ok(decision),
-            Local::Ask(_) => Err(StoreError::new("a local decision asked Redis")),
+            Local::Ask(_) | Local::Exact => Err(StoreError::new("a local decision asked Redis")),
         }
     }
 
-    fn decide_with(&self, policy: usize, key: &RateKey, alone: bool) -> Result<Local, StoreError> {
+    fn decide_with(
+        &self,
+        policy: usize,
+        key: &RateKey,
+        units: u32,
+        alone: bool,
+    ) -> Result<Local, StoreError> {
         let (Some(params), Some(map)) = (self.params.get(policy), self.maps.get(policy)) else {
             return Err(StoreError::new("policy not prepared"));
         };
@@ -408,26 +428,34 @@ impl LocalState {
             }
         };
         let tat = entry.tat.max(now);
-        let earliest = tat.saturating_sub(params.tau_us);
+        // The last of the units must fit: the first may come at tat − tau.
+        let spent = u64::from(units).saturating_mul(params.t_us);
+        let earliest = tat
+            .saturating_add(spent - params.t_us)
+            .saturating_sub(params.tau_us);
         if earliest > now {
             return Ok(Local::Decided(Decision::limited(
                 params.burst,
                 from_us(earliest - now),
             )));
         }
-        let claimed =
-            entry.claim > 0 && now < entry.claim_until && !self.lagging.load(Ordering::Relaxed);
+        let claimed = entry.claim >= units
+            && now < entry.claim_until
+            && !self.lagging.load(Ordering::Relaxed);
         if !claimed && !alone {
+            if units > 1 {
+                return Ok(Local::Exact);
+            }
             let report = self.report(policy, key, &mut entry, params, now, 0);
             return Ok(Local::Ask(report));
         }
         if claimed {
-            entry.claim -= 1;
+            entry.claim -= units;
         }
-        entry.tat = tat.saturating_add(params.t_us);
-        entry.batch_tat = entry.batch_tat.max(now).saturating_add(params.t_us);
-        entry.total = entry.total.saturating_add(1);
-        entry.demand = entry.demand.saturating_add(1);
+        entry.tat = tat.saturating_add(spent);
+        entry.batch_tat = entry.batch_tat.max(now).saturating_add(spent);
+        entry.total = entry.total.saturating_add(u64::from(units));
+        entry.demand = entry.demand.saturating_add(units);
         let headroom = now
             .saturating_add(params.tau_us)
             .saturating_add(params.t_us)

@@ -192,6 +192,7 @@ impl World {
                     Decision::limited(params.burst, from_us(reply.retry_us))
                 }
             }
+            Local::Exact => unreachable!("one unit is decided here or asked"),
         }
     }
 
