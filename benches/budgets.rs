@@ -84,6 +84,7 @@ fn auth(mut case: Case) {
 #[bench::redis_local_first(args = (redis_local_first()), config = budget("redis_local_first"))]
 #[bench::lockout_pass(args = (lockout_pass()), config = budget("lockout_pass"))]
 #[bench::concurrency_pass(args = (concurrency_pass()), config = budget("concurrency_pass"))]
+#[bench::cost_charged(args = (cost_charged()), config = budget("cost_charged"))]
 fn rate_limit(mut case: Case) {
     case();
     forget(case);

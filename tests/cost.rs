@@ -42,7 +42,7 @@ async fn handler(req: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> 
     if let Some(estimate) = number("x-estimate")
         && let Err(refused) = cost.charge(estimate).await
     {
-        return Ok(refused.into_response().map(Full::new));
+        return Ok(refused.into_http_response().map(Full::new));
     }
     if let Some(actual) = number("x-actual") {
         cost.settle(actual).await;

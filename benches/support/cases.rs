@@ -235,6 +235,27 @@ pub fn lockout_pass() -> Case {
     case(layer.layer(axum_noop()), connect_info_request)
 }
 
+/// A request through a limit charged by cost whose handler charges an
+/// estimate of 4 units and settles at 3 (one given back): the door, the
+/// handle in the extensions, two charges of the store and the headers from
+/// the last one.
+pub fn cost_charged() -> Case {
+    let layer = RateLimitLayer::builder("cost", Quota::per_second(PER_SECOND).burst(BURST))
+        .key(KeyBy::peer_ip())
+        .charged_by_handler(8)
+        .build()
+        .expect("layer");
+    let handler = tower::service_fn(|req: Request<()>| async move {
+        if let Some(cost) = req.extensions().get::<tollgate::rate_limit::Cost>() {
+            let charged = cost.charge(4).await.is_ok();
+            assert!(charged);
+            cost.settle(3).await;
+        }
+        Ok::<_, Infallible>(Response::new(Body::empty()))
+    });
+    case(layer.layer(handler), connect_info_request)
+}
+
 /// A request through a per-caller concurrency limit that has a slot free:
 /// the slot taken, the headers, the slot given back when the response
 /// (and its body) is dropped.
@@ -449,6 +470,7 @@ pub const ALL: &[(&str, MakeCase)] = &[
     ("limit_no_headers", limit_no_headers),
     ("lockout_pass", lockout_pass),
     ("concurrency_pass", concurrency_pass),
+    ("cost_charged", cost_charged),
     ("tower_governor_no_headers", tower_governor_no_headers),
     ("tower_governor_headers", tower_governor_headers),
     ("redis_local_first", redis_local_first),

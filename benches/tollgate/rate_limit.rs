@@ -319,6 +319,48 @@ pub fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The per-caller concurrency limit next to it: a slot taken and given
+    // back when the response is dropped.
+    let in_flight = tollgate::concurrency::ConcurrencyLimitLayer::builder(64)
+        .key(KeyBy::peer_ip())
+        .build()
+        .expect("layer");
+    let mut capped = in_flight.layer(noop);
+    group.bench_function("stack/concurrency_pass", |b| {
+        b.iter_batched(
+            request,
+            |req| ready(capped.call(req)),
+            BatchSize::SmallInput,
+        )
+    });
+    // A limit charged by cost: the door's unit, an estimate of 4 charged
+    // and settled at 3 by the handler, the headers from the last charge.
+    let cost = RateLimitLayer::builder("cost", Quota::per_second(1_000_000).burst(1_000_000_000))
+        .key(KeyBy::peer_ip())
+        .charged_by_handler(8)
+        .build()
+        .expect("layer");
+    let charging = tower::service_fn(|req: Request<()>| async move {
+        let cost = req
+            .extensions()
+            .get::<tollgate::rate_limit::Cost>()
+            .cloned()
+            .expect("handle");
+        let charged = cost.charge(4).await.is_ok();
+        assert!(charged);
+        cost.settle(3).await;
+        Ok::<_, std::convert::Infallible>(Response::new(
+            http_body_util::Empty::<bytes::Bytes>::new(),
+        ))
+    });
+    let mut charged = cost.layer(charging);
+    group.bench_function("stack/cost_charged", |b| {
+        b.iter_batched(
+            request,
+            |req| ready(charged.call(req)),
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 
     drop(at_the_cap);

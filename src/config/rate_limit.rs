@@ -143,6 +143,10 @@ pub struct RateLimitConfig {
     /// Shadow mode.
     #[serde(default)]
     pub shadow: bool,
+    /// Requests are charged by cost: the handler charges through the
+    /// request's `Cost`, each request at most this many units in all
+    /// (`RateLimitBuilder::charged_by_handler`). Absent: one unit each.
+    pub max_cost: Option<u32>,
     /// Keep state in Redis.
     pub redis: Option<RedisConfig>,
 }
@@ -248,6 +252,9 @@ impl RateLimitConfig {
             });
         }
         b = b.shadow(self.shadow);
+        if let Some(max_cost) = self.max_cost {
+            b = b.charged_by_handler(max_cost);
+        }
         let store = match &self.redis {
             None => {
                 let mut local = LocalStore::new();

@@ -214,7 +214,7 @@ impl<St: RateLimitStore> RateLimitBuilder<St> {
             ));
         }
         self.store.prepare(&policies)?;
-        let cost = self.max_cost.map(|max_cost| super::cost::CostSettings {
+        let cost = self.max_cost.map(|max_cost| super::limiter::CostSettings {
             max_cost,
             metrics: policies
                 .iter()

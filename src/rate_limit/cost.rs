@@ -104,15 +104,12 @@ impl<St: RateLimitStore, R: Responder> Account for Charges<St, R> {
         let name = &self.shared.policies[self.policy].name;
         let refusal = match kind {
             ChargeErrorKind::Limited | ChargeErrorKind::TooCostly => {
+                // The `RateLimit` fields come from the layer, on the way out:
+                // what is left after the last charge that went through.
                 let mut headers = HeaderMap::new();
-                if let Some(decision) = decision {
-                    if kind == ChargeErrorKind::Limited {
-                        let retry = decision.retry_after.map_or(1, |r| ceil_secs(r).max(1));
-                        headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
-                    }
-                    if let Some(stamp) = self.stamp(decision) {
-                        stamp.apply(&mut headers);
-                    }
+                if let Some(decision) = decision.filter(|_| kind == ChargeErrorKind::Limited) {
+                    let retry = decision.retry_after.map_or(1, |r| ceil_secs(r).max(1));
+                    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
                 }
                 let (reason, detail) = if kind == ChargeErrorKind::Limited {
                     (
@@ -258,7 +255,7 @@ impl Cost {
     /// nothing.
     ///
     /// # Errors
-    /// [`ChargeError`], whose [`into_response`](ChargeError::into_response)
+    /// [`ChargeError`], whose [`into_http_response`](ChargeError::into_http_response)
     /// is the standard refusal: the bucket holds too few units now (429 with
     /// `Retry-After`); the request would cost more than
     /// [`max_cost`](Self::max_cost) in all (429, `reason: "too_costly"`,
@@ -368,7 +365,7 @@ impl Cost {
         ChargeError {
             kind,
             retry_after,
-            response: self.inner.account.refuse(kind, decision.as_ref()),
+            response: Box::new(self.inner.account.refuse(kind, decision.as_ref())),
         }
     }
 }
@@ -386,12 +383,13 @@ pub enum ChargeErrorKind {
 }
 
 /// A refused [`Cost::charge`]: nothing was charged. Its
-/// [`into_response`](Self::into_response) is the layer's standard refusal
+/// [`into_http_response`](Self::into_http_response) is the layer's standard refusal
 /// (rendered by the layer's responder: problem+json, or a gRPC status).
 pub struct ChargeError {
     kind: ChargeErrorKind,
     retry_after: Option<Duration>,
-    response: Response<Bytes>,
+    /// Boxed: the error stays small on the success path.
+    response: Box<Response<Bytes>>,
 }
 
 impl fmt::Debug for ChargeError {
@@ -427,9 +425,10 @@ impl ChargeError {
     }
 
     /// The standard refusal: 429 with `Retry-After` and the `RateLimit`
-    /// headers, or 503 (or the gRPC status).
-    pub fn into_response(self) -> Response<Bytes> {
-        self.response
+    /// headers, or 503 (or the gRPC status). With feature `axum`, a handler
+    /// can return the error itself (`IntoResponse`).
+    pub fn into_http_response(self) -> Response<Bytes> {
+        *self.response
     }
 }
 
@@ -438,10 +437,4 @@ impl axum_core::response::IntoResponse for ChargeError {
     fn into_response(self) -> axum_core::response::Response {
         self.response.map(axum_core::body::Body::from)
     }
-}
-
-/// The cost settings of a layer built with `charged_by_handler`.
-pub(crate) struct CostSettings {
-    pub(crate) max_cost: u32,
-    pub(crate) metrics: Vec<crate::observe::EventMetrics>,
 }

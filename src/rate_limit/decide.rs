@@ -47,7 +47,7 @@ impl<St, R: fmt::Debug> fmt::Debug for LimitDecision<St, R> {
 #[derive(Default)]
 pub struct Stamped {
     stamp: Option<Stamp>,
-    cost: Option<super::Cost>,
+    cost: Option<super::cost::Cost>,
 }
 
 impl After for Stamped {
@@ -128,8 +128,8 @@ where
         key: RateKey,
         parts: &mut http::request::Parts,
         decision: Option<Decision>,
-    ) -> super::Cost {
-        let cost = super::Cost::new(
+    ) -> super::cost::Cost {
+        let cost = super::cost::Cost::new(
             &self.shared,
             &self.responder,
             policy,

@@ -69,7 +69,14 @@ pub(crate) struct Shared<St> {
     pub(crate) warned_no_peer: AtomicBool,
     pub(crate) warned_no_auth: AtomicBool,
     /// Set by `charged_by_handler`: requests get a [`Cost`](super::Cost).
-    pub(crate) cost: Option<super::cost::CostSettings>,
+    pub(crate) cost: Option<CostSettings>,
+}
+
+/// The cost settings of a layer built with `charged_by_handler`.
+pub(crate) struct CostSettings {
+    pub(crate) max_cost: u32,
+    /// Units by event, per policy.
+    pub(crate) metrics: Vec<observe::EventMetrics>,
 }
 
 /// Where a peer address can come from in this build.

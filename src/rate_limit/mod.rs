@@ -61,6 +61,14 @@
 //! address recorded, no keying header) goes to a shared bucket by default
 //! ([`MissingKey`]), never a 500.
 //!
+//! # Charged by cost
+//!
+//! With [`RateLimitBuilder::charged_by_handler`] a quota counts units, not
+//! requests: the layer charges one at the door and hands the handler a
+//! [`Cost`] (in the request extensions) to charge its estimate before the
+//! work and settle the actual cost after, against the caller's own bucket;
+//! see [`Cost`] and the [guide](crate::guide::rate_limiting).
+//!
 //! # Memory
 //!
 //! The default [`LocalStore`] cleans itself as requests arrive and holds at
