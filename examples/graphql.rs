@@ -14,6 +14,9 @@
 //! - `TOLLGATE_ANON_PER_MIN`, `TOLLGATE_ANON_BURST`: anonymous callers, per client IP (60, 20)
 //! - `TOLLGATE_USER_PER_MIN`, `TOLLGATE_USER_BURST`: registered callers, per subject (600, 100)
 //! - `TOLLGATE_IN_FLIGHT`: requests in flight at once per caller (16)
+//! - `TOLLGATE_COST_PER_MIN`, `TOLLGATE_COST_BURST`, `TOLLGATE_MAX_COST`:
+//!   GraphQL units per caller (600 a minute, burst 120) and the most one
+//!   query may cost (60); see "What a query costs" below
 //! - `TOLLGATE_TRUSTED_PROXIES`: comma-separated CIDRs whose `X-Forwarded-For` is trusted (none)
 //! - `TOLLGATE_JWKS_URL` or `TOLLGATE_OIDC_ISSUER`: trust an identity provider's
 //!   keys (fetched and rotated in the background) instead of `TOLLGATE_SECRET`;
@@ -37,10 +40,12 @@
 //!
 //! `POST /login` (JSON `{"subject": "...", "password": "..."}`) is a demo
 //! login: the right password sets a `da3` session cookie (204); a wrong one
-//! answers 401 and counts against the client's address, and after 5 failures
-//! within 5 minutes the address is locked out (429, problem type
-//! `abnormal-usage-detected`) for 1 minute, doubling with each lockout
-//! (`[lockouts.login]` in `TOLLGATE_CONFIG` changes that).
+//! answers 401 and counts against the client's address and the account it
+//! named; after 5 failures within 5 minutes the address, or the account, is
+//! locked out (429, problem type `abnormal-usage-detected`) for 1 minute,
+//! doubling with each lockout (`[lockouts.login]` in `TOLLGATE_CONFIG`
+//! changes that). A locked account still lets in the addresses its owner
+//! logged in from within 30 days.
 //!
 //! With `TOLLGATE_JWKS_URL` or `TOLLGATE_OIDC_ISSUER`, `POST
 //! /oidc/backchannel-logout` receives the provider's OpenID Connect
@@ -54,19 +59,37 @@
 //! behind the CSRF guard. Revocations are kept in this process, or shared
 //! through Redis by `[auth.revocation]` in `TOLLGATE_CONFIG`.
 //!
+//! What a query costs (`POST /graphql`, charged against the caller's
+//! `graphql-cost` bucket, by subject or else client IP): 1 unit at the door,
+//! plus the query's complexity as async-graphql computes it, charged before
+//! it runs: every field 1 plus what it selects, and a feed `first` (default
+//! 3, at most 5) times what each post selects — `{ feed(first: 5) { id
+//! title } }` costs 1 + 10. After the query ran, what a feed charged for and
+//! did not return (an anonymous caller's `feed` is refused) is given back. A
+//! query the bucket cannot cover now is answered 429 with `Retry-After`; one
+//! that costs more than `TOLLGATE_MAX_COST` in all, 429 `too_costly`. The
+//! response's `RateLimit` field for `graphql-cost` says what is left.
+//!
 //! `GET /metrics` serves tollgate's statistics in the Prometheus text format.
 //! Logs go to stderr: `warn`, and `info` for tollgate, unless `RUST_LOG` says
 //! otherwise.
 //!
 //! The stack, outermost first, on every route: a coarse limit per client IP
 //! (`/healthz` exempt) → JWT auth → CSRF guard (`/graphql`, `/logout*`) → a
-//! limit per verified subject (per client IP for anonymous callers).
+//! limit per verified subject (per client IP for anonymous callers) → the
+//! GraphQL cost limit (`/graphql`) → the in-flight cap.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_graphql::extensions::{
+    Extension as GraphqlExtension, ExtensionContext, ExtensionFactory, NextExecute, NextValidation,
+};
 use async_graphql::{
-    Context, EmptyMutation, EmptySubscription, ErrorExtensions, Object, Schema, SimpleObject,
+    Context, EmptyMutation, EmptySubscription, ErrorExtensions, Object, Schema, ServerError,
+    SimpleObject, ValidationResult,
 };
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -78,9 +101,11 @@ use tollgate::auth::{BackChannelLogout, JwtAuthLayer, Key, RemoteKeys, Revocatio
 use tollgate::concurrency::ConcurrencyLimitLayer;
 use tollgate::config::TollgateConfig;
 use tollgate::csrf::CsrfGuardLayer;
-use tollgate::lockout::{LockoutLayer, LoginFailed, LoginSucceeded};
+use tollgate::lockout::{AccountGuard, LockoutLayer, LoginFailed, LoginSucceeded};
 use tollgate::rate_limit::store::AnyStore;
-use tollgate::rate_limit::{KeyBy, LocalStore, Quota, RateLimitLayer, TrustedProxies};
+use tollgate::rate_limit::{
+    ChargeError, Cost, KeyBy, LocalStore, Quota, RateLimitLayer, TrustedProxies,
+};
 use tollgate::refresh::{Refresh, RefreshSessionLayer, SigningKey};
 use tollgate::routes::RouteTable;
 use tollgate::{Claims, Identity};
@@ -151,24 +176,56 @@ fn posts(first: Option<i32>, personalized: bool) -> Vec<Post> {
         .collect()
 }
 
+/// Posts a feed returns for `first` (default 3, at most 5): what its
+/// complexity counts.
+fn feed_length(first: Option<i32>) -> usize {
+    usize::try_from(first.unwrap_or(3).clamp(0, 5)).unwrap_or(0)
+}
+
+/// Units a feed was charged for and did not return: given back after the
+/// query ran.
+#[derive(Default)]
+struct Unspent(AtomicU32);
+
+impl Unspent {
+    /// A feed of `first` returned `returned` posts of what `ctx` selects.
+    fn feed(ctx: &Context<'_>, first: Option<i32>, returned: usize) {
+        let per_post = ctx.field().selection_set().count();
+        let unreturned = feed_length(first).saturating_sub(returned) * per_post;
+        if let Some(unspent) = ctx.data_opt::<Unspent>() {
+            unspent.0.fetch_add(
+                u32::try_from(unreturned).unwrap_or(u32::MAX),
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
 #[Object]
 impl Query {
     /// The public feed, for anyone.
-    async fn anonymous_feed(&self, first: Option<i32>) -> Vec<Post> {
-        posts(first, false)
+    #[graphql(complexity = "feed_length(first) * child_complexity")]
+    async fn anonymous_feed(&self, ctx: &Context<'_>, first: Option<i32>) -> Vec<Post> {
+        let feed = posts(first, false);
+        Unspent::feed(ctx, first, feed.len());
+        feed
     }
 
     /// The personal feed, for registered users only.
+    #[graphql(complexity = "feed_length(first) * child_complexity")]
     async fn feed(
         &self,
         ctx: &Context<'_>,
         first: Option<i32>,
     ) -> async_graphql::Result<Vec<Post>> {
         if ctx.data_opt::<Claims<User>>().is_none() {
+            Unspent::feed(ctx, first, 0);
             return Err(async_graphql::Error::new("log in to see your feed")
                 .extend_with(|_, e| e.set("code", "UNAUTHENTICATED")));
         }
-        Ok(posts(first, true))
+        let feed = posts(first, true);
+        Unspent::feed(ctx, first, feed.len());
+        Ok(feed)
     }
 
     /// The caller, if logged in.
@@ -182,16 +239,87 @@ impl Query {
 
 type AppSchema = Schema<Query, EmptyMutation, EmptySubscription>;
 
+/// A charge the cost limit refused, for the HTTP handler to answer with.
+#[derive(Default)]
+struct Refused(Mutex<Option<ChargeError>>);
+
+/// Charges each query by cost through the request's [`Cost`]: its
+/// complexity before it runs, and gives back what the feeds did not return
+/// after.
+struct ChargeByCost;
+
+impl ExtensionFactory for ChargeByCost {
+    fn create(&self) -> Arc<dyn GraphqlExtension> {
+        Arc::new(ChargeByCost)
+    }
+}
+
+#[async_graphql::async_trait::async_trait]
+impl GraphqlExtension for ChargeByCost {
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await?;
+        if let Some(cost) = ctx.data_opt::<Cost>() {
+            let estimate = u32::try_from(result.complexity).unwrap_or(u32::MAX);
+            if let Err(refused) = cost.charge(estimate).await {
+                let message = refused.to_string();
+                if let Some(slot) = ctx.data_opt::<Arc<Refused>>() {
+                    *slot.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(refused);
+                }
+                return Err(vec![ServerError::new(message, None)]);
+            }
+        }
+        Ok(result)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> async_graphql::Response {
+        let response = next.run(ctx, operation_name).await;
+        if let (Some(cost), Some(unspent)) = (ctx.data_opt::<Cost>(), ctx.data_opt::<Unspent>()) {
+            let unspent = unspent.0.load(Ordering::Relaxed);
+            if unspent > 0 {
+                cost.settle(cost.charged().saturating_sub(unspent)).await;
+            }
+        }
+        response
+    }
+}
+
 async fn graphql(
     State(schema): State<AppSchema>,
     user: Option<Extension<Claims<User>>>,
+    cost: Option<Extension<Cost>>,
     Json(request): Json<async_graphql::Request>,
-) -> Json<async_graphql::Response> {
+) -> axum::response::Response {
     let mut request = request;
     if let Some(Extension(user)) = user {
         request = request.data(user);
     }
-    Json(schema.execute(request).await)
+    let refused = Arc::new(Refused::default());
+    if let Some(Extension(cost)) = cost {
+        request = request
+            .data(cost)
+            .data(Unspent::default())
+            .data(Arc::clone(&refused));
+    }
+    let response = schema.execute(request).await;
+    // A query the caller's bucket cannot pay for: the standard 429.
+    if let Some(refused) = refused
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
+        return refused.into_response();
+    }
+    Json(response).into_response()
 }
 
 async fn graphiql() -> Html<String> {
@@ -275,12 +403,13 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `POST /login`: a demo password check. The response tells the lockout in
-/// front how the attempt ended: `LoginFailed` counts against the client;
-/// `LoginSucceeded` would clear its failures with `clear_on_success(true)`,
-/// which the example leaves off (the key is the client's address, which
-/// several accounts may share).
+/// front how the attempt ended: `LoginFailed` counts against the client's
+/// address and the account it named; `LoginSucceeded` clears the account's
+/// failures and makes the address known to it (the address's own failures
+/// stay: `clear_on_success` is off, as several accounts may share one).
 async fn login(
     State(login): State<std::sync::Arc<Login>>,
+    account: Option<Extension<AccountGuard>>,
     Json(credentials): Json<Credentials>,
 ) -> axum::response::Response {
     let subject_ok = !credentials.subject.is_empty()
@@ -289,6 +418,14 @@ async fn login(
             .subject
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    // The account this login targets, named before the password is looked
+    // at: a locked account refuses addresses its owner did not log in from.
+    if subject_ok
+        && let Some(Extension(account)) = account
+        && let Err(locked) = account.check(&credentials.subject)
+    {
+        return locked.into_response();
+    }
     if !subject_ok || !same_secret(credentials.password.as_bytes(), login.password.as_bytes()) {
         return (
             StatusCode::UNAUTHORIZED,
@@ -353,6 +490,8 @@ pub(crate) struct Config {
     anon: Quota,
     user: Quota,
     in_flight: u32,
+    cost: Quota,
+    max_cost: u32,
     proxies: TrustedProxies,
     layers: bool,
     jwks_url: Option<String>,
@@ -401,6 +540,9 @@ impl Config {
             user: Quota::per_minute(env_u32("TOLLGATE_USER_PER_MIN", 600)?)
                 .burst(env_u32("TOLLGATE_USER_BURST", 100)?),
             in_flight: env_u32("TOLLGATE_IN_FLIGHT", 16)?,
+            cost: Quota::per_minute(env_u32("TOLLGATE_COST_PER_MIN", 600)?)
+                .burst(env_u32("TOLLGATE_COST_BURST", 120)?),
+            max_cost: env_u32("TOLLGATE_MAX_COST", 60)?,
             proxies: TrustedProxies::cidrs(proxies.split(','))?,
             layers: var("TOLLGATE_LAYERS", "on") != "off",
             jwks_url: lookup("TOLLGATE_JWKS_URL").filter(|v| !v.is_empty()),
@@ -441,7 +583,9 @@ pub(crate) async fn app(
     config: &Config,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<Router, Box<dyn std::error::Error>> {
-    let schema = Schema::build(Query, EmptyMutation, EmptySubscription).finish();
+    let schema = Schema::build(Query, EmptyMutation, EmptySubscription)
+        .extension(ChargeByCost)
+        .finish();
     let graphql_routes = get(graphiql).post(graphql);
     // Statistics in the Prometheus text format at /metrics.
     let metrics = get(move || std::future::ready(prometheus.render()));
@@ -490,6 +634,7 @@ pub(crate) async fn app(
             Some(table) => table.layer("login").await?,
             None => LockoutLayer::builder(KeyBy::client_ip(config.proxies.clone()))
                 .name("login")
+                .per_account(true)
                 .build()?,
         };
         let state = std::sync::Arc::new(Login {
@@ -528,9 +673,21 @@ pub(crate) async fn app(
             .key(KeyBy::subject_or_client_ip(config.proxies.clone()))
             .build()?,
     };
+    // GraphQL queries charged by cost, per caller (the route rules apply it
+    // to /graphql): the policy file's `[limits.graphql-cost]`, else the
+    // environment's.
+    let cost = match config.file.as_ref().and_then(|f| f.limit("graphql-cost")) {
+        Some(limit) => limit.layer().await?,
+        None => RateLimitLayer::builder("graphql-cost", config.cost)
+            .key(KeyBy::subject_or_client_ip(config.proxies.clone()))
+            .charged_by_handler(config.max_cost)
+            .store(AnyStore::Local(LocalStore::new()))
+            .build()?,
+    };
     // One stack on every route, in this order (ServiceBuilder: first is
     // outermost): the route rules → per-IP limit → auth → sliding refresh
-    // (when on) → CSRF guard → the per-subject limit → the in-flight cap.
+    // (when on) → CSRF guard → the per-subject limit → the GraphQL cost
+    // limit → the in-flight cap.
     // Each layer does on each route what its rule says.
     Ok(Router::new()
         .route("/graphql", graphql_routes)
@@ -547,6 +704,7 @@ pub(crate) async fn app(
                 .option_layer(refresh)
                 .layer(csrf)
                 .layer(limit)
+                .layer(cost)
                 .layer(in_flight),
         ))
 }
@@ -556,11 +714,11 @@ pub(crate) async fn app(
 /// limit built here, or a policy of the per-caller limit.
 fn route_table(config: &Config) -> Result<RouteTable, Box<dyn std::error::Error>> {
     if let Some(file) = &config.file
-        && let Some(table) = file.route_table(&["per-ip"])?
+        && let Some(table) = file.route_table(&["per-ip", "graphql-cost"])?
     {
         return Ok(table);
     }
-    let mut known = vec!["per-ip".to_owned()];
+    let mut known = vec!["per-ip".to_owned(), "graphql-cost".to_owned()];
     match config
         .file
         .as_ref()

@@ -172,8 +172,8 @@ async fn graphql_example_interface() {
     assert_eq!(body["data"]["feed"].as_array().unwrap().len(), 2);
     assert_eq!(body["data"]["feed"][0]["personalized"], true);
     // Every limit that looked at the request reports, innermost first
-    // (IETF lists compose): the in-flight cap, the per-caller and the
-    // per-IP rate limits.
+    // (IETF lists compose): the in-flight cap, the GraphQL cost limit, the
+    // per-caller and the per-IP rate limits.
     let policies: Vec<_> = headers
         .get_all("ratelimit-policy")
         .iter()
@@ -183,6 +183,7 @@ async fn graphql_example_interface() {
         policies,
         [
             "\"in-flight\";q=16;qu=\"concurrent-requests\"",
+            "\"graphql-cost\";q=120;w=12",
             "\"registered\";q=50;w=5",
             "\"per-ip\";q=200;w=10"
         ]
@@ -228,7 +229,7 @@ async fn graphql_example_interface() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["data"]["anonymousFeed"].as_array().unwrap().len(), 1);
     let policies: Vec<_> = headers.get_all("ratelimit-policy").iter().collect();
-    assert_eq!(policies[1], "\"anonymous\";q=5;w=300", "{policies:?}");
+    assert_eq!(policies[2], "\"anonymous\";q=5;w=300", "{policies:?}");
     let (status, _, body) = http.graphql("{ feed { title } }", &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
@@ -653,4 +654,171 @@ async fn responses_carry_the_in_flight_cap() {
         remaining.contains(&"\"in-flight\";r=2".to_owned()),
         "{remaining:?}"
     );
+}
+
+/// GraphQL queries are charged by cost (the example's cost table): 1 unit
+/// at the door plus the query's complexity before it runs, what a feed did
+/// not return given back after; the `graphql-cost` field reports what is
+/// left; a query the bucket cannot cover is refused with the standard 429,
+/// and one that costs more than any query may with `too_costly`.
+#[tokio::test]
+async fn graphql_queries_are_charged_by_cost() {
+    let mut cmd = command();
+    // One unit a minute back: nothing replenishes during the test.
+    cmd.env("TOLLGATE_COST_PER_MIN", "1")
+        .env("TOLLGATE_COST_BURST", "40")
+        .env("TOLLGATE_MAX_COST", "25");
+    let (_child, addr) = start_with(cmd);
+    let http = http(addr);
+    let left = |headers: &http::HeaderMap| -> Option<String> {
+        headers
+            .get_all("ratelimit")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|v| v.starts_with("\"graphql-cost\";"))
+    };
+    let feed = "{ feed(first: 5) { id title } }";
+    let dave = da3(&mint("dave"));
+    // 1 + 5 posts × 2 fields = 11 of 40.
+    let (status, headers, body) = http.graphql(feed, &dave).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["feed"].as_array().unwrap().len(), 5);
+    let policies: Vec<_> = headers
+        .get_all("ratelimit-policy")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        policies.contains(&"\"graphql-cost\";q=40;w=2400".to_owned()),
+        "{policies:?}"
+    );
+    assert_eq!(left(&headers).unwrap(), "\"graphql-cost\";r=29;t=60");
+    // A cheap query: 1 + me (1) + id (1) = 3.
+    let (status, headers, _) = http.graphql("{ me { id } }", &dave).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(left(&headers).unwrap(), "\"graphql-cost\";r=26;t=60");
+    // An anonymous caller (its own bucket, by address) asks for the
+    // personal feed: refused, so the 10 units of posts are given back.
+    let (status, headers, body) = http.graphql(feed, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    assert_eq!(left(&headers).unwrap(), "\"graphql-cost\";r=39;t=60");
+    // Two more feeds: 26 → 15 → 4.
+    for expected in ["r=15", "r=4"] {
+        let (status, headers, _) = http.graphql(feed, &dave).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(left(&headers).unwrap().contains(expected), "{headers:?}");
+    }
+    // The door takes 1 (3 left); the feed's 10 do not fit: 429, nothing of
+    // the 10 spent, and the time 7 more units take.
+    let (status, headers, body) = http.graphql(feed, &dave).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        body["type"],
+        "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    );
+    assert_eq!(body["violated-policies"], json!(["graphql-cost"]));
+    assert_eq!(body["reason"], "rate_limited");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((415..=420).contains(&retry), "retry-after {retry}");
+    // One field per policy: what is left after the door (3), not a second
+    // one for the refused charge.
+    let fields: Vec<_> = headers
+        .get_all("ratelimit")
+        .iter()
+        .filter(|v| v.to_str().unwrap().starts_with("\"graphql-cost\";"))
+        .collect();
+    assert_eq!(fields, ["\"graphql-cost\";r=3;t=60"], "{headers:?}");
+    // A query that costs more than any one query may (1 + 3 × 10 > 25):
+    // refused as too costly, whatever is left.
+    let erin = da3(&mint("erin"));
+    let (status, headers, body) = http
+        .graphql(
+            "{ a: feed(first: 5) { id title } b: feed(first: 5) { id title } \
+             c: feed(first: 5) { id title } }",
+            &erin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["reason"], "too_costly");
+    assert!(headers.get("retry-after").is_none());
+    // Only the door's unit was spent.
+    assert!(left(&headers).unwrap().contains("r=39"), "{headers:?}");
+}
+
+/// Failed logins against one account from many addresses (each below its
+/// own limit) lock the account: a new address is refused before its
+/// password is looked at, while the owner, from the address it logged in
+/// from, still gets in.
+#[tokio::test]
+async fn failed_logins_from_many_addresses_lock_the_account_not_its_owner() {
+    let mut cmd = command();
+    cmd.env("TOLLGATE_LOGIN_PASSWORD", "right-password")
+        // The test is the proxy: its X-Forwarded-For names the client.
+        .env("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1/32");
+    let (_child, addr) = start_with(cmd);
+    let http = http(addr);
+    let login = |password: &str| json!({ "subject": "victim", "password": password });
+    let from = |ip: String| vec![("x-forwarded-for", ip)];
+
+    // The owner logs in from home.
+    let (status, _, _) = http
+        .send(
+            Method::POST,
+            "/login",
+            &from("198.51.100.7".into()),
+            Some(login("right-password")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Five attackers, one guess each: no address is locked, the account is.
+    for i in 1..=5 {
+        let (status, _, _) = http
+            .send(
+                Method::POST,
+                "/login",
+                &from(format!("203.0.113.{i}")),
+                Some(login("guess")),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // A sixth address, even with the right password: refused.
+    let (status, headers, body) = http
+        .send(
+            Method::POST,
+            "/login",
+            &from("203.0.113.6".into()),
+            Some(login("right-password")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(headers["retry-after"], "60");
+    assert_eq!(
+        body["type"],
+        "https://iana.org/assignments/http-problem-types#abnormal-usage-detected"
+    );
+    assert_eq!(body["reason"], "account_locked_out");
+    assert!(!headers.contains_key("set-cookie"));
+    // Another account from that address is not locked.
+    let (status, _, _) = http
+        .send(
+            Method::POST,
+            "/login",
+            &from("203.0.113.6".into()),
+            Some(json!({ "subject": "someone-else", "password": "right-password" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // The owner, from home: let in.
+    let (status, headers, _) = http
+        .send(
+            Method::POST,
+            "/login",
+            &from("198.51.100.7".into()),
+            Some(login("right-password")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(headers.contains_key("set-cookie"));
 }

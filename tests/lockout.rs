@@ -468,3 +468,187 @@ async fn a_full_table_makes_room_for_new_clients() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+/// A login handler that names its account: the body is `account outcome`
+/// (`401` or `login`); a locked account answers the guard's refusal.
+#[derive(Clone)]
+struct AccountLogin;
+
+impl Service<Request<String>> for AccountLogin {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<String>) -> Self::Future {
+        let (account, outcome) = req.body().split_once(' ').expect("account outcome");
+        let guard = req
+            .extensions()
+            .get::<tollgate::lockout::AccountGuard>()
+            .expect("per_account puts a guard in the request");
+        if let Err(locked) = guard.check(account) {
+            let response = locked.into_http_response();
+            let (parts, body) = response.into_parts();
+            return std::future::ready(Ok(Response::from_parts(
+                parts,
+                String::from_utf8_lossy(&body).into_owned(),
+            )));
+        }
+        let mut response = Response::new(String::new());
+        if outcome == "login" {
+            response.extensions_mut().insert(LoginSucceeded);
+        } else {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        std::future::ready(Ok(response))
+    }
+}
+
+/// Failures from many addresses, each below its own limit, lock the account
+/// they name; the locked account refuses new addresses, but not the ones
+/// its owner logged in from, and the owner's login clears it.
+#[tokio::test]
+async fn failures_against_one_account_from_many_addresses_lock_the_account_not_its_owner() {
+    let clock = Arc::new(AtomicU64::new(NOW));
+    let now = Arc::clone(&clock);
+    let layer = LockoutLayer::builder(KeyBy::client_ip(TrustedProxies::none()))
+        .failures(3)
+        .window(Duration::from_secs(60))
+        .backoff(Duration::from_secs(30))
+        .max_backoff(Duration::from_secs(100))
+        .per_account(true)
+        .peer_addr_inserted(true)
+        .clock(move || now.load(Ordering::SeqCst))
+        .build()
+        .expect("layer");
+    let svc = layer.layer(AccountLogin);
+    let login = |ip: &'static str, body: &'static str| {
+        let svc = svc.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let res = svc.oneshot(request(ip, body)).await.expect("infallible");
+            let (parts, body) = res.into_parts();
+            let bytes = body.collect().await.expect("body").to_bytes();
+            (
+                parts.status,
+                parts.headers,
+                String::from_utf8_lossy(&bytes).into_owned(),
+            )
+        }
+    };
+    // The owner logs in from home once: the address is known to the account.
+    assert_eq!(login("198.51.100.1", "alice login").await.0, StatusCode::OK);
+    // Three attackers, one wrong password each (no address reaches its own
+    // limit of 3): the account is locked for 30 s.
+    for ip in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        assert_eq!(login(ip, "alice 401").await.0, StatusCode::UNAUTHORIZED);
+    }
+    // A fourth address is refused before the password is looked at.
+    let (status, headers, body) = login("203.0.113.4", "alice 401").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "30");
+    assert!(body.contains("abnormal-usage-detected"), "{body}");
+    assert!(body.contains("\"reason\":\"account_locked_out\""), "{body}");
+    // Another account, from the same address, is not locked.
+    assert_eq!(
+        login("203.0.113.4", "bob 401").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // The owner, from the address it logged in from, is not refused, and
+    // its login clears the account's failures.
+    assert_eq!(login("198.51.100.1", "alice login").await.0, StatusCode::OK);
+    // The lockout in force stays for new addresses until it ends ...
+    assert_eq!(
+        login("203.0.113.5", "alice 401").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    clock.fetch_add(30, Ordering::SeqCst);
+    // ... then the count starts over: two failures do not lock it again.
+    for ip in ["203.0.113.6", "203.0.113.7"] {
+        assert_eq!(login(ip, "alice 401").await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        login("203.0.113.8", "alice 401").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // The third did: the second lockout doubles (60 s).
+    let (status, headers, _) = login("203.0.113.9", "alice 401").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "60");
+    // A known address stops being known after known_clients_for (30 days).
+    clock.fetch_add(30 * 24 * 3600, Ordering::SeqCst);
+    for ip in ["203.0.113.10", "203.0.113.11", "203.0.113.12"] {
+        assert_eq!(login(ip, "alice 401").await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        login("198.51.100.1", "alice 401").await.0,
+        StatusCode::TOO_MANY_REQUESTS,
+        "an address known 30 days ago is not known any more"
+    );
+}
+
+/// The account's lockout is bounded like any other: the back-off stops at
+/// max_backoff, and an address keeps its own, separate count.
+#[tokio::test]
+async fn an_account_lockout_is_bounded_and_without_per_account_there_is_no_guard() {
+    let clock = Arc::new(AtomicU64::new(NOW));
+    let now = Arc::clone(&clock);
+    let layer = LockoutLayer::builder(KeyBy::client_ip(TrustedProxies::none()))
+        .failures(1)
+        .window(Duration::from_secs(60))
+        .backoff(Duration::from_secs(30))
+        .max_backoff(Duration::from_secs(100))
+        .per_account(true)
+        .peer_addr_inserted(true)
+        .clock(move || now.load(Ordering::SeqCst))
+        .build()
+        .expect("layer");
+    let svc = layer.layer(AccountLogin);
+    let mut octet = 0;
+    let mut lockouts = Vec::new();
+    for _ in 0..5 {
+        // One failure from a fresh address locks the account (failures 1) ...
+        octet += 1;
+        let ip: &'static str = Box::leak(format!("203.0.113.{octet}").into_boxed_str());
+        let res = svc.clone().oneshot(request(ip, "carol 401")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        // ... and the next fresh address is told for how long.
+        octet += 1;
+        let ip: &'static str = Box::leak(format!("203.0.113.{octet}").into_boxed_str());
+        let res = svc.clone().oneshot(request(ip, "carol 401")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        let secs: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        lockouts.push(secs);
+        clock.fetch_add(secs, Ordering::SeqCst);
+    }
+    assert_eq!(lockouts, [30, 60, 100, 100, 100]);
+
+    // Without per_account, the handler finds no guard.
+    let layer = LockoutLayer::builder(KeyBy::client_ip(TrustedProxies::none()))
+        .peer_addr_inserted(true)
+        .build()
+        .unwrap();
+    let svc = layer.layer(tower::service_fn(|req: Request<String>| async move {
+        let guard = req
+            .extensions()
+            .get::<tollgate::lockout::AccountGuard>()
+            .is_some();
+        Ok::<_, Infallible>(Response::new(guard.to_string()))
+    }));
+    let res = svc.oneshot(request("192.0.2.1", "")).await.unwrap();
+    let bytes = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&bytes[..], b"false");
+}

@@ -180,3 +180,80 @@ async fn a_frozen_or_emptied_redis_never_holds_a_request_and_the_lockout_still_w
     server.restart();
     assert_eq!(fail(&a).await, StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// Per-account failures from many addresses, spread over two replicas, are
+/// counted together in Redis: the account is locked on both (each replica
+/// learns it with its own next failure of the account), while no address
+/// reached its own limit.
+#[tokio::test]
+async fn replicas_count_an_accounts_failures_together() {
+    use tollgate::lockout::AccountGuard;
+    let server = Server::started();
+    let url = server.url();
+    let prefix = prefix("lockout-account");
+    let replica = |url: String, prefix: String| async move {
+        let shared = SharedLockouts::connect(&url)
+            .await
+            .expect("redis")
+            .prefix(&prefix)
+            .timeout(Duration::from_secs(2));
+        LockoutLayer::builder(KeyBy::client_ip(TrustedProxies::none()))
+            .name("login")
+            .failures(FAILURES)
+            .window(Duration::from_secs(60))
+            .backoff(Duration::from_secs(30))
+            .per_account(true)
+            .peer_addr_inserted(true)
+            .shared(shared)
+            .build()
+            .expect("layer")
+    };
+    let a = replica(url.clone(), prefix.clone()).await;
+    let b = replica(url.clone(), prefix.clone()).await;
+    // A login naming "target" from `ip`: 401, or the guard's 429.
+    let attempt = |layer: &LockoutLayer, ip: String| {
+        let handler = tower::service_fn(|req: Request<()>| async move {
+            let guard = req.extensions().get::<AccountGuard>().expect("guard");
+            let mut response = Response::new(String::new());
+            *response.status_mut() = match guard.check("target") {
+                Ok(()) => StatusCode::UNAUTHORIZED,
+                Err(locked) => locked.into_http_response().status(),
+            };
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let mut request = Request::new(());
+        request
+            .extensions_mut()
+            .insert(PeerAddr(SocketAddr::new(ip.parse().expect("ip"), 50_000)));
+        let svc = layer.layer(handler);
+        async move { svc.oneshot(request).await.expect("infallible").status() }
+    };
+    let mut octet = 0;
+    let mut next_ip = || {
+        octet += 1;
+        format!("203.0.113.{octet}")
+    };
+    // FAILURES failures, one per address, alternating replicas.
+    for n in 0..FAILURES {
+        let layer = if n % 2 == 0 { &a } else { &b };
+        assert_eq!(attempt(layer, next_ip()).await, StatusCode::UNAUTHORIZED);
+    }
+    // Both replicas end up refusing new addresses for the account, each
+    // after at most two more attempts (its own report learns the lockout).
+    for (name, layer) in [("a", &a), ("b", &b)] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut extra = 0;
+        loop {
+            if attempt(layer, next_ip()).await == StatusCode::TOO_MANY_REQUESTS {
+                break;
+            }
+            extra += 1;
+            assert!(
+                Instant::now() < deadline,
+                "{name} never refused the account"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(extra <= 2, "{extra} extra attempts on {name}");
+    }
+}

@@ -34,6 +34,7 @@ pub enum LockoutKeyConfig {
 /// backoff_secs = 60             # the first lockout; each further one doubles
 /// max_backoff_secs = 3600
 /// statuses = [401, 403]         # what counts as a failure (besides LoginFailed)
+/// per_account = true           # handlers name the account (AccountGuard)
 /// # redis_url = "redis://127.0.0.1:6379"   # replicas count together (feature `redis`)
 /// # prefix = "myapi"
 /// ```
@@ -62,6 +63,13 @@ pub struct LockoutConfig {
     /// (default false; see `LockoutBuilder::clear_on_success`).
     #[serde(default)]
     pub clear_on_success: bool,
+    /// Whether handlers name the account a login targets
+    /// (`LockoutBuilder::per_account`; default false).
+    #[serde(default)]
+    pub per_account: bool,
+    /// How long a client that logged into an account stays known to it, in
+    /// seconds (default 30 days).
+    pub known_for_secs: Option<u64>,
     /// The Redis the replicas count failures in (feature `redis`); absent,
     /// each replica counts alone.
     pub redis_url: Option<String>,
@@ -95,6 +103,10 @@ impl LockoutConfig {
         }
         if let Some(secs) = self.max_backoff_secs {
             b = b.max_backoff(Duration::from_secs(secs));
+        }
+        b = b.per_account(self.per_account);
+        if let Some(secs) = self.known_for_secs {
+            b = b.known_clients_for(Duration::from_secs(secs));
         }
         if let Some(statuses) = &self.statuses {
             let statuses = statuses

@@ -15,6 +15,9 @@ use crate::observe::{EventMetrics, LockoutEvent, names};
 use crate::rate_limit::{KeyBy, RateKey};
 use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
 
+mod account;
+pub use account::{AccountGuard, AccountLockedOut};
+
 /// Put into a response's extensions by a handler: a failed login, counted
 /// whatever the response's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +29,7 @@ pub struct LoginFailed;
 pub struct LoginSucceeded;
 
 /// One key's failures and lockouts (unix seconds).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Record {
     failures: u32,
     window_start: u64,
@@ -36,6 +39,9 @@ struct Record {
     /// the failures they may not exceed the limit, so that a burst of
     /// parallel guesses cannot all pass before the first one fails.
     pending: u32,
+    /// For an account: the clients that logged into it lately, and until
+    /// when they are known (its lockout does not refuse them).
+    known: Vec<(RateKey, u64)>,
 }
 
 /// A lockout's settings, checked by its builder (times in seconds).
@@ -48,6 +54,11 @@ pub(super) struct Settings {
     pub(super) max_keys: usize,
     /// Whether a marked success clears the key's failures.
     pub(super) clear_on_success: bool,
+    /// Whether handlers may name the account a login targets
+    /// ([`AccountGuard`]).
+    pub(super) per_account: bool,
+    /// How long a client that logged into an account stays known to it.
+    pub(super) known_for: u64,
 }
 
 /// The state every clone of a layer shares.
@@ -118,6 +129,7 @@ impl Shared {
                 r.pending > 0
                     || r.locked_until.saturating_add(max_backoff) > now
                     || r.window_start.saturating_add(window) > now
+                    || r.known.iter().any(|(_, until)| *until > now)
             });
             if records.len() < max_keys {
                 return true;
@@ -186,8 +198,7 @@ impl Shared {
     /// counts (off the request's path, this replica's own count when Redis
     /// does not answer), here otherwise. The attempt stays pending until
     /// its failure is counted.
-    fn failed(self: &Arc<Self>, attempt: Attempt) {
-        let key = attempt.key.clone();
+    fn failed(self: &Arc<Self>, key: RateKey, attempt: Option<Attempt>) {
         #[cfg(feature = "redis")]
         if let Some(store) = &self.store
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -302,9 +313,13 @@ impl Shared {
     /// the layer was told to; a lockout in force and the count of lockouts
     /// stay.
     fn succeeded(&self, key: &RateKey) {
-        if !self.settings.clear_on_success {
-            return;
+        if self.settings.clear_on_success {
+            self.clear(key);
         }
+    }
+
+    /// Clears `key`'s failures, here and in Redis when shared.
+    fn clear(&self, key: &RateKey) {
         #[cfg(feature = "redis")]
         if let Some(store) = &self.store
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -377,7 +392,7 @@ impl Drop for Attempt {
 /// What a passed request's response is looked at for: the lockout, and
 /// the request's attempt (none: its failures are not counted).
 #[derive(Default)]
-pub struct Outcome(Option<(Arc<Shared>, Option<Attempt>)>);
+pub struct Outcome(Option<(Arc<Shared>, Option<Attempt>)>, Option<AccountGuard>);
 
 impl After for Outcome {
     fn apply<B>(self, response: &mut Response<B>) -> Option<crate::body::BodyGuard> {
@@ -387,13 +402,34 @@ impl After for Outcome {
         let failed = !succeeded
             && (extensions.get::<LoginFailed>().is_some()
                 || shared.settings.statuses.contains(&response.status()));
+        // The account the handler named, whatever became of the address.
+        if let Some(guard) = self.1 {
+            guard.concluded(&shared, succeeded, failed);
+        }
         match attempt {
             Some(attempt) if succeeded => shared.succeeded(&attempt.key),
-            Some(attempt) if failed => shared.failed(attempt),
+            Some(attempt) if failed => shared.failed(attempt.key.clone(), Some(attempt)),
             None if failed => shared.metrics.event(LockoutEvent::Untracked),
             _ => {}
         }
         None
+    }
+}
+
+impl<R: Responder> LockoutDecision<R> {
+    /// With per-account keys: the request's [`AccountGuard`], in its
+    /// extensions.
+    fn guard(
+        &self,
+        parts: &mut http::request::Parts,
+        client: Option<RateKey>,
+    ) -> Option<AccountGuard> {
+        if !self.shared.settings.per_account {
+            return None;
+        }
+        let guard = AccountGuard::new(&self.shared, client, &self.responder, parts);
+        parts.extensions.insert(guard.clone());
+        Some(guard)
     }
 }
 
@@ -417,7 +453,9 @@ where
                      such requests are not counted"
                 );
             }
-            let outcome = Outcome(Some((Arc::clone(&self.shared), None)));
+            let mut parts = parts;
+            let guard = self.guard(&mut parts, None);
+            let outcome = Outcome(Some((Arc::clone(&self.shared), None)), guard);
             return Verdict::Pass(call(Request::from_parts(parts, body)), outcome);
         };
         let attempt = match self.shared.admit(key) {
@@ -443,7 +481,10 @@ where
                 return Verdict::Refuse(self.responder.respond(&refusal, &parts));
             }
         };
-        let outcome = Outcome(Some((Arc::clone(&self.shared), attempt)));
+        let mut parts = parts;
+        let client = attempt.as_ref().map(|a| a.key.clone());
+        let guard = self.guard(&mut parts, client);
+        let outcome = Outcome(Some((Arc::clone(&self.shared), attempt)), guard);
         Verdict::Pass(call(Request::from_parts(parts, body)), outcome)
     }
 }

@@ -73,8 +73,18 @@
 //!   configured in code or by a `[lockouts.NAME]` table
 //!   ([`TollgateConfig::lockout`](crate::config::TollgateConfig::lockout),
 //!   feature `config`).
-//! - Not yet: per-account keys (a failed login naming its account) —
-//!   tracked in the open issue on limits by cost, failure and concurrency.
+//! - Per account, with [`LockoutBuilder::per_account`]: the handler names
+//!   the account a login targets through the request's [`AccountGuard`]
+//!   before it checks the password, and failures count against the account
+//!   as well as the address, so that guesses spread over many addresses
+//!   lock the account. What protects the account's owner: a locked account
+//!   refuses only clients that have not logged into it lately (the 4 latest,
+//!   for [`known_clients_for`](LockoutBuilder::known_clients_for), 30 days by
+//!   default), a successful login clears its failures, and its back-off is
+//!   bounded like any other. An attacker can keep an account locked against
+//!   new addresses, not against its owner's. With [`SharedLockouts`], an
+//!   account's failures are counted in Redis like an address's; the clients
+//!   an account knows are remembered per replica.
 //!
 //! The layer is built on tollgate's [`middleware`](crate::middleware)
 //! skeleton: this file is its layer and builder, `decide.rs` its decision.
@@ -94,8 +104,8 @@ use crate::error::ConfigError;
 use crate::middleware::Middleware;
 use crate::rate_limit::KeyBy;
 use crate::reject::DefaultResponder;
+pub use decide::{AccountGuard, AccountLockedOut, LoginFailed, LoginSucceeded};
 use decide::{LockoutDecision, Settings, Shared};
-pub use decide::{LoginFailed, LoginSucceeded};
 #[cfg(feature = "redis")]
 pub use shared::{
     DEFAULT_LOCKOUT_PREFIX, DEFAULT_LOCKOUT_TIMEOUT, MAX_REPORTS_IN_FLIGHT, SharedLockouts,
@@ -111,6 +121,8 @@ pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// Default bound on the keys counted.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// Default time a client that logged into an account stays known to it.
+pub const DEFAULT_KNOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Locks out keys whose requests keep failing; see the [module docs](self).
 #[derive(Clone)]
@@ -143,6 +155,8 @@ impl LockoutLayer {
             clock: Arc::new(SystemClock),
             peer_addr_inserted: false,
             clear_on_success: false,
+            per_account: false,
+            known_for: DEFAULT_KNOWN_FOR,
             #[cfg(feature = "redis")]
             shared: None,
         }
@@ -177,6 +191,8 @@ pub struct LockoutBuilder {
     clock: Arc<dyn WallClock>,
     peer_addr_inserted: bool,
     clear_on_success: bool,
+    per_account: bool,
+    known_for: Duration,
     #[cfg(feature = "redis")]
     shared: Option<SharedLockouts>,
 }
@@ -271,6 +287,25 @@ impl LockoutBuilder {
         self
     }
 
+    /// Lets handlers name the account a login targets (default `false`):
+    /// the layer puts an [`AccountGuard`] in each request's extensions;
+    /// failures then count against the account too, and a locked account
+    /// refuses every client that has not logged into it lately. See
+    /// [`AccountGuard`] for what protects the account's owner.
+    #[must_use]
+    pub fn per_account(mut self, on: bool) -> Self {
+        self.per_account = on;
+        self
+    }
+
+    /// How long a client that logged into an account stays known to it, so
+    /// that the account's lockout does not refuse it (default 30 days).
+    #[must_use]
+    pub fn known_clients_for(mut self, known_for: Duration) -> Self {
+        self.known_for = known_for;
+        self
+    }
+
     /// Counts failures and lockouts together with the other replicas, in
     /// Redis (feature `redis`); see [`SharedLockouts`].
     #[cfg(feature = "redis")]
@@ -322,6 +357,8 @@ impl LockoutBuilder {
             statuses: self.statuses,
             max_keys: self.max_keys,
             clear_on_success: self.clear_on_success,
+            per_account: self.per_account,
+            known_for: self.known_for.as_secs(),
         };
         let shared = Shared::new(self.name.into(), self.key, settings, self.clock);
         #[cfg(feature = "redis")]
