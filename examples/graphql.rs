@@ -228,6 +228,23 @@ impl Query {
         Ok(feed)
     }
 
+    /// The public feed from a slow backend: it answers after `delayMs`
+    /// milliseconds (at most 2,000) — a query that holds its caller's
+    /// in-flight slot meanwhile.
+    #[graphql(complexity = "feed_length(first) * child_complexity")]
+    async fn slow_feed(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        delay_ms: Option<i32>,
+    ) -> Vec<Post> {
+        let delay = u64::try_from(delay_ms.unwrap_or(500).clamp(0, 2_000)).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let feed = posts(first, false);
+        Unspent::feed(ctx, first, feed.len());
+        feed
+    }
+
     /// The caller, if logged in.
     async fn me(&self, ctx: &Context<'_>) -> Option<Me> {
         ctx.data_opt::<Claims<User>>().map(|user| Me {
@@ -583,19 +600,21 @@ pub(crate) async fn app(
     config: &Config,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<Router, Box<dyn std::error::Error>> {
-    let schema = Schema::build(Query, EmptyMutation, EmptySubscription)
-        .extension(ChargeByCost)
-        .finish();
     let graphql_routes = get(graphiql).post(graphql);
     // Statistics in the Prometheus text format at /metrics.
     let metrics = get(move || std::future::ready(prometheus.render()));
     if !config.layers {
+        let schema = Schema::build(Query, EmptyMutation, EmptySubscription).finish();
         return Ok(Router::new()
             .route("/graphql", graphql_routes)
             .route("/healthz", get(|| async { "ok" }))
             .route("/metrics", metrics)
             .with_state(schema));
     }
+    // Queries are charged by cost through the cost limit's handle.
+    let schema = Schema::build(Query, EmptyMutation, EmptySubscription)
+        .extension(ChargeByCost)
+        .finish();
     // Logged-out tokens, checked by the auth layer on every request (in
     // this process unless the policy file shares them; `max_token_lifetime`
     // bounds how long a logout-everywhere is kept: the example's tokens

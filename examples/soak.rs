@@ -84,6 +84,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .env("TOLLGATE_ANON_BURST", "5")
         .env("TOLLGATE_USER_PER_MIN", "6000")
         .env("TOLLGATE_USER_BURST", "100")
+        // The request limits are what the soak measures: GraphQL costs
+        // are not limited here.
+        .env("TOLLGATE_COST_PER_MIN", "4000000000")
+        .env("TOLLGATE_COST_BURST", "4000000000")
         .stdout(std::process::Stdio::null())
         .spawn()
         .map_err(|e| {

@@ -29,7 +29,8 @@ example_start() {
   shift 2
   TOLLGATE_LAYERS="$layers" TOLLGATE_ADDR="127.0.0.1:$port" TOLLGATE_SECRET="$example_secret" \
     TOLLGATE_IP_PER_MIN=4000000000 TOLLGATE_IP_BURST=4000000000 \
-    TOLLGATE_USER_PER_MIN=4000000000 TOLLGATE_USER_BURST=4000000000 RUST_LOG=error \
+    TOLLGATE_USER_PER_MIN=4000000000 TOLLGATE_USER_BURST=4000000000 \
+    TOLLGATE_COST_PER_MIN=4000000000 TOLLGATE_COST_BURST=4000000000 RUST_LOG=error \
     "$@" "$example_bin" > "$work/server-$layers.log" 2>&1 &
   example_pid=$!
   # up to 60 s: under valgrind the example starts slowly

@@ -822,3 +822,66 @@ async fn failed_logins_from_many_addresses_lock_the_account_not_its_owner() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(headers.contains_key("set-cookie"));
 }
+
+/// The in-flight cap through real HTTP: two slow queries of one user hold
+/// both of its slots; a third request of that user is refused at once with
+/// the draft's fields, another user is not, and the slots come back when
+/// the slow responses have been sent.
+#[tokio::test]
+async fn slow_queries_hold_the_callers_in_flight_slots() {
+    let mut cmd = command();
+    cmd.env("TOLLGATE_IN_FLIGHT", "2");
+    let (_child, addr) = start_with(cmd);
+    let http = std::sync::Arc::new(http(addr));
+    let frank = da3(&mint("frank"));
+    let slow = "{ slowFeed(first: 1, delayMs: 1500) { id } }";
+    let started = std::time::Instant::now();
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let http = std::sync::Arc::clone(&http);
+            let frank = frank.clone();
+            tokio::spawn(async move { http.graphql(slow, &frank).await })
+        })
+        .collect();
+    // Wait until both are in flight: the server has them once a third
+    // request is refused (at most 1 s of polling).
+    let mut refused = None;
+    while started.elapsed() < Duration::from_secs(1) {
+        let (status, headers, body) = http.graphql("{ me { id } }", &frank).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some((headers, body));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (headers, body) = refused.expect("a third request refused while two are in flight");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(body["reason"], "too_many_in_flight");
+    assert_eq!(body["violated-policies"], json!(["in-flight"]));
+    let fields: Vec<_> = headers
+        .get_all("ratelimit-policy")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        fields.contains(&"\"in-flight\";q=2;qu=\"concurrent-requests\"".to_owned()),
+        "{fields:?}"
+    );
+    // Another user has slots of its own.
+    let (status, _, _) = http.graphql("{ me { id } }", &da3(&mint("grace"))).await;
+    assert_eq!(status, StatusCode::OK);
+    for slow in held {
+        let (status, _, body) = slow.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["data"]["slowFeed"].as_array().unwrap().len(), 1);
+    }
+    // Sent: both slots are back.
+    let (status, headers, _) = http.graphql("{ me { id } }", &frank).await;
+    assert_eq!(status, StatusCode::OK);
+    let left: Vec<_> = headers
+        .get_all("ratelimit")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(left.contains(&"\"in-flight\";r=1".to_owned()), "{left:?}");
+}

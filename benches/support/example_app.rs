@@ -23,7 +23,9 @@ pub fn config(layers: &'static str) -> graphql::Config {
             "TOLLGATE_IP_PER_MIN"
             | "TOLLGATE_IP_BURST"
             | "TOLLGATE_USER_PER_MIN"
-            | "TOLLGATE_USER_BURST" => "4000000000",
+            | "TOLLGATE_USER_BURST"
+            | "TOLLGATE_COST_PER_MIN"
+            | "TOLLGATE_COST_BURST" => "4000000000",
             _ => return None,
         };
         Some(value.to_owned())

@@ -43,19 +43,26 @@ impl<St, R: fmt::Debug> fmt::Debug for LimitDecision<St, R> {
 }
 
 /// What a passing request's response gets: the headers of the door's
-/// decision, or of the last charge of its [`Cost`](super::Cost).
-#[derive(Default)]
-pub struct Stamped {
-    stamp: Option<Stamp>,
-    cost: Option<super::cost::Cost>,
+/// decision, or — charged by cost — of the last charge of its
+/// [`Cost`](super::Cost). An enum, so that the plain limiter's response
+/// future does not grow.
+pub enum Stamped {
+    Door(Option<Stamp>),
+    Charged(super::cost::Cost),
+}
+
+impl Default for Stamped {
+    fn default() -> Self {
+        Self::Door(None)
+    }
 }
 
 impl After for Stamped {
     #[inline]
     fn apply<B>(self, response: &mut Response<B>) -> Option<crate::body::BodyGuard> {
-        let stamp = match self.cost {
-            None => self.stamp,
-            Some(cost) => cost.stamp().or(self.stamp),
+        let stamp = match self {
+            Self::Door(stamp) => stamp,
+            Self::Charged(cost) => cost.stamp(),
         };
         if let Some(stamp) = stamp {
             stamp.apply(response.headers_mut());
@@ -70,20 +77,14 @@ impl After for Stamped {
 pub struct Checking<C> {
     check: Pin<Box<C>>,
     policy: usize,
-    key: RateKey,
 }
 
 impl<C: Future<Output = Result<Decision, StoreError>>> Future for Checking<C> {
-    type Output = (Result<Decision, StoreError>, usize, RateKey);
+    type Output = (Result<Decision, StoreError>, usize);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let policy = self.policy;
-        let result = std::task::ready!(self.check.as_mut().poll(cx));
-        Poll::Ready((
-            result,
-            policy,
-            std::mem::replace(&mut self.key, RateKey::unkeyed()),
-        ))
+        self.check.as_mut().poll(cx).map(|result| (result, policy))
     }
 }
 
@@ -96,49 +97,56 @@ where
     fn conclude<B, F, W>(
         &self,
         policy: usize,
-        key: RateKey,
+        key: &RateKey,
         result: Result<Decision, StoreError>,
         parts: http::request::Parts,
         body: B,
         call: impl FnOnce(Request<B>) -> F,
     ) -> Verdict<F, Stamped, W, B> {
-        let decision = result.as_ref().ok().copied();
+        if self.shared.cost.is_some() {
+            return self.conclude_charged(policy, key, result, parts, body, call);
+        }
         match self.shared.verdict(policy, result, &parts, &self.responder) {
             Ok(stamp) => {
-                let mut parts = parts;
-                let cost = self
-                    .shared
-                    .cost
-                    .is_some()
-                    .then(|| self.handle(policy, key, &mut parts, decision));
-                Verdict::Pass(
-                    call(Request::from_parts(parts, body)),
-                    Stamped { stamp, cost },
-                )
+                Verdict::Pass(call(Request::from_parts(parts, body)), Stamped::Door(stamp))
             }
             Err(refusal) => Verdict::Refuse(refusal),
         }
     }
 
-    /// The request's [`Cost`](super::Cost), in its extensions.
-    #[cold]
-    fn handle(
+    /// [`conclude`](Self::conclude) for a layer charged by cost: a passing
+    /// request gets its [`Cost`](super::Cost) in its extensions.
+    #[inline(never)]
+    fn conclude_charged<B, F, W>(
         &self,
         policy: usize,
-        key: RateKey,
-        parts: &mut http::request::Parts,
-        decision: Option<Decision>,
-    ) -> super::cost::Cost {
-        let cost = super::cost::Cost::new(
-            &self.shared,
-            &self.responder,
-            policy,
-            key,
-            parts,
-            decision.filter(|d| d.allowed),
-        );
-        parts.extensions.insert(cost.clone());
-        cost
+        key: &RateKey,
+        result: Result<Decision, StoreError>,
+        mut parts: http::request::Parts,
+        body: B,
+        call: impl FnOnce(Request<B>) -> F,
+    ) -> Verdict<F, Stamped, W, B> {
+        let decision = result.as_ref().ok().copied().filter(|d| d.allowed);
+        match self.shared.verdict(policy, result, &parts, &self.responder) {
+            Ok(_) => {
+                let cost = super::cost::Cost::new(
+                    &self.shared,
+                    &self.responder,
+                    policy,
+                    key.clone(),
+                    &parts,
+                    // Shadow mode lets a refused request through: no headers,
+                    // as at the door.
+                    decision,
+                );
+                parts.extensions.insert(cost.clone());
+                Verdict::Pass(
+                    call(Request::from_parts(parts, body)),
+                    Stamped::Charged(cost),
+                )
+            }
+            Err(refusal) => Verdict::Refuse(refusal),
+        }
     }
 }
 
@@ -160,12 +168,11 @@ where
             return Verdict::Pass(call(Request::from_parts(parts, body)), Stamped::default());
         };
         match self.shared.store.check(&self.shared.policies[policy], &key) {
-            Check::Ready(result) => self.conclude(policy, key, result, parts, body, call),
+            Check::Ready(result) => self.conclude(policy, &key, result, parts, body, call),
             Check::Pending(check) => Verdict::Wait(
                 Checking {
                     check: Box::pin(check),
                     policy,
-                    key,
                 },
                 Request::from_parts(parts, body),
             ),
@@ -174,11 +181,20 @@ where
 
     fn resume<F>(
         &self,
-        (result, policy, key): (Result<Decision, StoreError>, usize, RateKey),
+        (result, policy): (Result<Decision, StoreError>, usize),
         req: Request<B>,
         call: impl FnOnce(Request<B>) -> F,
     ) -> Verdict<F, Stamped, Infallible, B> {
         let (parts, body) = req.into_parts();
-        self.conclude(policy, key, result, parts, body, call)
+        // The key again, only for a handle (not kept while waiting: the
+        // plain limiter's future stays as small as it was).
+        let key = if self.shared.cost.is_some() {
+            self.shared
+                .classify(&parts)
+                .map_or_else(RateKey::unkeyed, |(_, key)| key)
+        } else {
+            RateKey::unkeyed()
+        };
+        self.conclude(policy, &key, result, parts, body, call)
     }
 }
