@@ -265,9 +265,12 @@ struct Refused(Mutex<Option<ChargeError>>);
 /// after.
 struct ChargeByCost;
 
-impl ExtensionFactory for ChargeByCost {
+/// The extension the schema gets: one, shared by every query.
+struct ChargeByCostFactory(Arc<ChargeByCost>);
+
+impl ExtensionFactory for ChargeByCostFactory {
     fn create(&self) -> Arc<dyn GraphqlExtension> {
-        Arc::new(ChargeByCost)
+        Arc::clone(&self.0) as Arc<dyn GraphqlExtension>
     }
 }
 
@@ -319,13 +322,14 @@ async fn graphql(
     if let Some(Extension(user)) = user {
         request = request.data(user);
     }
+    let Some(Extension(cost)) = cost else {
+        return Json(schema.execute(request).await).into_response();
+    };
     let refused = Arc::new(Refused::default());
-    if let Some(Extension(cost)) = cost {
-        request = request
-            .data(cost)
-            .data(Unspent::default())
-            .data(Arc::clone(&refused));
-    }
+    request = request
+        .data(cost)
+        .data(Unspent::default())
+        .data(Arc::clone(&refused));
     let response = schema.execute(request).await;
     // A query the caller's bucket cannot pay for: the standard 429.
     if let Some(refused) = refused
@@ -613,7 +617,7 @@ pub(crate) async fn app(
     }
     // Queries are charged by cost through the cost limit's handle.
     let schema = Schema::build(Query, EmptyMutation, EmptySubscription)
-        .extension(ChargeByCost)
+        .extension(ChargeByCostFactory(Arc::new(ChargeByCost)))
         .finish();
     // Logged-out tokens, checked by the auth layer on every request (in
     // this process unless the policy file shares them; `max_token_lifetime`

@@ -50,9 +50,11 @@ struct Charges<St, R> {
     responder: R,
     policy: usize,
     key: RateKey,
-    /// The request's head, as much as a responder needs to render a
-    /// refusal (method, URI, content type).
-    head: http::request::Parts,
+    /// As much of the request's head as a responder needs to render a
+    /// refusal; the head is rebuilt only for one.
+    method: http::Method,
+    uri: http::Uri,
+    content_type: Option<HeaderValue>,
 }
 
 impl<St: RateLimitStore, R: Responder> Account for Charges<St, R> {
@@ -144,7 +146,14 @@ impl<St: RateLimitStore, R: Responder> Account for Charges<St, R> {
             )
             .with_policy(name),
         };
-        self.responder.respond(&refusal, &self.head)
+        let mut head = http::Request::new(()).into_parts().0;
+        head.method = self.method.clone();
+        head.uri = self.uri.clone();
+        if let Some(content_type) = &self.content_type {
+            head.headers
+                .insert(header::CONTENT_TYPE, content_type.clone());
+        }
+        self.responder.respond(&refusal, &head)
     }
 
     fn policy(&self) -> &str {
@@ -152,13 +161,14 @@ impl<St: RateLimitStore, R: Responder> Account for Charges<St, R> {
     }
 }
 
-/// What the handle keeps of one request.
-struct Inner {
-    account: Box<dyn Account>,
+/// What the handle keeps of one request: one allocation, the account last
+/// (unsized: the layer's store and responder are erased).
+struct Inner<A: ?Sized> {
     /// Units charged so far, the door's one included.
     charged: AtomicU32,
     /// The store's last answer: what the response's headers report.
     last: Mutex<Option<Decision>>,
+    account: A,
 }
 
 /// A request's account with the rate limit that admitted it: charge more
@@ -172,7 +182,7 @@ struct Inner {
 /// the layer chose for the request, never another.
 #[derive(Clone)]
 pub struct Cost {
-    inner: Arc<Inner>,
+    inner: Arc<Inner<dyn Account>>,
 }
 
 impl fmt::Debug for Cost {
@@ -195,26 +205,20 @@ impl Cost {
         parts: &http::request::Parts,
         decision: Option<Decision>,
     ) -> Self {
-        let mut head = http::Request::new(()).into_parts().0;
-        head.method = parts.method.clone();
-        head.uri = parts.uri.clone();
-        if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
-            head.headers
-                .insert(header::CONTENT_TYPE, content_type.clone());
-        }
-        Self {
-            inner: Arc::new(Inner {
-                account: Box::new(Charges {
-                    shared: Arc::clone(shared),
-                    responder: responder.clone(),
-                    policy,
-                    key,
-                    head,
-                }),
-                charged: AtomicU32::new(1),
-                last: Mutex::new(decision),
-            }),
-        }
+        let inner: Arc<Inner<dyn Account>> = Arc::new(Inner {
+            charged: AtomicU32::new(1),
+            last: Mutex::new(decision),
+            account: Charges {
+                shared: Arc::clone(shared),
+                responder: responder.clone(),
+                policy,
+                key,
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+            },
+        });
+        Self { inner }
     }
 
     /// Units charged to this request so far, the door's one included.
