@@ -190,11 +190,15 @@ struct Unspent(AtomicU32);
 impl Unspent {
     /// A feed of `first` returned `returned` posts of what `ctx` selects.
     fn feed(ctx: &Context<'_>, first: Option<i32>, returned: usize) {
-        let per_post = ctx.field().selection_set().count();
-        let unreturned = feed_length(first).saturating_sub(returned) * per_post;
-        if let Some(unspent) = ctx.data_opt::<Unspent>() {
+        // Only a query charged by cost keeps the account.
+        let Some(unspent) = ctx.data_opt::<Unspent>() else {
+            return;
+        };
+        let unreturned = feed_length(first).saturating_sub(returned);
+        if unreturned > 0 {
+            let per_post = ctx.field().selection_set().count();
             unspent.0.fetch_add(
-                u32::try_from(unreturned).unwrap_or(u32::MAX),
+                u32::try_from(unreturned * per_post).unwrap_or(u32::MAX),
                 Ordering::Relaxed,
             );
         }
@@ -690,7 +694,7 @@ pub(crate) async fn app(
         .as_ref()
         .and_then(|f| f.concurrency("in-flight"))
     {
-        Some(table) => table.layer("in-flight")?,
+        Some(table) => table.layer("in-flight").await?,
         None => ConcurrencyLimitLayer::builder(config.in_flight)
             .name("in-flight")
             .key(KeyBy::subject_or_client_ip(config.proxies.clone()))

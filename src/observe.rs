@@ -106,6 +106,9 @@ pub(crate) enum ConcurrencyEvent {
     Admitted,
     Refused,
     Untracked,
+    /// Admitted by the replica alone: Redis did not answer.
+    #[cfg_attr(not(feature = "redis"), expect(dead_code))]
+    Alone,
 }
 
 #[cfg(feature = "rate-limit")]
@@ -118,6 +121,7 @@ impl Event for ConcurrencyEvent {
             Self::Admitted => "admitted",
             Self::Refused => "refused",
             Self::Untracked => "untracked",
+            Self::Alone => "alone",
         }
     }
 }

@@ -198,6 +198,7 @@ fn a_table_configures_it_and_its_events_are_counted() {
                     .concurrency("in-flight")
                     .unwrap()
                     .layer("in-flight")
+                    .await
                     .unwrap();
                 let mut svc = limit.layer(Handler::Answer);
                 let held = svc.ready().await.unwrap().call(from(A)).await.unwrap();

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 
 use crate::body::BodyGuard;
-use crate::middleware::{After, Decide, Never, Verdict};
+#[cfg(not(feature = "redis"))]
+use crate::middleware::Never;
+use crate::middleware::{After, Decide, Verdict};
 use crate::observe::{ConcurrencyEvent, EventMetrics, names};
 use crate::rate_limit::{KeyBy, RateKey};
 use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
@@ -22,6 +24,9 @@ static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy"
 pub struct Shared {
     key: KeyBy,
     max: u32,
+    /// Where the replicas lease their slots, if anywhere.
+    #[cfg(feature = "redis")]
+    pub(super) slots: Option<Arc<super::shared::Inner>>,
     in_flight: Mutex<HashMap<RateKey, u32>>,
     /// `"name";q=N;qu="concurrent-requests"`, rendered once.
     policy: HeaderValue,
@@ -45,6 +50,8 @@ impl Shared {
         Self {
             key,
             max,
+            #[cfg(feature = "redis")]
+            slots: None,
             in_flight: Mutex::new(HashMap::new()),
             policy,
             remaining: (0..=max.min(4_096)).map(render).collect(),
@@ -83,10 +90,20 @@ pub struct Permit {
     key: RateKey,
     /// The key's requests in flight with this one, when it was let in.
     in_flight: u32,
+    /// Its lease in Redis, when the replicas share the slots.
+    #[cfg(feature = "redis")]
+    lease: Option<super::shared::Lease>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        #[cfg(feature = "redis")]
+        if let (Some(lease), Some(slots)) = (self.lease.take(), &self.shared.slots)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let slots = Arc::clone(slots);
+            runtime.spawn(async move { slots.release(&lease).await });
+        }
         let mut table = self.shared.table();
         if let Some(n) = table.get_mut(&self.key) {
             *n = n.saturating_sub(1);
@@ -136,18 +153,52 @@ impl<R: fmt::Debug> fmt::Debug for ConcurrencyDecision<R> {
     }
 }
 
+impl<R: Responder> ConcurrencyDecision<R> {
+    /// The refusal of a caller with `max` requests in flight.
+    fn refuse(&self, parts: &http::request::Parts) -> http::Response<bytes::Bytes> {
+        self.shared.metrics.event(ConcurrencyEvent::Refused);
+        tracing::debug!(outcome = "limited", "tollgate: too many requests in flight");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        headers.append(&RATELIMIT_POLICY, self.shared.policy.clone());
+        headers.append(&RATELIMIT, self.shared.remaining(self.shared.max));
+        let refusal = Refusal::new(
+            RefusalKind::RateLimited,
+            StatusCode::TOO_MANY_REQUESTS,
+            GrpcCode::ResourceExhausted,
+            "too_many_in_flight",
+            "too many requests in flight for this caller; retry when one ends",
+        )
+        .with_policy(&self.shared.name)
+        .with_headers(headers);
+        self.responder.respond(&refusal, parts)
+    }
+}
+
+/// A lease being taken in Redis, with the request's local slot.
+#[cfg(feature = "redis")]
+pub type Leasing = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (super::shared::Acquired, super::shared::Lease, Permit)>
+            + Send,
+    >,
+>;
+
 impl<R, B> Decide<B> for ConcurrencyDecision<R>
 where
     R: Responder,
 {
     type After = Slot;
+    #[cfg(feature = "redis")]
+    type Wait = Leasing;
+    #[cfg(not(feature = "redis"))]
     type Wait = Never;
 
     fn decide<F>(
         &self,
         req: Request<B>,
         call: impl FnOnce(Request<B>) -> F,
-    ) -> Verdict<F, Slot, Never, B> {
+    ) -> Verdict<F, Slot, Self::Wait, B> {
         let (parts, body) = req.into_parts();
         let Some(key) = self.shared.key.key(&parts) else {
             if !self.shared.warned_no_key.swap(true, Ordering::Relaxed) {
@@ -174,30 +225,61 @@ where
         };
         let Some(in_flight) = admitted else {
             drop(table);
-            self.shared.metrics.event(ConcurrencyEvent::Refused);
-            tracing::debug!(outcome = "limited", "tollgate: too many requests in flight");
-            let mut headers = HeaderMap::new();
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            headers.append(&RATELIMIT_POLICY, self.shared.policy.clone());
-            headers.append(&RATELIMIT, self.shared.remaining(self.shared.max));
-            let refusal = Refusal::new(
-                RefusalKind::RateLimited,
-                StatusCode::TOO_MANY_REQUESTS,
-                GrpcCode::ResourceExhausted,
-                "too_many_in_flight",
-                "too many requests in flight for this caller; retry when one ends",
-            )
-            .with_policy(&self.shared.name)
-            .with_headers(headers);
-            return Verdict::Refuse(self.responder.respond(&refusal, &parts));
+            return Verdict::Refuse(self.refuse(&parts));
         };
         drop(table);
-        self.shared.metrics.event(ConcurrencyEvent::Admitted);
         let permit = Permit {
             shared: Arc::clone(&self.shared),
             key,
             in_flight,
+            #[cfg(feature = "redis")]
+            lease: None,
         };
+        // Shared: the lease in Redis decides (the local slot is held
+        // meanwhile, so a replica never holds more than `max` itself).
+        #[cfg(feature = "redis")]
+        if let Some(slots) = &self.shared.slots {
+            let slots = Arc::clone(slots);
+            let (name, key, max) = (
+                Arc::clone(&self.shared.name),
+                permit.key.to_store_key(),
+                self.shared.max,
+            );
+            let leasing: Leasing = Box::pin(async move {
+                let (acquired, lease) = slots.acquire(&name, &key, max).await;
+                (acquired, lease, permit)
+            });
+            return Verdict::Wait(leasing, Request::from_parts(parts, body));
+        }
+        self.shared.metrics.event(ConcurrencyEvent::Admitted);
         Verdict::Pass(call(Request::from_parts(parts, body)), Slot(Some(permit)))
+    }
+
+    #[cfg(feature = "redis")]
+    fn resume<F>(
+        &self,
+        (acquired, lease, mut permit): (super::shared::Acquired, super::shared::Lease, Permit),
+        req: Request<B>,
+        call: impl FnOnce(Request<B>) -> F,
+    ) -> Verdict<F, Slot, std::convert::Infallible, B> {
+        use super::shared::Acquired;
+        match acquired {
+            Acquired::Full => {
+                drop(permit);
+                let (parts, _) = req.into_parts();
+                Verdict::Refuse(self.refuse(&parts))
+            }
+            Acquired::Taken(held) => {
+                permit.in_flight = held;
+                permit.lease = Some(lease);
+                self.shared.metrics.event(ConcurrencyEvent::Admitted);
+                Verdict::Pass(call(req), Slot(Some(permit)))
+            }
+            Acquired::Alone => {
+                permit.lease = Some(lease);
+                self.shared.metrics.event(ConcurrencyEvent::Alone);
+                Verdict::Pass(call(req), Slot(Some(permit)))
+            }
+        }
     }
 }

@@ -50,14 +50,19 @@
 //!
 //! Behind the auth layer, key by [`KeyBy::subject_or_client_ip`]: a caller
 //! cannot take another caller's slots, and an anonymous flood from one
-//! address takes only that address's. Counts are per replica (sharing
-//! through Redis leases is not there yet). A request without a key (no peer
-//! address) is not limited, and the first one is said once at `warn`.
+//! address takes only that address's. Counts are per replica, or shared by
+//! every replica with [`ConcurrencyLimitBuilder::shared`] (feature `redis`):
+//! each slot is then a lease in Redis, renewed while its request lasts, so a
+//! replica that dies leaks its slots for at most one lease (see
+//! `SharedSlots`). A request without a key (no peer address) is not limited,
+//! and the first one is said once at `warn`.
 //!
 //! Built on the [`middleware`](crate::middleware) skeleton: this file is the
-//! layer and builder, `decide.rs` the decision.
+//! layer and builder, `decide.rs` the decision, `shared.rs` the leases.
 
 mod decide;
+#[cfg(feature = "redis")]
+mod shared;
 
 use std::sync::Arc;
 
@@ -68,6 +73,8 @@ use crate::middleware::Middleware;
 use crate::rate_limit::KeyBy;
 use crate::reject::DefaultResponder;
 use decide::{ConcurrencyDecision, Shared};
+#[cfg(feature = "redis")]
+pub use shared::{DEFAULT_LEASE, DEFAULT_SLOTS_PREFIX, DEFAULT_SLOTS_TIMEOUT, SharedSlots};
 
 /// At most `max` requests of one caller in flight; see the
 /// [module docs](self).
@@ -95,6 +102,8 @@ impl ConcurrencyLimitLayer {
             max,
             key: KeyBy::subject_or_client_ip(crate::rate_limit::TrustedProxies::none()),
             peer_addr_inserted: false,
+            #[cfg(feature = "redis")]
+            shared: None,
         }
     }
 }
@@ -121,6 +130,8 @@ pub struct ConcurrencyLimitBuilder {
     max: u32,
     key: KeyBy,
     peer_addr_inserted: bool,
+    #[cfg(feature = "redis")]
+    shared: Option<SharedSlots>,
 }
 
 impl ConcurrencyLimitBuilder {
@@ -147,11 +158,22 @@ impl ConcurrencyLimitBuilder {
         self
     }
 
+    /// Holds the slots together with the other replicas, leased in Redis
+    /// (feature `redis`); see [`SharedSlots`]. The layer must be built
+    /// inside a tokio runtime (it renews its leases in the background).
+    #[cfg(feature = "redis")]
+    #[must_use]
+    pub fn shared(mut self, slots: SharedSlots) -> Self {
+        self.shared = Some(slots);
+        self
+    }
+
     /// Checks the settings and builds the layer.
     ///
     /// # Errors
-    /// `max` of 0, a name that cannot be a header token, or a key by client
-    /// address in a build with no source of peer addresses.
+    /// `max` of 0, a name that cannot be a header token, a key by client
+    /// address in a build with no source of peer addresses, or shared slots
+    /// outside a tokio runtime.
     pub fn build(self) -> Result<ConcurrencyLimitLayer, ConfigError> {
         if self.max == 0 {
             return Err(ConfigError::new(
@@ -168,8 +190,22 @@ impl ConcurrencyLimitBuilder {
         }
         self.key
             .check_peer_source(self.peer_addr_inserted, "concurrency.key")?;
+        #[cfg_attr(not(feature = "redis"), expect(unused_mut))]
+        let mut shared = Shared::new(&self.name, self.key, self.max);
+        #[cfg(feature = "redis")]
+        if let Some(slots) = self.shared {
+            let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                ConfigError::new(
+                    "concurrency.shared",
+                    "shared slots renew their leases in the background: build the layer inside \
+                     a tokio runtime",
+                )
+            })?;
+            shared::spawn_renewal(&runtime, Arc::downgrade(&slots.inner), slots.inner.lease);
+            shared.slots = Some(slots.inner);
+        }
         Ok(ConcurrencyLimitLayer {
-            shared: Arc::new(Shared::new(&self.name, self.key, self.max)),
+            shared: Arc::new(shared),
             responder: DefaultResponder,
         })
     }

@@ -29,6 +29,9 @@ pub enum ConcurrencyKeyConfig {
 /// max = 16                       # requests in flight at once per caller
 /// key = "subject_or_client_ip"   # or client_ip, peer_ip
 /// trusted_proxies = []
+/// # redis_url = "redis://127.0.0.1:6379"   # replicas lease slots together (feature `redis`)
+/// # prefix = "myapi"
+/// # lease_ms = 10000              # how long a dead replica's slots stay taken
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,14 +44,27 @@ pub struct ConcurrencyConfig {
     /// CIDRs of trusted proxies.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The Redis the replicas lease their slots in (feature `redis`);
+    /// absent, each replica counts alone.
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys (default `tollgate`).
+    pub prefix: Option<String>,
+    /// How long a lease lasts unless renewed, in milliseconds (default
+    /// 10,000).
+    pub lease_ms: Option<u64>,
+    /// How long an acquisition may take before the replica decides alone,
+    /// in milliseconds (default 100).
+    pub timeout_ms: Option<u64>,
 }
 
 impl ConcurrencyConfig {
     /// A builder with what the table says; the policy is named `name`.
+    /// Async because a `redis_url` is connected to here.
     ///
     /// # Errors
-    /// Invalid proxies, with the field named.
-    pub fn builder(&self, name: &str) -> Result<ConcurrencyLimitBuilder, ConfigError> {
+    /// Invalid proxies, with the field named; a Redis that does not answer,
+    /// or `redis_url` without the `redis` feature.
+    pub async fn builder(&self, name: &str) -> Result<ConcurrencyLimitBuilder, ConfigError> {
         let proxies = TrustedProxies::cidrs(&self.trusted_proxies)
             .map_err(|e| invalid("concurrency.trusted_proxies", e.reason().to_owned()))?;
         let key = match self.key {
@@ -56,14 +72,36 @@ impl ConcurrencyConfig {
             ConcurrencyKeyConfig::ClientIp => KeyBy::client_ip(proxies),
             ConcurrencyKeyConfig::PeerIp => KeyBy::peer_ip(),
         };
-        Ok(ConcurrencyLimitLayer::builder(self.max).name(name).key(key))
+        let b = ConcurrencyLimitLayer::builder(self.max).name(name).key(key);
+        match &self.redis_url {
+            None => Ok(b),
+            #[cfg(feature = "redis")]
+            Some(url) => {
+                let mut slots = crate::concurrency::SharedSlots::connect(url).await?;
+                if let Some(prefix) = &self.prefix {
+                    slots = slots.prefix(prefix);
+                }
+                if let Some(ms) = self.lease_ms {
+                    slots = slots.lease(std::time::Duration::from_millis(ms));
+                }
+                if let Some(ms) = self.timeout_ms {
+                    slots = slots.timeout(std::time::Duration::from_millis(ms));
+                }
+                Ok(b.shared(slots))
+            }
+            #[cfg(not(feature = "redis"))]
+            Some(_) => Err(invalid(
+                "concurrency.redis_url",
+                "sharing concurrency slots through Redis needs tollgate's `redis` feature",
+            )),
+        }
     }
 
     /// Builds the layer; the policy is named `name`.
     ///
     /// # Errors
     /// As [`builder`](Self::builder) and [`ConcurrencyLimitBuilder::build`].
-    pub fn layer(&self, name: &str) -> Result<ConcurrencyLimitLayer, ConfigError> {
-        self.builder(name)?.build()
+    pub async fn layer(&self, name: &str) -> Result<ConcurrencyLimitLayer, ConfigError> {
+        self.builder(name).await?.build()
     }
 }

@@ -419,17 +419,27 @@ impl After for Outcome {
 impl<R: Responder> LockoutDecision<R> {
     /// With per-account keys: the request's [`AccountGuard`], in its
     /// extensions.
+    #[inline]
     fn guard(
         &self,
         parts: &mut http::request::Parts,
-        client: Option<RateKey>,
+        client: Option<&RateKey>,
     ) -> Option<AccountGuard> {
         if !self.shared.settings.per_account {
             return None;
         }
-        let guard = AccountGuard::new(&self.shared, client, &self.responder, parts);
+        Some(self.insert_guard(parts, client))
+    }
+
+    #[inline(never)]
+    fn insert_guard(
+        &self,
+        parts: &mut http::request::Parts,
+        client: Option<&RateKey>,
+    ) -> AccountGuard {
+        let guard = AccountGuard::new(&self.shared, client.cloned(), &self.responder, parts);
         parts.extensions.insert(guard.clone());
-        Some(guard)
+        guard
     }
 }
 
@@ -440,6 +450,7 @@ where
     type After = Outcome;
     type Wait = Never;
 
+    #[inline]
     fn decide<F>(
         &self,
         req: Request<B>,
@@ -482,8 +493,7 @@ where
             }
         };
         let mut parts = parts;
-        let client = attempt.as_ref().map(|a| a.key.clone());
-        let guard = self.guard(&mut parts, client);
+        let guard = self.guard(&mut parts, attempt.as_ref().map(|a| &a.key));
         let outcome = Outcome(Some((Arc::clone(&self.shared), attempt)), guard);
         Verdict::Pass(call(Request::from_parts(parts, body)), outcome)
     }

@@ -94,6 +94,7 @@ where
     R: Responder,
 {
     /// The store's answer made a verdict.
+    #[inline]
     fn conclude<B, F, W>(
         &self,
         policy: usize,
@@ -158,6 +159,7 @@ where
     type After = Stamped;
     type Wait = Checking<St::Future>;
 
+    #[inline]
     fn decide<F>(
         &self,
         req: Request<B>,
