@@ -182,22 +182,27 @@ fn feed_length(first: Option<i32>) -> usize {
     usize::try_from(first.unwrap_or(3).clamp(0, 5)).unwrap_or(0)
 }
 
-/// Units a feed was charged for and did not return: given back after the
-/// query ran.
-#[derive(Default)]
-struct Unspent(AtomicU32);
+/// One query's account with the cost limit (one item of request data):
+/// its [`Cost`], the units the feeds were charged for and did not return
+/// (given back after the query ran), and a refused charge for the HTTP
+/// handler to answer with.
+struct Charging {
+    cost: Cost,
+    unspent: AtomicU32,
+    refused: Mutex<Option<ChargeError>>,
+}
 
-impl Unspent {
+impl Charging {
     /// A feed of `first` returned `returned` posts of what `ctx` selects.
     fn feed(ctx: &Context<'_>, first: Option<i32>, returned: usize) {
-        // Only a query charged by cost keeps the account.
-        let Some(unspent) = ctx.data_opt::<Unspent>() else {
+        // Only a query charged by cost keeps an account.
+        let Some(charging) = ctx.data_opt::<Arc<Charging>>() else {
             return;
         };
         let unreturned = feed_length(first).saturating_sub(returned);
         if unreturned > 0 {
             let per_post = ctx.field().selection_set().count();
-            unspent.0.fetch_add(
+            charging.unspent.fetch_add(
                 u32::try_from(unreturned * per_post).unwrap_or(u32::MAX),
                 Ordering::Relaxed,
             );
@@ -211,7 +216,7 @@ impl Query {
     #[graphql(complexity = "feed_length(first) * child_complexity")]
     async fn anonymous_feed(&self, ctx: &Context<'_>, first: Option<i32>) -> Vec<Post> {
         let feed = posts(first, false);
-        Unspent::feed(ctx, first, feed.len());
+        Charging::feed(ctx, first, feed.len());
         feed
     }
 
@@ -223,12 +228,12 @@ impl Query {
         first: Option<i32>,
     ) -> async_graphql::Result<Vec<Post>> {
         if ctx.data_opt::<Claims<User>>().is_none() {
-            Unspent::feed(ctx, first, 0);
+            Charging::feed(ctx, first, 0);
             return Err(async_graphql::Error::new("log in to see your feed")
                 .extend_with(|_, e| e.set("code", "UNAUTHENTICATED")));
         }
         let feed = posts(first, true);
-        Unspent::feed(ctx, first, feed.len());
+        Charging::feed(ctx, first, feed.len());
         Ok(feed)
     }
 
@@ -245,7 +250,7 @@ impl Query {
         let delay = u64::try_from(delay_ms.unwrap_or(500).clamp(0, 2_000)).unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let feed = posts(first, false);
-        Unspent::feed(ctx, first, feed.len());
+        Charging::feed(ctx, first, feed.len());
         feed
     }
 
@@ -259,10 +264,6 @@ impl Query {
 }
 
 type AppSchema = Schema<Query, EmptyMutation, EmptySubscription>;
-
-/// A charge the cost limit refused, for the HTTP handler to answer with.
-#[derive(Default)]
-struct Refused(Mutex<Option<ChargeError>>);
 
 /// Charges each query by cost through the request's [`Cost`]: its
 /// complexity before it runs, and gives back what the feeds did not return
@@ -286,13 +287,14 @@ impl GraphqlExtension for ChargeByCost {
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
         let result = next.run(ctx).await?;
-        if let Some(cost) = ctx.data_opt::<Cost>() {
+        if let Some(charging) = ctx.data_opt::<Arc<Charging>>() {
             let estimate = u32::try_from(result.complexity).unwrap_or(u32::MAX);
-            if let Err(refused) = cost.charge(estimate).await {
+            if let Err(refused) = charging.cost.charge(estimate).await {
                 let message = refused.to_string();
-                if let Some(slot) = ctx.data_opt::<Arc<Refused>>() {
-                    *slot.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(refused);
-                }
+                *charging
+                    .refused
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(refused);
                 return Err(vec![ServerError::new(message, None)]);
             }
         }
@@ -306,9 +308,10 @@ impl GraphqlExtension for ChargeByCost {
         next: NextExecute<'_>,
     ) -> async_graphql::Response {
         let response = next.run(ctx, operation_name).await;
-        if let (Some(cost), Some(unspent)) = (ctx.data_opt::<Cost>(), ctx.data_opt::<Unspent>()) {
-            let unspent = unspent.0.load(Ordering::Relaxed);
+        if let Some(charging) = ctx.data_opt::<Arc<Charging>>() {
+            let unspent = charging.unspent.load(Ordering::Relaxed);
             if unspent > 0 {
+                let cost = &charging.cost;
                 cost.settle(cost.charged().saturating_sub(unspent)).await;
             }
         }
@@ -329,15 +332,15 @@ async fn graphql(
     let Some(Extension(cost)) = cost else {
         return Json(schema.execute(request).await).into_response();
     };
-    let refused = Arc::new(Refused::default());
-    request = request
-        .data(cost)
-        .data(Unspent::default())
-        .data(Arc::clone(&refused));
-    let response = schema.execute(request).await;
+    let charging = Arc::new(Charging {
+        cost,
+        unspent: AtomicU32::new(0),
+        refused: Mutex::new(None),
+    });
+    let response = schema.execute(request.data(Arc::clone(&charging))).await;
     // A query the caller's bucket cannot pay for: the standard 429.
-    if let Some(refused) = refused
-        .0
+    if let Some(refused) = charging
+        .refused
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take()

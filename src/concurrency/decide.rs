@@ -98,11 +98,14 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         #[cfg(feature = "redis")]
-        if let (Some(lease), Some(slots)) = (self.lease.take(), &self.shared.slots)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let slots = Arc::clone(slots);
-            runtime.spawn(async move { slots.release(&lease).await });
+        if let (Some(lease), Some(slots)) = (self.lease.take(), &self.shared.slots) {
+            // Not renewed any more, whatever happens next; removed from
+            // Redis now when a runtime is at hand (else it expires).
+            slots.forget(&lease);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let slots = Arc::clone(slots);
+                runtime.spawn(async move { slots.release(&lease).await });
+            }
         }
         let mut table = self.shared.table();
         if let Some(n) = table.get_mut(&self.key) {

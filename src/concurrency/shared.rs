@@ -43,17 +43,38 @@ return {1, held}
 ";
 
 /// Renews the leases `ARGV[2..]` of one caller (adding back any that Redis
-/// lost: a restart without persistence, a failover, a FLUSHALL). KEYS[1]:
-/// the caller's leases. ARGV: lease ms, ids.
+/// lost: a restart without persistence, a failover, a FLUSHALL), except
+/// those released meanwhile. KEYS[1]: the caller's leases; KEYS[2]: its
+/// released ids (by expiry). ARGV: lease ms, ids.
 const RENEW: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[1])
+local renewed = 0
 for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+  if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+    renewed = renewed + 1
+  end
 end
-redis.call('PEXPIRE', KEYS[1], lease)
-return #ARGV - 1
+if renewed > 0 then
+  redis.call('PEXPIRE', KEYS[1], lease)
+end
+return renewed
+";
+
+/// Gives lease `ARGV[1]` back, and remembers it as released for one lease,
+/// so that a renewal already on its way does not add it back. KEYS[1]: the
+/// caller's leases; KEYS[2]: its released ids. ARGV: id, lease ms.
+const RELEASE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], now + lease, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], lease)
+return 1
 ";
 
 /// Concurrency slots shared by the replicas through Redis (one server,
@@ -74,7 +95,9 @@ return #ARGV - 1
 ///   the slots for at most a third of a lease, until the holders renew;
 /// - Redis not answering within the [`timeout`](Self::timeout) (100 ms):
 ///   the replica decides alone, holding at most `max` of a caller itself,
-///   and says so at `warn` at most every 10 s. No request waits longer.
+///   and says so at `warn` at most every 10 s. No request waits longer;
+/// - a request cancelled while its lease is being taken leaves that lease
+///   unrenewed: it expires within one lease.
 ///
 /// Acquisitions are idempotent (a retried one renews its id); releases
 /// and renewals are too.
@@ -96,6 +119,7 @@ pub(super) struct Inner {
     conn: Conn,
     acquire: Script,
     renew: Script,
+    release: Script,
     prefix: Box<str>,
     pub(super) lease: Duration,
     pub(super) timeout: Duration,
@@ -145,6 +169,7 @@ impl SharedSlots {
                 conn,
                 acquire: Script::new(ACQUIRE),
                 renew: Script::new(RENEW),
+                release: Script::new(RELEASE),
                 prefix: prefix.into(),
                 lease,
                 timeout,
@@ -255,47 +280,66 @@ impl Inner {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Gives a lease back: no longer renewed, and removed from Redis
-    /// (idempotent; if Redis does not answer, the lease expires).
-    pub(super) async fn release(&self, lease: &Lease) {
-        {
-            let mut held = self.held_leases();
-            if let Some(ids) = held.get_mut(&lease.redis_key) {
-                ids.retain(|id| *id != lease.id);
-                if ids.is_empty() {
-                    held.remove(&lease.redis_key);
-                }
+    /// Stops renewing a lease (it expires within one lease unless
+    /// [`release`](Self::release)d).
+    pub(super) fn forget(&self, lease: &Lease) {
+        let mut held = self.held_leases();
+        if let Some(ids) = held.get_mut(&lease.redis_key) {
+            ids.retain(|id| *id != lease.id);
+            if ids.is_empty() {
+                held.remove(&lease.redis_key);
             }
         }
-        let mut conn = self.conn.clone();
-        let mut zrem = ::redis::cmd("ZREM");
-        zrem.arg(&lease.redis_key).arg(&lease.id);
-        let _ = tokio::time::timeout(self.timeout, zrem.query_async::<()>(&mut conn)).await;
     }
 
-    /// Renews every lease held, one call per caller.
-    async fn renew_all(&self) {
+    /// Removes a forgotten lease from Redis (idempotent; if Redis does not
+    /// answer, the lease expires).
+    pub(super) async fn release(&self, lease: &Lease) {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.release.key(&lease.redis_key);
+        invocation
+            .key(released_key(&lease.redis_key))
+            .arg(&lease.id)
+            .arg(self.lease_ms());
+        let call = invocation.invoke_async::<u64>(&mut conn);
+        let _ = tokio::time::timeout(self.timeout, call).await;
+    }
+
+    /// Renews every lease held, one call per caller, all at once (a slow
+    /// Redis delays a round by one timeout, not by one per caller).
+    async fn renew_all(self: Arc<Self>) {
         let held: Vec<(String, Vec<String>)> = self
             .held_leases()
             .iter()
             .map(|(key, ids)| (key.clone(), ids.clone()))
             .collect();
+        let mut calls = tokio::task::JoinSet::new();
         for (redis_key, ids) in held {
-            let mut conn = self.conn.clone();
-            let mut invocation = self.renew.key(&redis_key);
-            invocation.arg(self.lease_ms());
-            for id in &ids {
-                invocation.arg(id);
-            }
-            match tokio::time::timeout(self.timeout, invocation.invoke_async::<u64>(&mut conn))
-                .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => self.alone(&crate::redis::kind_name(&e)),
-                Err(_) => self.alone("timed out"),
-            }
+            let this = Arc::clone(&self);
+            calls.spawn(async move {
+                let mut conn = this.conn.clone();
+                let mut invocation = this.renew.key(&redis_key);
+                invocation
+                    .key(released_key(&redis_key))
+                    .arg(this.lease_ms());
+                for id in &ids {
+                    invocation.arg(id);
+                }
+                let call = invocation.invoke_async::<u64>(&mut conn);
+                match tokio::time::timeout(this.timeout, call).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => this.alone(&crate::redis::kind_name(&e)),
+                    Err(_) => this.alone("timed out"),
+                }
+            });
         }
+        while calls.join_next().await.is_some() {}
     }
+}
+
+/// The key of a caller's released ids (the same hash tag as its leases).
+fn released_key(leases: &str) -> String {
+    format!("{leases}:released")
 }
 
 /// A lease to give back.
@@ -319,4 +363,60 @@ pub(super) fn spawn_renewal(runtime: &tokio::runtime::Handle, slots: Weak<Inner>
             slots.renew_all().await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A renewal that reaches Redis after the lease was released does not
+    /// add it back; one for a lease Redis lost does. Against the Redis at
+    /// REDIS_URL (default redis://127.0.0.1:6379).
+    #[tokio::test]
+    async fn a_late_renewal_does_not_bring_a_released_lease_back() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let slots = SharedSlots::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("this test needs Redis at {url} (set REDIS_URL): {e}"));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let slots = slots.prefix(&format!("tollgate-test:slots:{nanos}"));
+        let inner = &slots.inner;
+        let held = |inner: &Inner, key: String| {
+            let mut conn = inner.conn.clone();
+            async move {
+                let mut zcard = ::redis::cmd("ZCARD");
+                zcard.arg(key);
+                zcard
+                    .query_async::<u64>(&mut conn)
+                    .await
+                    .unwrap_or(u64::MAX)
+            }
+        };
+        let (first, lease) = inner.acquire("cap", "k", 2).await;
+        assert_eq!(first, Acquired::Taken(1));
+        let (second, kept) = inner.acquire("cap", "k", 2).await;
+        assert_eq!(second, Acquired::Taken(2));
+        assert_eq!(inner.acquire("cap", "k", 2).await.0, Acquired::Full);
+        // Released while a renewal of both is on its way.
+        inner.forget(&lease);
+        inner.release(&lease).await;
+        assert_eq!(held(inner, lease.redis_key.clone()).await, 1);
+        let mut conn = inner.conn.clone();
+        let mut late = inner.renew.key(&lease.redis_key);
+        late.key(released_key(&lease.redis_key))
+            .arg(inner.lease_ms())
+            .arg(&lease.id)
+            .arg(&kept.id);
+        let renewed: u64 = late.invoke_async(&mut conn).await.expect("renew");
+        assert_eq!(renewed, 1, "only the lease still held is renewed");
+        assert_eq!(held(inner, lease.redis_key.clone()).await, 1);
+        // Redis lost the leases: the holder's renewal writes its own back.
+        let mut del = ::redis::cmd("DEL");
+        del.arg(&kept.redis_key);
+        del.query_async::<()>(&mut conn).await.expect("DEL");
+        Arc::clone(inner).renew_all().await;
+        assert_eq!(held(inner, kept.redis_key.clone()).await, 1);
+    }
 }
