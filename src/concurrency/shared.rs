@@ -10,7 +10,7 @@ use std::time::Duration;
 use ::redis::Script;
 
 use crate::error::ConfigError;
-use crate::redis::{Conn, Target, parse_target};
+use crate::redis::Conn;
 
 /// Default prefix of the Redis keys.
 pub const DEFAULT_SLOTS_PREFIX: &str = "tollgate";
@@ -138,11 +138,7 @@ impl SharedSlots {
     /// # Errors
     /// A URL that does not parse, or no server answering.
     pub async fn connect(url: &str) -> Result<Self, ConfigError> {
-        let conn = match parse_target(url)? {
-            Target::Detect(url) => Conn::server(&url).await?,
-            Target::Cluster(seeds) => Conn::cluster(&seeds).await?,
-            Target::Sentinel(sentinel) => Conn::sentinel(&sentinel).await?,
-        };
+        let conn = Conn::any(url).await?;
         Ok(Self::from_conn(
             conn,
             DEFAULT_SLOTS_PREFIX,
@@ -153,17 +149,7 @@ impl SharedSlots {
 
     fn from_conn(conn: Conn, prefix: &str, lease: Duration, timeout: Duration) -> Self {
         // One id space per replica: lease ids never collide.
-        let replica = {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos()),
-            );
-            h.write_u32(std::process::id());
-            h.finish()
-        };
+        let replica = crate::redis::replica_id();
         Self {
             inner: Arc::new(Inner {
                 conn,

@@ -58,6 +58,19 @@ impl ConnectionLike for Conn {
 }
 
 impl Conn {
+    /// Connects to what `url` names: one server, a cluster
+    /// (`redis+cluster://`) or Sentinels' primary (`redis+sentinel://`).
+    ///
+    /// # Errors
+    /// A URL that does not parse, or no server answering.
+    pub(crate) async fn any(url: &str) -> Result<Self, ConfigError> {
+        match super::parse_target(url)? {
+            super::Target::Detect(url) => Self::server(&url).await,
+            super::Target::Cluster(seeds) => Self::cluster(&seeds).await,
+            super::Target::Sentinel(sentinel) => Self::sentinel(&sentinel).await,
+        }
+    }
+
     /// Connects to the one server `url` names (it may turn out to be a
     /// cluster node: ask it with `INFO`).
     ///

@@ -31,3 +31,18 @@ pub(crate) use info::cluster_enabled;
 pub(crate) use standalone::Standalone;
 #[cfg(feature = "rate-limit")]
 pub(crate) use url::{Target, parse_target};
+
+/// An id for this process's writes to Redis, unlikely to be any other
+/// replica's: ids made from it (a failure, a lease) never collide.
+#[cfg(feature = "rate-limit")]
+pub(crate) fn replica_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
