@@ -90,9 +90,10 @@ pub struct Permit {
     key: RateKey,
     /// The key's requests in flight with this one, when it was let in.
     in_flight: u32,
-    /// Its lease in Redis, when the replicas share the slots.
+    /// Its lease in Redis, when the replicas share the slots (boxed: the
+    /// unshared permit stays small).
     #[cfg(feature = "redis")]
-    lease: Option<super::shared::Lease>,
+    lease: Option<Box<super::shared::Lease>>,
 }
 
 impl Drop for Permit {
@@ -274,12 +275,12 @@ where
             }
             Acquired::Taken(held) => {
                 permit.in_flight = held;
-                permit.lease = Some(lease);
+                permit.lease = Some(Box::new(lease));
                 self.shared.metrics.event(ConcurrencyEvent::Admitted);
                 Verdict::Pass(call(req), Slot(Some(permit)))
             }
             Acquired::Alone => {
-                permit.lease = Some(lease);
+                permit.lease = Some(Box::new(lease));
                 self.shared.metrics.event(ConcurrencyEvent::Alone);
                 Verdict::Pass(call(req), Slot(Some(permit)))
             }
