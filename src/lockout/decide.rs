@@ -29,7 +29,7 @@ pub struct LoginFailed;
 pub struct LoginSucceeded;
 
 /// One key's failures and lockouts (unix seconds).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Record {
     failures: u32,
     window_start: u64,
@@ -39,9 +39,6 @@ struct Record {
     /// the failures they may not exceed the limit, so that a burst of
     /// parallel guesses cannot all pass before the first one fails.
     pending: u32,
-    /// For an account: the clients that logged into it lately, and until
-    /// when they are known (its lockout does not refuse them).
-    known: Vec<(RateKey, u64)>,
 }
 
 /// A lockout's settings, checked by its builder (times in seconds).
@@ -69,6 +66,9 @@ pub struct Shared {
     settings: Settings,
     clock: Arc<dyn WallClock>,
     records: Mutex<HashMap<RateKey, Record>>,
+    /// Per account: the clients that logged into it lately, and until when
+    /// they are known (its lockout does not refuse them).
+    known: Mutex<HashMap<RateKey, Vec<(RateKey, u64)>>>,
     /// Where the replicas count failures together, if anywhere.
     #[cfg(feature = "redis")]
     store: Option<super::shared::SharedLockouts>,
@@ -93,6 +93,7 @@ impl Shared {
             settings,
             clock,
             records: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
             #[cfg(feature = "redis")]
             store: None,
             metrics: EventMetrics::new(names::LOCKOUT_EVENTS, "lockout", name),
@@ -129,7 +130,6 @@ impl Shared {
                 r.pending > 0
                     || r.locked_until.saturating_add(max_backoff) > now
                     || r.window_start.saturating_add(window) > now
-                    || r.known.iter().any(|(_, until)| *until > now)
             });
             if records.len() < max_keys {
                 return true;

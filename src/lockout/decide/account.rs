@@ -10,7 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use super::{Record, Shared};
+use std::collections::HashMap;
+use std::sync::PoisonError;
+
+use super::Shared;
 use crate::observe::LockoutEvent;
 use crate::rate_limit::RateKey;
 use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
@@ -147,38 +150,45 @@ impl Shared {
     /// lately.
     fn account_locked_for(&self, account: &RateKey, client: Option<&RateKey>) -> Option<u64> {
         let now = self.clock.unix_now();
-        let records = self.records();
-        let record = records.get(account)?;
-        if record.locked_until <= now {
+        let until = self.records().get(account)?.locked_until;
+        if until <= now {
             return None;
         }
         let known = client.is_some_and(|client| {
-            record
-                .known
-                .iter()
-                .any(|(known, until)| known == client && *until > now)
+            self.known_clients().get(account).is_some_and(|known| {
+                known
+                    .iter()
+                    .any(|(known, until)| known == client && *until > now)
+            })
         });
-        (!known).then(|| record.locked_until - now)
+        (!known).then(|| until - now)
+    }
+
+    fn known_clients(&self) -> std::sync::MutexGuard<'_, HashMap<RateKey, Vec<(RateKey, u64)>>> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Remembers that `client` logged into `account` (its latest
-    /// [`KNOWN_CLIENTS`], each for `known_for`).
+    /// [`KNOWN_CLIENTS`], each for `known_for`). At most `max_keys`
+    /// accounts are remembered: when full, those whose clients all expired
+    /// make room, else the login is not remembered.
     fn know(&self, account: &RateKey, client: &RateKey) {
         let now = self.clock.unix_now();
         let until = now.saturating_add(self.settings.known_for);
-        let mut records = self.records();
-        if !records.contains_key(account) && !self.make_room(&mut records, now) {
-            return;
+        let mut known = self.known_clients();
+        if !known.contains_key(account) && known.len() >= self.settings.max_keys {
+            known.retain(|_, clients| clients.iter().any(|(_, until)| *until > now));
+            if known.len() >= self.settings.max_keys {
+                return;
+            }
         }
-        let record: &mut Record = records.entry(account.clone()).or_default();
-        record
-            .known
-            .retain(|(known, until)| known != client && *until > now);
-        if record.known.len() >= KNOWN_CLIENTS {
+        let clients = known.entry(account.clone()).or_default();
+        clients.retain(|(known, until)| known != client && *until > now);
+        if clients.len() >= KNOWN_CLIENTS {
             // The one that logged in longest ago makes room.
-            record.known.remove(0);
+            clients.remove(0);
         }
-        record.known.push((client.clone(), until));
+        clients.push((client.clone(), until));
     }
 }
 
