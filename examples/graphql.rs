@@ -60,15 +60,16 @@
 //! through Redis by `[auth.revocation]` in `TOLLGATE_CONFIG`.
 //!
 //! What a query costs (`POST /graphql`, charged against the caller's
-//! `graphql-cost` bucket, by subject or else client IP): 1 unit at the door,
-//! plus the query's complexity as async-graphql computes it, charged before
-//! it runs: every field 1 plus what it selects, and a feed `first` (default
-//! 3, at most 5) times what each post selects — `{ feed(first: 5) { id
-//! title } }` costs 1 + 10. After the query ran, what a feed charged for and
-//! did not return (an anonymous caller's `feed` is refused) is given back. A
-//! query the bucket cannot cover now is answered 429 with `Retry-After`; one
-//! that costs more than `TOLLGATE_MAX_COST` in all, 429 `too_costly`. The
-//! response's `RateLimit` field for `graphql-cost` says what is left.
+//! `graphql-cost` bucket, by subject or else client IP): 1 unit at the door;
+//! before the query runs, its estimate by this table — every field 1 plus
+//! what it selects, a feed (`feed`, `anonymousFeed`, `slowFeed`) `first`
+//! (default 3, at most 5) times what each post selects: `{ feed(first: 5) {
+//! id title } }` costs 1 + 10. After it ran, the query is settled at what
+//! the response returned by the same table, so what it did not return (an
+//! anonymous caller's `feed` is refused) is given back. A query the bucket
+//! cannot cover now is answered 429 with `Retry-After`; one that costs more
+//! than `TOLLGATE_MAX_COST` in all, 429 `too_costly`. The response's
+//! `RateLimit` field for `graphql-cost` says what is left.
 //!
 //! `GET /metrics` serves tollgate's statistics in the Prometheus text format.
 //! Logs go to stderr: `warn`, and `info` for tollgate, unless `RUST_LOG` says
@@ -80,16 +81,12 @@
 //! GraphQL cost limit (`/graphql`) → the in-flight cap.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_graphql::extensions::{
-    Extension as GraphqlExtension, ExtensionContext, ExtensionFactory, NextExecute, NextValidation,
-};
+use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::{
-    Context, EmptyMutation, EmptySubscription, ErrorExtensions, Object, Schema, ServerError,
-    SimpleObject, ValidationResult,
+    Context, EmptyMutation, EmptySubscription, ErrorExtensions, Object, Schema, SimpleObject,
+    Value, Variables,
 };
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -103,9 +100,7 @@ use tollgate::config::TollgateConfig;
 use tollgate::csrf::CsrfGuardLayer;
 use tollgate::lockout::{AccountGuard, LockoutLayer, LoginFailed, LoginSucceeded};
 use tollgate::rate_limit::store::AnyStore;
-use tollgate::rate_limit::{
-    ChargeError, Cost, KeyBy, LocalStore, Quota, RateLimitLayer, TrustedProxies,
-};
+use tollgate::rate_limit::{Cost, KeyBy, LocalStore, Quota, RateLimitLayer, TrustedProxies};
 use tollgate::refresh::{Refresh, RefreshSessionLayer, SigningKey};
 use tollgate::routes::RouteTable;
 use tollgate::{Claims, Identity};
@@ -182,76 +177,33 @@ fn feed_length(first: Option<i32>) -> usize {
     usize::try_from(first.unwrap_or(3).clamp(0, 5)).unwrap_or(0)
 }
 
-/// One query's account with the cost limit (one item of request data):
-/// its [`Cost`], the units the feeds were charged for and did not return
-/// (given back after the query ran), and a refused charge for the HTTP
-/// handler to answer with.
-struct Charging {
-    cost: Cost,
-    unspent: AtomicU32,
-    refused: Mutex<Option<ChargeError>>,
-}
-
-impl Charging {
-    /// A feed of `first` returned `returned` posts of what `ctx` selects.
-    fn feed(ctx: &Context<'_>, first: Option<i32>, returned: usize) {
-        // Only a query charged by cost keeps an account.
-        let Some(charging) = ctx.data_opt::<Arc<Charging>>() else {
-            return;
-        };
-        let unreturned = feed_length(first).saturating_sub(returned);
-        if unreturned > 0 {
-            let per_post = ctx.field().selection_set().count();
-            charging.unspent.fetch_add(
-                u32::try_from(unreturned * per_post).unwrap_or(u32::MAX),
-                Ordering::Relaxed,
-            );
-        }
-    }
-}
-
 #[Object]
 impl Query {
     /// The public feed, for anyone.
-    #[graphql(complexity = "feed_length(first) * child_complexity")]
-    async fn anonymous_feed(&self, ctx: &Context<'_>, first: Option<i32>) -> Vec<Post> {
-        let feed = posts(first, false);
-        Charging::feed(ctx, first, feed.len());
-        feed
+    async fn anonymous_feed(&self, first: Option<i32>) -> Vec<Post> {
+        posts(first, false)
     }
 
     /// The personal feed, for registered users only.
-    #[graphql(complexity = "feed_length(first) * child_complexity")]
     async fn feed(
         &self,
         ctx: &Context<'_>,
         first: Option<i32>,
     ) -> async_graphql::Result<Vec<Post>> {
         if ctx.data_opt::<Claims<User>>().is_none() {
-            Charging::feed(ctx, first, 0);
             return Err(async_graphql::Error::new("log in to see your feed")
                 .extend_with(|_, e| e.set("code", "UNAUTHENTICATED")));
         }
-        let feed = posts(first, true);
-        Charging::feed(ctx, first, feed.len());
-        Ok(feed)
+        Ok(posts(first, true))
     }
 
     /// The public feed from a slow backend: it answers after `delayMs`
     /// milliseconds (at most 2,000) — a query that holds its caller's
     /// in-flight slot meanwhile.
-    #[graphql(complexity = "feed_length(first) * child_complexity")]
-    async fn slow_feed(
-        &self,
-        ctx: &Context<'_>,
-        first: Option<i32>,
-        delay_ms: Option<i32>,
-    ) -> Vec<Post> {
+    async fn slow_feed(&self, first: Option<i32>, delay_ms: Option<i32>) -> Vec<Post> {
         let delay = u64::try_from(delay_ms.unwrap_or(500).clamp(0, 2_000)).unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        let feed = posts(first, false);
-        Charging::feed(ctx, first, feed.len());
-        feed
+        posts(first, false)
     }
 
     /// The caller, if logged in.
@@ -265,60 +217,131 @@ impl Query {
 
 type AppSchema = Schema<Query, EmptyMutation, EmptySubscription>;
 
-/// Charges each query by cost through the request's [`Cost`]: its
-/// complexity before it runs, and gives back what the feeds did not return
-/// after.
-struct ChargeByCost;
+/// The fields that return a feed: `first` posts (default 3, at most 5).
+const FEEDS: [&str; 3] = ["feed", "anonymousFeed", "slowFeed"];
 
-/// The extension the schema gets: one, shared by every query.
-struct ChargeByCostFactory(Arc<ChargeByCost>);
+/// Nesting past this, or a walk over more selections than
+/// [`MAX_VISITS`], is charged as too costly (before validation, a hostile
+/// document may spread fragments in a cycle, or into each other many times
+/// over).
+const MAX_DEPTH: u32 = 32;
+const MAX_VISITS: u32 = 10_000;
 
-impl ExtensionFactory for ChargeByCostFactory {
-    fn create(&self) -> Arc<dyn GraphqlExtension> {
-        Arc::clone(&self.0) as Arc<dyn GraphqlExtension>
+/// What a selection costs by the cost table (see the module docs): every
+/// field 1 plus what it selects, a feed `first` times what each post
+/// selects.
+fn selection_cost(
+    set: &SelectionSet,
+    doc: &ExecutableDocument,
+    variables: &Variables,
+    depth: u32,
+    visits: &mut u32,
+) -> u64 {
+    if depth > MAX_DEPTH || *visits >= MAX_VISITS {
+        *visits = MAX_VISITS;
+        return u64::from(u32::MAX);
     }
+    let mut cost = 0_u64;
+    for item in &set.items {
+        *visits += 1;
+        let item_cost = match &item.node {
+            Selection::Field(field) => {
+                let field = &field.node;
+                let children =
+                    selection_cost(&field.selection_set.node, doc, variables, depth + 1, visits);
+                if FEEDS.contains(&field.name.node.as_str()) {
+                    let first = field
+                        .arguments
+                        .iter()
+                        .find(|(name, _)| name.node.as_str() == "first")
+                        .and_then(|(_, value)| {
+                            value
+                                .node
+                                .clone()
+                                .into_const_with(|name| variables.get(&name).cloned().ok_or(()))
+                                .ok()
+                        })
+                        .and_then(|value| match value {
+                            Value::Number(n) => n.as_i64(),
+                            _ => None,
+                        })
+                        .map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+                    (feed_length(first) as u64).saturating_mul(children)
+                } else {
+                    children.saturating_add(1)
+                }
+            }
+            Selection::FragmentSpread(spread) => doc
+                .fragments
+                .get(&spread.node.fragment_name.node)
+                .map_or(0, |fragment| {
+                    selection_cost(
+                        &fragment.node.selection_set.node,
+                        doc,
+                        variables,
+                        depth + 1,
+                        visits,
+                    )
+                }),
+            Selection::InlineFragment(inline) => selection_cost(
+                &inline.node.selection_set.node,
+                doc,
+                variables,
+                depth + 1,
+                visits,
+            ),
+        };
+        cost = cost.saturating_add(item_cost);
+    }
+    cost
 }
 
-#[async_graphql::async_trait::async_trait]
-impl GraphqlExtension for ChargeByCost {
-    async fn validation(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        let result = next.run(ctx).await?;
-        if let Some(charging) = ctx.data_opt::<Arc<Charging>>() {
-            let estimate = u32::try_from(result.complexity).unwrap_or(u32::MAX);
-            if let Err(refused) = charging.cost.charge(estimate).await {
-                let message = refused.to_string();
-                *charging
-                    .refused
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(refused);
-                return Err(vec![ServerError::new(message, None)]);
-            }
-        }
-        Ok(result)
-    }
-
-    async fn execute(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: NextExecute<'_>,
-    ) -> async_graphql::Response {
-        let response = next.run(ctx, operation_name).await;
-        if let Some(charging) = ctx.data_opt::<Arc<Charging>>() {
-            let unspent = charging.unspent.load(Ordering::Relaxed);
-            if unspent > 0 {
-                let cost = &charging.cost;
-                cost.settle(cost.charged().saturating_sub(unspent)).await;
-            }
-        }
-        response
-    }
+/// What the query is estimated to cost before it runs, beyond the door's
+/// unit: its operation's selections by the cost table. `None`: the document
+/// does not parse or names no such operation (execution reports that).
+fn estimate(request: &mut async_graphql::Request) -> Option<u64> {
+    // The document is parsed once: execution reuses it.
+    let variables = std::mem::take(&mut request.variables);
+    let operation = request.operation_name.clone();
+    let cost = request.parsed_query().ok().and_then(|doc| {
+        let selections = doc.operations.iter().find_map(|(name, op)| {
+            let wanted = match (&operation, name) {
+                (None, _) => true,
+                (Some(wanted), Some(name)) => name.as_str() == wanted,
+                (Some(_), None) => false,
+            };
+            wanted.then_some(&op.node.selection_set.node)
+        })?;
+        Some(selection_cost(selections, doc, &variables, 0, &mut 0))
+    });
+    request.variables = variables;
+    cost
 }
 
+/// What a response returned by the cost table: every field 1 plus what it
+/// holds, a list of posts what each post holds; nothing for a null.
+fn returned_cost(fields: &async_graphql::indexmap::IndexMap<async_graphql::Name, Value>) -> u64 {
+    fields
+        .values()
+        .map(|value| match value {
+            Value::Null => 0,
+            Value::Object(fields) => returned_cost(fields).saturating_add(1),
+            Value::List(items) if items.iter().all(|i| matches!(i, Value::Object(_))) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Object(fields) => returned_cost(fields),
+                    _ => 0,
+                })
+                .fold(0, u64::saturating_add),
+            _ => 1,
+        })
+        .fold(0, u64::saturating_add)
+}
+
+/// `POST /graphql`. With the cost limit in front (a [`Cost`] in the
+/// request), the query is charged its estimate before it runs — a bucket
+/// that cannot cover it answers the standard 429 — and settled at what the
+/// response returned after.
 async fn graphql(
     State(schema): State<AppSchema>,
     user: Option<Extension<Claims<User>>>,
@@ -332,21 +355,25 @@ async fn graphql(
     let Some(Extension(cost)) = cost else {
         return Json(schema.execute(request).await).into_response();
     };
-    let charging = Arc::new(Charging {
-        cost,
-        unspent: AtomicU32::new(0),
-        refused: Mutex::new(None),
-    });
-    let response = schema.execute(request.data(Arc::clone(&charging))).await;
-    // A query the caller's bucket cannot pay for: the standard 429.
-    if let Some(refused) = charging
-        .refused
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
+    if let Some(estimate) = estimate(&mut request)
+        && let Err(refused) = cost
+            .charge(u32::try_from(estimate).unwrap_or(u32::MAX))
+            .await
     {
         return refused.into_response();
     }
+    let response = schema.execute(request).await;
+    // A null `data` (an error reached the root) returned nothing.
+    let returned = match &response.data {
+        Value::Object(fields) => returned_cost(fields),
+        _ => 0,
+    };
+    cost.settle(
+        u32::try_from(returned)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1),
+    )
+    .await;
     Json(response).into_response()
 }
 
@@ -622,10 +649,7 @@ pub(crate) async fn app(
             .route("/metrics", metrics)
             .with_state(schema));
     }
-    // Queries are charged by cost through the cost limit's handle.
-    let schema = Schema::build(Query, EmptyMutation, EmptySubscription)
-        .extension(ChargeByCostFactory(Arc::new(ChargeByCost)))
-        .finish();
+    let schema = Schema::build(Query, EmptyMutation, EmptySubscription).finish();
     // Logged-out tokens, checked by the auth layer on every request (in
     // this process unless the policy file shares them; `max_token_lifetime`
     // bounds how long a logout-everywhere is kept: the example's tokens

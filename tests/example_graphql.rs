@@ -885,3 +885,73 @@ async fn slow_queries_hold_the_callers_in_flight_slots() {
         .collect();
     assert!(left.contains(&"\"in-flight\";r=1".to_owned()), "{left:?}");
 }
+
+/// The estimate reads what the document says: `first` from a variable,
+/// fields through fragments; a document nested past any sense is too
+/// costly before it is validated.
+#[tokio::test]
+async fn the_cost_estimate_follows_variables_and_fragments() {
+    let mut cmd = command();
+    cmd.env("TOLLGATE_COST_PER_MIN", "1")
+        .env("TOLLGATE_COST_BURST", "40")
+        .env("TOLLGATE_MAX_COST", "25");
+    let (_child, addr) = start_with(cmd);
+    let http = http(addr);
+    let hank = da3(&mint("hank"));
+    let left = |headers: &http::HeaderMap| -> String {
+        headers
+            .get_all("ratelimit")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|v| v.starts_with("\"graphql-cost\";"))
+            .unwrap()
+    };
+    // 1 + 2 posts × 2 fields, `first` from a variable.
+    let (status, headers, body) = http
+        .send(
+            Method::POST,
+            "/graphql",
+            &hank,
+            Some(json!({
+                "query": "query($n: Int) { feed(first: $n) { id title } }",
+                "variables": { "n": 2 }
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["feed"].as_array().unwrap().len(), 2);
+    assert_eq!(left(&headers), "\"graphql-cost\";r=35;t=60");
+    // 1 + me (1) + id (1) through a fragment.
+    let (status, headers, body) = http
+        .graphql("{ ...Who } fragment Who on Query { me { id } }", &hank)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["me"]["id"], "hank");
+    assert_eq!(left(&headers), "\"graphql-cost\";r=32;t=60");
+    // Fragments spreading each other without end: too costly, refused
+    // before validation would have said so (only the door's unit spent).
+    let (status, headers, body) = http
+        .graphql(
+            "{ ...A } fragment A on Query { me { id } ...B } fragment B on Query { ...A }",
+            &hank,
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["reason"], "too_costly");
+    assert_eq!(left(&headers), "\"graphql-cost\";r=31;t=60");
+    // Fragments spreading the next one twice, 30 deep: 2^30 paths, walked
+    // no further than the estimate's visit budget (the answer comes at once).
+    let mut document = String::from("{ ...F0 }");
+    for i in 0..30 {
+        document.push_str(&format!(
+            " fragment F{i} on Query {{ ...F{next} ...F{next} }}",
+            next = i + 1
+        ));
+    }
+    document.push_str(" fragment F30 on Query { me { id } }");
+    let started = std::time::Instant::now();
+    let (status, _, body) = http.graphql(&document, &hank).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["reason"], "too_costly");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
