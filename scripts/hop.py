@@ -196,7 +196,7 @@ def markdown(s):
             "The example service on loopback three ways (`scripts/hop.sh`): **bare**, "
             "tollgate's layers off (`TOLLGATE_LAYERS=off`), no proxy; **embedded**, the "
             "layers on (per-IP limit → JWT auth from the cookie, verified-token cache → "
-            "CSRF guard → per-user limit → in-flight cap); **gateway**, the layers off behind nginx "
+            "CSRF guard → per-user limit → GraphQL cost limit, the query charged by the handler → in-flight cap); **gateway**, the layers off behind nginx "
             "(`proxy_pass` to a keep-alive upstream pool, one worker, no access log). "
             "The gateway checks nothing, where a real one would at least verify the JWT, "
             "so the comparison favours it. "
