@@ -953,5 +953,9 @@ async fn the_cost_estimate_follows_variables_and_fragments() {
     let (status, _, body) = http.graphql(&document, &hank).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["reason"], "too_costly");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
