@@ -257,3 +257,77 @@ async fn replicas_count_an_accounts_failures_together() {
         assert!(extra <= 2, "{extra} extra attempts on {name}");
     }
 }
+
+/// The owner's login on one replica is known to the others: a replica that
+/// learns the account's lockout from Redis learns with it where the owner
+/// logged in from, and lets the owner in there too.
+#[tokio::test]
+async fn the_owners_login_on_one_replica_is_known_to_the_others() {
+    use tollgate::lockout::{AccountGuard, LoginSucceeded};
+    let server = Server::started();
+    let url = server.url();
+    let prefix = prefix("lockout-known");
+    let replica = |url: String, prefix: String| async move {
+        let shared = SharedLockouts::connect(&url)
+            .await
+            .expect("redis")
+            .prefix(&prefix)
+            .timeout(Duration::from_secs(2));
+        LockoutLayer::builder(KeyBy::client_ip(TrustedProxies::none()))
+            .name("login")
+            .failures(FAILURES)
+            .window(Duration::from_secs(60))
+            .backoff(Duration::from_secs(30))
+            .per_account(true)
+            .peer_addr_inserted(true)
+            .shared(shared)
+            .build()
+            .expect("layer")
+    };
+    let a = replica(url.clone(), prefix.clone()).await;
+    let b = replica(url.clone(), prefix.clone()).await;
+    // A login naming "owned" from `ip`: 204 on success, 401 on failure, the
+    // guard's status when the account is locked for this address.
+    let attempt = |layer: &LockoutLayer, ip: &str, succeed: bool| {
+        let handler = tower::service_fn(move |req: Request<()>| async move {
+            let guard = req.extensions().get::<AccountGuard>().expect("guard");
+            let mut response = Response::new(String::new());
+            match guard.check("owned") {
+                Err(locked) => *response.status_mut() = locked.into_http_response().status(),
+                Ok(()) if succeed => {
+                    *response.status_mut() = StatusCode::NO_CONTENT;
+                    response.extensions_mut().insert(LoginSucceeded);
+                }
+                Ok(()) => *response.status_mut() = StatusCode::UNAUTHORIZED,
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let mut request = Request::new(());
+        request
+            .extensions_mut()
+            .insert(PeerAddr(SocketAddr::new(ip.parse().expect("ip"), 50_000)));
+        let svc = layer.layer(handler);
+        async move { svc.oneshot(request).await.expect("infallible").status() }
+    };
+    const OWNER: &str = "198.51.100.20";
+    // The owner logs in through a; the login reaches Redis off the path.
+    assert_eq!(attempt(&a, OWNER, true).await, StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Attackers through b only, one address each, until b refuses a new one.
+    let mut locked = false;
+    for i in 1..=(FAILURES + 4) {
+        let ip = format!("203.0.113.{i}");
+        if attempt(&b, &ip, false).await == StatusCode::TOO_MANY_REQUESTS {
+            locked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(locked, "b never refused the account");
+    // b never saw the owner log in, yet lets the owner in.
+    assert_eq!(attempt(&b, OWNER, true).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        attempt(&b, "203.0.113.99", true).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

@@ -66,9 +66,10 @@ pub struct Shared {
     settings: Settings,
     clock: Arc<dyn WallClock>,
     records: Mutex<HashMap<RateKey, Record>>,
-    /// Per account: the clients that logged into it lately, and until when
-    /// they are known (its lockout does not refuse them).
-    known: Mutex<HashMap<RateKey, Vec<(RateKey, u64)>>>,
+    /// Per account: the clients that logged into it lately (their store
+    /// keys, as Redis holds them too), and until when they are known (unix
+    /// seconds; its lockout does not refuse them).
+    known: Mutex<HashMap<RateKey, Vec<(String, u64)>>>,
     /// Where the replicas count failures together, if anywhere.
     #[cfg(feature = "redis")]
     store: Option<super::shared::SharedLockouts>,
@@ -223,10 +224,11 @@ impl Shared {
                         .await;
                     store.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
                     match reported {
-                        Ok(left_ms) => {
+                        Ok(reported) => {
                             this.metrics.event(LockoutEvent::Failure);
-                            if left_ms > 0 {
-                                this.learned_lockout(key, left_ms);
+                            if reported.left_ms > 0 {
+                                this.learned_known(&key, reported.known);
+                                this.learned_lockout(key, reported.left_ms);
                             }
                         }
                         Err(why) => {

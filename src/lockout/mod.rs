@@ -83,8 +83,9 @@
 //!   default), a successful login clears its failures, and its back-off is
 //!   bounded like any other. An attacker can keep an account locked against
 //!   new addresses, not against its owner's. With [`SharedLockouts`], an
-//!   account's failures are counted in Redis like an address's; the clients
-//!   an account knows are remembered per replica.
+//!   account's failures are counted in Redis like an address's, and a login
+//!   is shared with the other replicas: a replica that learns an account's
+//!   lockout learns with it the clients the account knows.
 //!
 //! The layer is built on tollgate's [`middleware`](crate::middleware)
 //! skeleton: this file is its layer and builder, `decide.rs` its decision.

@@ -21,26 +21,37 @@ pub const MAX_REPORTS_IN_FLIGHT: usize = 1_024;
 
 /// Records one failure of a key, by its id (a retried report finds its id
 /// and changes nothing), on Redis's clock. Returns the milliseconds left of
-/// the key's lockout, 0 when it is not locked out.
+/// the key's lockout (0 when it is not locked out) and, when it is, the
+/// clients known to the key (an account) with when each stops being known
+/// (server ms).
 ///
 /// KEYS[1]: the key's failures (a sorted set of ids by time); KEYS[2]: its
-/// lockout (`until`, `lockouts`). ARGV: id, window ms, failures, back-off
-/// ms, longest back-off ms.
+/// lockout (`until`, `lockouts`); KEYS[3]: its known clients (a sorted set
+/// by expiry). ARGV: id, window ms, failures, back-off ms, longest back-off
+/// ms.
 const REPORT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[2])
 local longest = tonumber(ARGV[5])
+local function locked(left)
+  local reply = {left}
+  local known = redis.call('ZRANGEBYSCORE', KEYS[3], now, '+inf', 'WITHSCORES')
+  for i = 1, #known do
+    reply[#reply + 1] = known[i]
+  end
+  return reply
+end
 local lock = redis.call('HMGET', KEYS[2], 'until', 'lockouts')
 local locked_until = tonumber(lock[1]) or 0
 if locked_until > now then
-  return locked_until - now
+  return locked(locked_until - now)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('ZADD', KEYS[1], 'NX', now, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], window)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-  return 0
+  return {0}
 end
 local lockouts = tonumber(lock[2]) or 0
 if locked_until > 0 and locked_until + longest <= now then
@@ -50,7 +61,22 @@ local span = math.min(tonumber(ARGV[4]) * (2 ^ math.min(lockouts, 40)), longest)
 redis.call('HSET', KEYS[2], 'until', now + span, 'lockouts', lockouts + 1)
 redis.call('PEXPIRE', KEYS[2], span + longest)
 redis.call('DEL', KEYS[1])
-return span
+return locked(span)
+";
+
+/// Remembers that a client logged into an account, for every replica: its
+/// id in the account's known set until now + `ARGV[2]` ms, the latest
+/// `ARGV[3]` kept (idempotent). KEYS[1]: the known clients. ARGV: client,
+/// known for ms, most kept.
+const KNOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local life = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + life, ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[3]) - 1)
+redis.call('PEXPIRE', KEYS[1], life)
+return 1
 ";
 
 /// Failure counts and lockouts shared by the replicas through Redis (one
@@ -79,6 +105,7 @@ pub struct SharedLockouts {
 pub(super) struct Inner {
     conn: Conn,
     script: Script,
+    know: Script,
     prefix: Box<str>,
     pub(super) timeout: Duration,
     replica: u64,
@@ -118,6 +145,7 @@ impl SharedLockouts {
             inner: Arc::new(Inner {
                 conn,
                 script: Script::new(REPORT),
+                know: Script::new(KNOW),
                 prefix: prefix.into(),
                 timeout,
                 replica,
@@ -144,6 +172,16 @@ impl SharedLockouts {
     }
 }
 
+/// What Redis answered to a failure's report.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Reported {
+    /// Milliseconds left of the key's lockout (0: not locked out).
+    pub(super) left_ms: u64,
+    /// For a locked account: the clients known to it (their store keys)
+    /// and until when (unix ms on Redis's clock).
+    pub(super) known: Vec<(String, u64)>,
+}
+
 /// A lockout's limits, in milliseconds, as the script takes them.
 pub(super) struct Limits {
     pub(super) window_ms: u64,
@@ -154,9 +192,14 @@ pub(super) struct Limits {
 
 impl Inner {
     fn keys(&self, name: &str, key: &str) -> (String, String) {
-        // One hash tag: both keys of a client live on one Cluster slot.
-        let base = format!("{}:lockout:{{{name}:{key}}}", self.prefix);
+        let base = self.base(name, key);
         (format!("{base}:f"), format!("{base}:l"))
+    }
+
+    /// One hash tag: every key of a client (or account) lives on one
+    /// Cluster slot.
+    fn base(&self, name: &str, key: &str) -> String {
+        format!("{}:lockout:{{{name}:{key}}}", self.prefix)
     }
 
     /// Reports one failure; the milliseconds left of the key's lockout.
@@ -165,7 +208,7 @@ impl Inner {
         name: &str,
         key: &str,
         limits: &Limits,
-    ) -> Result<u64, String> {
+    ) -> Result<Reported, String> {
         let id = format!(
             "{:016x}:{}",
             self.replica,
@@ -181,19 +224,53 @@ impl Inner {
         key: &str,
         id: &str,
         limits: &Limits,
-    ) -> Result<u64, String> {
+    ) -> Result<Reported, String> {
         let (failures, lock) = self.keys(name, key);
+        let known = format!("{}:k", self.base(name, key));
         let mut conn = self.conn.clone();
         let mut invocation = self.script.key(failures);
         invocation
             .key(lock)
+            .key(known)
             .arg(id)
             .arg(limits.window_ms)
             .arg(limits.failures)
             .arg(limits.backoff_ms)
             .arg(limits.max_backoff_ms);
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<u64>(&mut conn)).await {
-            Ok(Ok(left)) => Ok(left),
+        let call = invocation.invoke_async::<Vec<String>>(&mut conn);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(reply)) => {
+                let mut reply = reply.into_iter();
+                let left_ms = reply.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let mut known = Vec::new();
+                while let (Some(client), Some(until)) = (reply.next(), reply.next()) {
+                    if let Ok(until) = until.parse::<f64>() {
+                        known.push((client, until as u64));
+                    }
+                }
+                Ok(Reported { left_ms, known })
+            }
+            Ok(Err(e)) => Err(crate::redis::kind_name(&e)),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+
+    /// Remembers, for every replica, that `client` logged into the
+    /// account `key` (for `known_ms`; the latest `most` kept).
+    pub(super) async fn know(
+        &self,
+        name: &str,
+        key: &str,
+        client: &str,
+        known_ms: u64,
+        most: usize,
+    ) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.know.key(format!("{}:k", self.base(name, key)));
+        invocation.arg(client).arg(known_ms).arg(most);
+        let call = invocation.invoke_async::<u64>(&mut conn);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(crate::redis::kind_name(&e)),
             Err(_) => Err("timed out".to_owned()),
         }
@@ -251,21 +328,27 @@ mod tests {
             }
         };
         for _ in 0..3 {
-            assert_eq!(inner.report_as("login", "k", "a", &limits).await, Ok(0));
+            assert_eq!(
+                inner.report_as("login", "k", "a", &limits).await,
+                Ok(Reported::default())
+            );
         }
         assert_eq!(count(inner).await, 1);
-        assert_eq!(inner.report_as("login", "k", "b", &limits).await, Ok(0));
+        assert_eq!(
+            inner.report_as("login", "k", "b", &limits).await,
+            Ok(Reported::default())
+        );
         assert_eq!(count(inner).await, 2);
         let left = inner
             .report_as("login", "k", "c", &limits)
             .await
-            .unwrap_or(0);
+            .map_or(0, |r| r.left_ms);
         assert!((29_000..=30_000).contains(&left), "{left}");
         // Locked: a retry of "c" or a new failure changes nothing.
         let again = inner
             .report_as("login", "k", "c", &limits)
             .await
-            .unwrap_or(0);
+            .map_or(0, |r| r.left_ms);
         assert!(again <= left && again > 29_000, "{again}");
         assert_eq!(count(inner).await, 0);
     }

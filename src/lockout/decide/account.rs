@@ -55,7 +55,9 @@ struct Inner {
 /// an account locked against new addresses, never against the addresses its
 /// owner logged in from. A request marked
 /// [`LoginSucceeded`](super::LoginSucceeded) clears the account's failures
-/// and makes its client known to the account.
+/// and makes its client known to the account — on every replica when the
+/// lockout is shared through Redis (a replica learning the account's
+/// lockout from Redis learns its known clients with it).
 #[derive(Clone)]
 pub struct AccountGuard {
     inner: Arc<Inner>,
@@ -155,26 +157,67 @@ impl Shared {
             return None;
         }
         let known = client.is_some_and(|client| {
+            let client = client.to_store_key();
             self.known_clients().get(account).is_some_and(|known| {
                 known
                     .iter()
-                    .any(|(known, until)| known == client && *until > now)
+                    .any(|(known, until)| *known == client && *until > now)
             })
         });
         (!known).then(|| until - now)
     }
 
-    fn known_clients(&self) -> std::sync::MutexGuard<'_, HashMap<RateKey, Vec<(RateKey, u64)>>> {
+    fn known_clients(&self) -> std::sync::MutexGuard<'_, HashMap<RateKey, Vec<(String, u64)>>> {
         self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Remembers that `client` logged into `account` (its latest
-    /// [`KNOWN_CLIENTS`], each for `known_for`). At most `max_keys`
-    /// accounts are remembered: when full, those whose clients all expired
-    /// make room, else the login is not remembered.
+    /// [`KNOWN_CLIENTS`], each for `known_for`), here and, when the replicas
+    /// share their counts, in Redis for the others.
     fn know(&self, account: &RateKey, client: &RateKey) {
         let now = self.clock.unix_now();
-        let until = now.saturating_add(self.settings.known_for);
+        let client = client.to_store_key();
+        #[cfg(feature = "redis")]
+        if let Some(store) = &self.store
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let store = store.clone();
+            let (name, account) = (Arc::clone(&self.name), account.to_store_key());
+            let known_ms = self.settings.known_for.saturating_mul(1000);
+            let client = client.clone();
+            runtime.spawn(async move {
+                let known = store
+                    .inner
+                    .know(&name, &account, &client, known_ms, KNOWN_CLIENTS)
+                    .await;
+                if let Err(why) = known
+                    && store.inner.warn.due()
+                {
+                    tracing::warn!(error = %why, "tollgate: the lockout could not share a login in Redis");
+                }
+            });
+        }
+        self.remember(
+            account,
+            client,
+            now.saturating_add(self.settings.known_for),
+            now,
+        );
+    }
+
+    /// What Redis said of a locked account: the clients known to it.
+    #[cfg(feature = "redis")]
+    pub(super) fn learned_known(&self, account: &RateKey, known: Vec<(String, u64)>) {
+        let now = self.clock.unix_now();
+        for (client, until_ms) in known {
+            self.remember(account, client, until_ms / 1000, now);
+        }
+    }
+
+    /// `client` is known to `account` until `until`. At most `max_keys`
+    /// accounts are remembered: when full, those whose clients all expired
+    /// make room, else it is not remembered.
+    fn remember(&self, account: &RateKey, client: String, until: u64, now: u64) {
         let mut known = self.known_clients();
         if !known.contains_key(account) && known.len() >= self.settings.max_keys {
             known.retain(|_, clients| clients.iter().any(|(_, until)| *until > now));
@@ -183,12 +226,12 @@ impl Shared {
             }
         }
         let clients = known.entry(account.clone()).or_default();
-        clients.retain(|(known, until)| known != client && *until > now);
+        clients.retain(|(known, until)| *known != client && *until > now);
         if clients.len() >= KNOWN_CLIENTS {
             // The one that logged in longest ago makes room.
             clients.remove(0);
         }
-        clients.push((client.clone(), until));
+        clients.push((client, until));
     }
 }
 
