@@ -24,6 +24,10 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 
 const REQUESTS: u64 = 10_000;
 
+/// Allocations per request above a budget that are taken for one-offs
+/// (at most 100 in `REQUESTS`), not for an allocation of every request.
+const ONE_OFF: f64 = 0.01;
+
 /// Allocations per request of a warmed case.
 fn per_request(case: &mut cases::Case) -> f64 {
     let before = dhat::HeapStats::get().total_blocks;
@@ -58,8 +62,11 @@ fn main() -> ExitCode {
         // Teardown is not a request.
         std::mem::forget(case);
         match budget {
-            Some(budget) if n > budget as f64 => {
-                println!("allocations/{name}: {n:.2} per request, OVER its budget of {budget}");
+            // One-off allocations (a table growing, a clean-up step) are
+            // not the request's: a path fails at a hundredth of an
+            // allocation per request over its budget.
+            Some(budget) if n > budget as f64 + ONE_OFF => {
+                println!("allocations/{name}: {n:.4} per request, OVER its budget of {budget}");
                 over.push(*name);
             }
             Some(budget) => println!("allocations/{name}: {n:.2} per request (budget {budget})"),
