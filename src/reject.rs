@@ -379,6 +379,45 @@ impl Protocol {
     }
 }
 
+/// As much of a request's head as a responder needs (method, URI, content
+/// type), kept by a handle that a handler may call to refuse after the
+/// layer let the request through (a charge by cost, an account's lockout);
+/// the head is rebuilt only for a refusal.
+#[cfg(feature = "rate-limit")]
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    method: Method,
+    uri: http::Uri,
+    content_type: Option<HeaderValue>,
+}
+
+#[cfg(feature = "rate-limit")]
+impl Head {
+    pub(crate) fn of(parts: &Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+        }
+    }
+
+    /// `responder`'s response for `refusal` of the request.
+    pub(crate) fn respond(
+        &self,
+        responder: &impl Responder,
+        refusal: &Refusal<'_>,
+    ) -> Response<Bytes> {
+        let mut head = http::Request::new(()).into_parts().0;
+        head.method = self.method.clone();
+        head.uri = self.uri.clone();
+        if let Some(content_type) = &self.content_type {
+            head.headers
+                .insert(header::CONTENT_TYPE, content_type.clone());
+        }
+        responder.respond(refusal, &head)
+    }
+}
+
 /// An empty 500, for a response future polled again after it completed
 /// (a caller bug; answering beats panicking).
 #[cfg(any(feature = "auth", feature = "rate-limit", feature = "csrf"))]

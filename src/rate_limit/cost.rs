@@ -27,7 +27,7 @@ use super::key::RateKey;
 use super::limiter::{OnStoreError, Shared};
 use super::store::{Check, Decision, RateLimitStore, Spend, StoreError};
 use crate::observe::CostEvent;
-use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
+use crate::reject::{GrpcCode, Head, Refusal, RefusalKind, Responder};
 
 /// A store's answer to a charge, erased.
 type Spending = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
@@ -50,11 +50,8 @@ struct Charges<St, R> {
     responder: R,
     policy: usize,
     key: RateKey,
-    /// As much of the request's head as a responder needs to render a
-    /// refusal; the head is rebuilt only for one.
-    method: http::Method,
-    uri: http::Uri,
-    content_type: Option<HeaderValue>,
+    /// For a refusal's response.
+    head: Head,
 }
 
 impl<St: RateLimitStore, R: Responder> Account for Charges<St, R> {
@@ -146,14 +143,7 @@ impl<St: RateLimitStore, R: Responder> Account for Charges<St, R> {
             )
             .with_policy(name),
         };
-        let mut head = http::Request::new(()).into_parts().0;
-        head.method = self.method.clone();
-        head.uri = self.uri.clone();
-        if let Some(content_type) = &self.content_type {
-            head.headers
-                .insert(header::CONTENT_TYPE, content_type.clone());
-        }
-        self.responder.respond(&refusal, &head)
+        self.head.respond(&self.responder, &refusal)
     }
 
     fn policy(&self) -> &str {
@@ -213,9 +203,7 @@ impl Cost {
                 responder: responder.clone(),
                 policy,
                 key,
-                method: parts.method.clone(),
-                uri: parts.uri.clone(),
-                content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+                head: Head::of(parts),
             },
         });
         Self { inner }

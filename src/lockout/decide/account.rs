@@ -16,7 +16,7 @@ use std::sync::PoisonError;
 use super::Shared;
 use crate::observe::LockoutEvent;
 use crate::rate_limit::RateKey;
-use crate::reject::{GrpcCode, Refusal, RefusalKind, Responder};
+use crate::reject::{GrpcCode, Head, Refusal, RefusalKind, Responder};
 
 /// Clients an account remembers at once (its owner's devices and networks).
 const KNOWN_CLIENTS: usize = 4;
@@ -78,21 +78,14 @@ impl AccountGuard {
         responder: &R,
         parts: &http::request::Parts,
     ) -> Self {
-        // As much of the request as a responder needs to render a refusal.
-        let mut head = http::Request::new(()).into_parts().0;
-        head.method = parts.method.clone();
-        head.uri = parts.uri.clone();
-        if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
-            head.headers
-                .insert(header::CONTENT_TYPE, content_type.clone());
-        }
+        let head = Head::of(parts);
         let responder = responder.clone();
         Self {
             inner: Arc::new(Inner {
                 shared: Arc::clone(shared),
                 client,
                 account: OnceLock::new(),
-                render: Box::new(move |refusal| responder.respond(refusal, &head)),
+                render: Box::new(move |refusal| head.respond(&responder, refusal)),
             }),
         }
     }
